@@ -1,0 +1,50 @@
+# The two commands of the README (`make run`, `make test`) and the steps they are made of.
+# Each installs what it needs first (scripts/setup), only when it is missing.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+export PATH := $(CURDIR)/end2end/node_modules/.bin:$(HOME)/.cargo/bin:$(PATH)
+# cargo-leptos builds the server with LEPTOS_OUTPUT_NAME set; the same value here lets
+# `cargo test` reuse those artifacts instead of rebuilding every Leptos crate.
+export LEPTOS_OUTPUT_NAME := flyby
+
+SSR := --no-default-features --features ssr
+WASM := --lib --no-default-features --features hydrate --target wasm32-unknown-unknown
+
+.PHONY: run test setup-build setup-test build fmt-check lint unit e2e clean
+
+## Run the whole system locally.
+run: build
+	LEPTOS_SITE_ROOT=target/site FLYBY_ROLE=launcher target/release/flyby
+
+## Every check CI runs: format, lints, Rust tests, browser tests.
+test: setup-test fmt-check lint build unit e2e
+
+setup-build:
+	scripts/setup build
+
+setup-test:
+	scripts/setup test
+
+## The release build: target/release/flyby, target/release/flyby-local and target/site.
+## The Dockerfile's build stage runs this same target.
+build: setup-build
+	cargo leptos build --release
+	cargo build --release $(SSR) --bin flyby-local
+
+fmt-check:
+	cargo fmt --all -- --check
+
+lint: setup-build
+	cargo clippy $(SSR) --all-targets -- -D warnings
+	cargo clippy $(WASM) -- -D warnings
+
+unit: build
+	cargo test --release $(SSR)
+
+e2e: build setup-test
+	cd end2end && npx playwright test
+
+clean:
+	cargo clean
+	rm -rf end2end/node_modules end2end/test-results

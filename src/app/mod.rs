@@ -1,0 +1,145 @@
+//! The UI, shared by the server (which renders it to HTML) and the browser (which hydrates it).
+//!
+//! One component tree serves both roles: the server knows its role from its config and writes it
+//! on `<body data-role>`, the browser reads it back from there, so both sides render the same tree.
+
+mod ephemeral;
+mod launcher;
+
+use leptos::prelude::*;
+use leptos_meta::{provide_meta_context, Title};
+use leptos_router::{
+    components::{Route, Router, Routes},
+    path,
+};
+use serde::{Deserialize, Serialize};
+
+/// Which of the two Fly apps this process is serving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// The public front app with the button.
+    Launcher,
+    /// A Machine launched for one visitor.
+    Ephemeral,
+}
+
+/// A role name that is neither `launcher` nor `ephemeral`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("expected `launcher` or `ephemeral`")]
+pub struct UnknownRole;
+
+impl Role {
+    /// The name used in `FLYBY_ROLE` and in `<body data-role>`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Launcher => "launcher",
+            Role::Ephemeral => "ephemeral",
+        }
+    }
+
+    pub fn parse(name: &str) -> Result<Self, UnknownRole> {
+        match name {
+            "launcher" => Ok(Role::Launcher),
+            "ephemeral" => Ok(Role::Ephemeral),
+            _ => Err(UnknownRole),
+        }
+    }
+
+    /// The role the server wrote on `<body data-role>`; the launcher if it is missing, which
+    /// can only happen on a page flyby did not render.
+    #[cfg(feature = "hydrate")]
+    pub fn from_document() -> Self {
+        document()
+            .body()
+            .and_then(|body| body.get_attribute("data-role"))
+            .and_then(|name| Role::parse(&name).ok())
+            .unwrap_or(Role::Launcher)
+    }
+}
+
+/// The whole HTML document, rendered on the server only.
+#[cfg(feature = "ssr")]
+pub fn shell(options: LeptosOptions, role: Role) -> impl IntoView {
+    use leptos::hydration::{AutoReload, HydrationScripts};
+    use leptos_meta::MetaTags;
+    view! {
+        <!DOCTYPE html>
+        <html lang="en">
+            <head>
+                <meta charset="utf-8"/>
+                <meta name="viewport" content="width=device-width, initial-scale=1"/>
+                <link rel="icon" href="/favicon.ico"/>
+                <AutoReload options=options.clone()/>
+                <HydrationScripts options/>
+                <link rel="stylesheet" id="leptos" href="/pkg/flyby.css"/>
+                <MetaTags/>
+            </head>
+            <body data-role=role.as_str()>
+                <App role/>
+            </body>
+        </html>
+    }
+}
+
+/// The root component. Marks `<body data-hydrated>` once it runs in the browser, so that tests
+/// (and anyone curious) can tell a hydrated page from server-rendered HTML.
+#[component]
+pub fn App(role: Role) -> impl IntoView {
+    provide_meta_context();
+    Effect::new(move |_| {
+        if let Some(body) = document().body() {
+            let _ = body.set_attribute("data-hydrated", "");
+        }
+    });
+    view! {
+        <Title text="flyby: a Fly Machine of your own"/>
+        <Router>
+            <main>
+                <Routes fallback=|| view! { <NotFound/> }>
+                    <Route
+                        path=path!("/")
+                        view=move || match role {
+                            Role::Launcher => view! { <launcher::LauncherPage/> }.into_any(),
+                            Role::Ephemeral => view! { <ephemeral::MachinePage/> }.into_any(),
+                        }
+                    />
+                </Routes>
+            </main>
+        </Router>
+    }
+}
+
+#[component]
+fn NotFound() -> impl IntoView {
+    #[cfg(feature = "ssr")]
+    if let Some(response) = use_context::<leptos_axum::ResponseOptions>() {
+        response.set_status(http::StatusCode::NOT_FOUND);
+    }
+    view! {
+        <h1>"Nothing here"</h1>
+        <p><a href="/">"Back to the start"</a></p>
+    }
+}
+
+/// A disclosure that explains what happens behind the page. Both roles use it, and it is the
+/// simplest proof that a page is interactive.
+#[component]
+fn Explainer(children: ChildrenFn) -> impl IntoView {
+    let (open, set_open) = signal(false);
+    view! {
+        <section class="explainer">
+            <button
+                type="button"
+                class="link-button"
+                aria-expanded=move || open.get().to_string()
+                aria-controls="explainer-body"
+                on:click=move |_| set_open.update(|o| *o = !*o)
+            >
+                {move || if open.get() { "Hide how it works" } else { "How does this work?" }}
+            </button>
+            <Show when=move || open.get()>
+                <div id="explainer-body" class="explainer-body">{children()}</div>
+            </Show>
+        </section>
+    }
+}

@@ -1,0 +1,33 @@
+//! flyby: push a button, get a Fly Machine of your own, for a minute.
+//!
+//! One crate, two targets. The browser target (`hydrate`) is only the UI in [`app`]; the server
+//! target (`ssr`) adds everything that touches the network or the operating system.
+//!
+//! Module map:
+//! - [`app`]: Leptos components and server functions, compiled for both targets. The page a
+//!   visitor sees on the launcher and on their own Machine.
+//! - [`fly`]: Fly's vocabulary (Machine ids, region codes, the region table), validated on
+//!   parse; both targets.
+//! - [`server`] (ssr): the `flyby` server. [`server::config`] reads the environment once,
+//!   [`server::Application`] builds the Axum router for the role and serves it.
+//! - [`local`] (ssr): `flyby-local`, the stand-in for fly-proxy and the Machines API that lets
+//!   the very same `flyby` binary run on a laptop and in CI.
+//!
+//! The `hydrate` entry point below is what the WASM bundle calls when a page loads.
+
+pub mod app;
+pub mod fly;
+
+#[cfg(feature = "ssr")]
+pub mod local;
+#[cfg(feature = "ssr")]
+pub mod server;
+
+/// Entry point of the WASM bundle: attaches the UI to the HTML the server rendered.
+#[cfg(feature = "hydrate")]
+#[wasm_bindgen::prelude::wasm_bindgen]
+pub fn hydrate() {
+    console_error_panic_hook::set_once();
+    let role = app::Role::from_document();
+    leptos::mount::hydrate_body(move || leptos::view! { <app::App role/> });
+}

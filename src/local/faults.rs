@@ -1,0 +1,1 @@
+//! Knobs that make the local platform fail on purpose, set through `POST /_local/faults`.

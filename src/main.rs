@@ -1,0 +1,38 @@
+//! `flyby`: reads its config, builds the server for its role, serves until told to stop.
+
+use flyby::server::{config, shutdown_signal, telemetry, Application};
+use std::process::ExitCode;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    if std::env::args().skip(1).any(|a| a == "--help" || a == "-h") {
+        print!("{}", config::Help);
+        return ExitCode::SUCCESS;
+    }
+    let config = match config::Config::from_env() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("flyby: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init(config.log_format);
+    match serve(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: config::Config) -> anyhow::Result<()> {
+    let role = config.role;
+    let addr = config.site_addr;
+    let app = Application::build(config)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    tracing::info!(role = role.as_str(), addr = %app.local_addr()?, "serving");
+    app.run(shutdown_signal()).await?;
+    Ok(())
+}

@@ -1,0 +1,451 @@
+//! The server's whole configuration, read from the environment once at start.
+//!
+//! Every variable is declared once, in [`VARIABLES`]: `flyby --help` prints that table and
+//! [`Config::from_lookup`] reads exactly those names, so the two cannot drift apart. A missing or
+//! invalid variable stops the start with one line naming it and what was expected; the value of
+//! a secret is never echoed.
+
+use crate::{
+    app::Role,
+    fly::{MachineId, RegionCode},
+};
+use leptos::config::LeptosOptions;
+use std::{fmt, net::SocketAddr, str::FromStr, time::Duration};
+
+/// One environment variable `flyby` reads.
+#[derive(Debug, Clone, Copy)]
+pub struct Variable {
+    pub name: &'static str,
+    /// `None` when the variable is required.
+    pub default: Option<&'static str>,
+    /// What is expected, said the way the error line and `--help` say it.
+    pub expected: &'static str,
+    pub help: &'static str,
+    /// Secrets are never printed back, not even in an error.
+    pub secret: bool,
+}
+
+const fn var(
+    name: &'static str,
+    default: Option<&'static str>,
+    expected: &'static str,
+    help: &'static str,
+) -> Variable {
+    Variable {
+        name,
+        default,
+        expected,
+        help,
+        secret: false,
+    }
+}
+
+/// Every variable, in the order `--help` lists them.
+pub const VARIABLES: &[Variable] = &[
+    var(
+        "FLYBY_ROLE",
+        None,
+        "`launcher` or `ephemeral`",
+        "which of the two Fly apps this process serves",
+    ),
+    var(
+        "FLYBY_LOG_FORMAT",
+        Some("human"),
+        "`human` or `json`",
+        "log line format",
+    ),
+    var(
+        "FLYBY_EPHEMERAL_APP",
+        Some("flyby-machines"),
+        "a Fly app name",
+        "the app the launcher creates visitors' Machines in",
+    ),
+    var(
+        "LEPTOS_SITE_ADDR",
+        Some("127.0.0.1:3000"),
+        "an address like 0.0.0.0:8080",
+        "where the server listens",
+    ),
+    var(
+        "LEPTOS_SITE_ROOT",
+        Some("target/site"),
+        "a directory",
+        "where the built site (pkg/, favicon) is",
+    ),
+    var(
+        "LEPTOS_SITE_PKG_DIR",
+        Some("pkg"),
+        "a directory name",
+        "the site-root folder with the JS, WASM and CSS bundle",
+    ),
+    var(
+        "LEPTOS_OUTPUT_NAME",
+        Some("flyby"),
+        "a file stem",
+        "the name of the JS/WASM/CSS bundle files",
+    ),
+    var(
+        "LEPTOS_HASH_FILES",
+        Some("false"),
+        "`true` or `false`",
+        "whether the bundle files carry content hashes",
+    ),
+    var(
+        "FLY_APP_NAME",
+        Some("flyby"),
+        "a Fly app name",
+        "set by Fly: the app this Machine belongs to",
+    ),
+    var(
+        "FLY_MACHINE_ID",
+        Some(""),
+        "14 lowercase hex characters",
+        "set by Fly: this Machine's id (required for the ephemeral role)",
+    ),
+    var(
+        "FLY_REGION",
+        Some(""),
+        "a region code like `ams`",
+        "set by Fly: the region this Machine runs in",
+    ),
+    var(
+        "FLY_IMAGE_REF",
+        Some(""),
+        "an image reference",
+        "set by Fly: the image this Machine runs, reused for visitors' Machines",
+    ),
+    var(
+        "FLY_PRIVATE_IP",
+        Some(""),
+        "an IP address",
+        "set by Fly: this Machine's private address",
+    ),
+];
+
+/// A variable that is missing or does not hold what is expected. Displays as the one line
+/// `flyby` prints before it exits.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{name} is not set: expected {expected}")]
+    Missing {
+        name: &'static str,
+        expected: &'static str,
+    },
+    #[error("{name} is invalid ({shown}): expected {expected}")]
+    Invalid {
+        name: &'static str,
+        /// The offending value, or `<hidden>` for a secret.
+        shown: String,
+        expected: &'static str,
+    },
+}
+
+/// The typed configuration of one `flyby` process.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Decides which page and which routes this process serves.
+    pub role: Role,
+    /// Humans read the terminal; log collectors want JSON.
+    pub log_format: LogFormat,
+    /// Where the server listens (`LEPTOS_SITE_ADDR`); port 0 picks a free one, as tests do.
+    pub site_addr: SocketAddr,
+    /// The options Leptos needs to find and name the site's bundle.
+    pub leptos: LeptosOptions,
+    /// What Fly tells this Machine about itself.
+    pub fly: FlyEnvironment,
+    /// The app visitors' Machines are created in.
+    pub ephemeral_app: String,
+}
+
+/// The `FLY_*` variables a Fly Machine is started with. Optional outside Fly.
+#[derive(Debug, Clone, Default)]
+pub struct FlyEnvironment {
+    pub app_name: String,
+    pub machine_id: Option<MachineId>,
+    pub region: Option<RegionCode>,
+    pub image_ref: Option<String>,
+    pub private_ip: Option<std::net::IpAddr>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "human" => Ok(LogFormat::Human),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(()),
+        }
+    }
+}
+
+/// Reads variables by name through `lookup`, applying defaults and reporting errors by name.
+struct Reader<F> {
+    lookup: F,
+}
+
+/// The declaration of a variable the code reads; reading an undeclared one is a bug.
+fn spec(name: &str) -> &'static Variable {
+    VARIABLES
+        .iter()
+        .find(|v| v.name == name)
+        .unwrap_or_else(|| panic!("{name} is read but not declared in VARIABLES"))
+}
+
+impl<F: Fn(&str) -> Option<String>> Reader<F> {
+    /// The raw value, or the default; `Missing` when neither exists. An empty value counts as
+    /// unset, as it does for most shells' `${VAR:-default}`.
+    fn raw(&self, name: &str) -> Result<String, ConfigError> {
+        let spec = spec(name);
+        match (self.lookup)(name).filter(|v| !v.is_empty()) {
+            Some(value) => Ok(value),
+            None => spec.default.map(str::to_owned).ok_or(ConfigError::Missing {
+                name: spec.name,
+                expected: spec.expected,
+            }),
+        }
+    }
+
+    /// The value, or `None` when it is unset and its default is empty.
+    fn optional(&self, name: &str) -> Result<Option<String>, ConfigError> {
+        Ok(Some(self.raw(name)?).filter(|v| !v.is_empty()))
+    }
+
+    fn invalid(name: &str, value: &str) -> ConfigError {
+        let spec = spec(name);
+        let shown = if spec.secret {
+            "<hidden>".to_owned()
+        } else {
+            format!("{value:?}")
+        };
+        ConfigError::Invalid {
+            name: spec.name,
+            shown,
+            expected: spec.expected,
+        }
+    }
+
+    fn parse<T>(&self, name: &str, parse: impl Fn(&str) -> Option<T>) -> Result<T, ConfigError> {
+        let value = self.raw(name)?;
+        parse(&value).ok_or_else(|| Self::invalid(name, &value))
+    }
+
+    fn parse_optional<T>(
+        &self,
+        name: &str,
+        parse: impl Fn(&str) -> Option<T>,
+    ) -> Result<Option<T>, ConfigError> {
+        match self.optional(name)? {
+            None => Ok(None),
+            Some(value) => parse(&value)
+                .map(Some)
+                .ok_or_else(|| Self::invalid(name, &value)),
+        }
+    }
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads variables through `lookup`, so tests need not touch the process environment.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let r = Reader { lookup };
+        let role = r.parse("FLYBY_ROLE", |s| Role::parse(s).ok())?;
+        let log_format = r.parse("FLYBY_LOG_FORMAT", |s| s.parse().ok())?;
+        let site_addr: SocketAddr = r.parse("LEPTOS_SITE_ADDR", |s| s.parse().ok())?;
+        let site_root = r.raw("LEPTOS_SITE_ROOT")?;
+        let site_pkg_dir = r.parse("LEPTOS_SITE_PKG_DIR", |s| {
+            (!s.contains(['/', '\\']) && s != "..").then(|| s.to_owned())
+        })?;
+        let output_name = r.parse("LEPTOS_OUTPUT_NAME", |s| {
+            s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                .then(|| s.to_owned())
+        })?;
+        let hash_files = r.parse("LEPTOS_HASH_FILES", |s| s.parse::<bool>().ok())?;
+        let fly = FlyEnvironment {
+            app_name: r.parse("FLY_APP_NAME", app_name)?,
+            machine_id: r.parse_optional("FLY_MACHINE_ID", |s| MachineId::parse(s).ok())?,
+            region: r.parse_optional("FLY_REGION", |s| RegionCode::parse(s).ok())?,
+            image_ref: r.optional("FLY_IMAGE_REF")?,
+            private_ip: r.parse_optional("FLY_PRIVATE_IP", |s| s.parse().ok())?,
+        };
+        let ephemeral_app = r.parse("FLYBY_EPHEMERAL_APP", app_name)?;
+        if role == Role::Ephemeral && fly.machine_id.is_none() {
+            let spec = spec("FLY_MACHINE_ID");
+            return Err(ConfigError::Missing {
+                name: spec.name,
+                expected: spec.expected,
+            });
+        }
+        let leptos = LeptosOptions::builder()
+            .output_name(output_name)
+            .site_root(site_root)
+            .site_pkg_dir(site_pkg_dir)
+            .site_addr(site_addr)
+            .hash_files(hash_files)
+            .env(leptos::config::Env::PROD)
+            .build();
+        Ok(Config {
+            role,
+            log_format,
+            site_addr,
+            leptos,
+            fly,
+            ephemeral_app,
+        })
+    }
+
+    /// How long the server waits for in-flight requests once asked to stop.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(10)
+    }
+}
+
+fn app_name(s: &str) -> Option<String> {
+    let ok = (1..=63).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-');
+    ok.then(|| s.to_owned())
+}
+
+/// The text of `flyby --help`.
+pub struct Help;
+
+impl fmt::Display for Help {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "flyby: the launcher and the per-visitor Machine of flyby, chosen by FLYBY_ROLE."
+        )?;
+        writeln!(f)?;
+        writeln!(f, "Usage: flyby [--help]")?;
+        writeln!(f)?;
+        writeln!(f, "Configuration comes from the environment only:")?;
+        for v in VARIABLES {
+            let default = match v.default {
+                None => "required".to_owned(),
+                Some("") => "unset".to_owned(),
+                Some(d) => format!("default {d}"),
+            };
+            writeln!(f, "  {:<22} {} ({default}; {})", v.name, v.help, v.expected)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn launcher_needs_only_its_role() {
+        let c = config(&[("FLYBY_ROLE", "launcher")]).unwrap();
+        assert_eq!(c.role, Role::Launcher);
+        assert_eq!(c.site_addr, "127.0.0.1:3000".parse().unwrap());
+        assert_eq!(c.log_format, LogFormat::Human);
+        assert_eq!(&*c.leptos.output_name, "flyby");
+        assert_eq!(c.fly.machine_id, None);
+        assert_eq!(c.ephemeral_app, "flyby-machines");
+    }
+
+    #[test]
+    fn missing_role_names_the_variable() {
+        let err = config(&[]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "FLYBY_ROLE is not set: expected `launcher` or `ephemeral`"
+        );
+    }
+
+    #[test]
+    fn unknown_role_is_invalid() {
+        let err = config(&[("FLYBY_ROLE", "admin")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "FLYBY_ROLE is invalid (\"admin\"): expected `launcher` or `ephemeral`"
+        );
+    }
+
+    #[test]
+    fn ephemeral_role_requires_a_machine_id() {
+        let err = config(&[("FLYBY_ROLE", "ephemeral")]).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::Missing {
+                    name: "FLY_MACHINE_ID",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let c = config(&[
+            ("FLYBY_ROLE", "ephemeral"),
+            ("FLY_MACHINE_ID", "0123456789abcd"),
+        ])
+        .unwrap();
+        assert_eq!(c.fly.machine_id.unwrap().as_str(), "0123456789abcd");
+    }
+
+    #[test]
+    fn bad_values_are_refused_by_name() {
+        for (name, value) in [
+            ("LEPTOS_SITE_ADDR", "localhost"),
+            ("FLYBY_LOG_FORMAT", "yaml"),
+            ("FLY_MACHINE_ID", "0123456789ABCD"),
+            ("FLY_MACHINE_ID", "0123456789abc"),
+            ("FLY_REGION", "Amsterdam"),
+            ("FLY_APP_NAME", "Fly App"),
+            ("FLY_PRIVATE_IP", "nowhere"),
+            ("LEPTOS_SITE_PKG_DIR", "../etc"),
+            ("LEPTOS_HASH_FILES", "yes"),
+        ] {
+            let err = config(&[("FLYBY_ROLE", "launcher"), (name, value)]).unwrap_err();
+            match err {
+                ConfigError::Invalid { name: got, .. } => assert_eq!(got, name),
+                other => panic!("{name}={value}: {other}"),
+            }
+        }
+    }
+
+    #[test]
+    fn every_error_is_one_line() {
+        let err = config(&[("FLYBY_ROLE", "launcher"), ("FLY_REGION", "a\nb")]).unwrap_err();
+        assert!(!err.to_string().contains('\n'), "{err}");
+    }
+
+    #[test]
+    fn help_lists_every_variable_with_its_default() {
+        let help = Help.to_string();
+        for v in VARIABLES {
+            let line = help
+                .lines()
+                .find(|l| l.trim_start().starts_with(v.name))
+                .unwrap();
+            match v.default {
+                None => assert!(line.contains("required"), "{line}"),
+                Some("") => assert!(line.contains("unset"), "{line}"),
+                Some(d) => assert!(line.contains(&format!("default {d}")), "{line}"),
+            }
+        }
+    }
+}
