@@ -1,1 +1,203 @@
-//! Knobs that make the local platform fail on purpose, set through `POST /_local/faults`.
+//! Knobs that make the local platform fail on purpose, set through `POST /_local/faults` (on the
+//! API address, loopback only) and read by the Machines API, the supervisor and the proxy.
+//!
+//! Each knob is a [`Fault`]; most are consumed as they fire (`count`), so a test states exactly
+//! how much failure it wants and nothing lingers into the next test.
+
+use crate::fly::MachineId;
+use serde::{Deserialize, Serialize};
+use std::{collections::HashSet, sync::Mutex, time::Duration};
+
+/// One fault, as posted to `/_local/faults` (JSON, tagged by `kind`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Fault {
+    /// The next `count` calls of a Machines API action (`create`, `get`, `list`, `wait`,
+    /// `start`, `stop`, `delete`, or `any`) fail: with `status` (and Fly's error body), after
+    /// `delay_ms`, or by closing the connection without an answer (`refuse: true`). A delay
+    /// alone delays the call and then performs it.
+    Api {
+        action: String,
+        #[serde(default = "one")]
+        count: u32,
+        #[serde(default)]
+        status: Option<u16>,
+        #[serde(default)]
+        delay_ms: Option<u64>,
+        #[serde(default)]
+        refuse: bool,
+    },
+    /// The next `count` Machines created never reach `started` (their process is not run).
+    NeverStart {
+        #[serde(default = "one")]
+        count: u32,
+    },
+    /// The next `count` Machines created reach `started` (something listens on their port)
+    /// but never answer a request.
+    NeverServe {
+        #[serde(default = "one")]
+        count: u32,
+    },
+    /// Kill this Machine's process now (SIGKILL), as a crash would.
+    Crash { machine: MachineId },
+    /// The proxy can no longer reach this Machine (connection refused), though its process
+    /// still runs; cleared by `DELETE /_local/faults`.
+    DropListener { machine: MachineId },
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// What an API call should suffer, decided when it arrives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiFailure {
+    Status(u16),
+    Refuse,
+}
+
+/// The armed faults.
+#[derive(Debug, Default)]
+pub struct Faults {
+    inner: Mutex<Armed>,
+}
+
+#[derive(Debug, Default)]
+struct Armed {
+    api: Vec<(String, u32, Option<u16>, Option<Duration>, bool)>,
+    never_start: u32,
+    never_serve: u32,
+    dropped: HashSet<MachineId>,
+}
+
+impl Faults {
+    /// Arms a fault. `Crash` is an action, not a state: the caller performs it.
+    pub fn arm(&self, fault: &Fault) {
+        let mut armed = self.inner.lock().expect("faults lock");
+        match fault {
+            Fault::Api {
+                action,
+                count,
+                status,
+                delay_ms,
+                refuse,
+            } => armed.api.push((
+                action.clone(),
+                *count,
+                *status,
+                delay_ms.map(Duration::from_millis),
+                *refuse,
+            )),
+            Fault::NeverStart { count } => armed.never_start += count,
+            Fault::NeverServe { count } => armed.never_serve += count,
+            Fault::Crash { .. } => {}
+            Fault::DropListener { machine } => {
+                armed.dropped.insert(*machine);
+            }
+        }
+    }
+
+    /// Disarms everything.
+    pub fn clear(&self) {
+        *self.inner.lock().expect("faults lock") = Armed::default();
+    }
+
+    /// Consumes the first armed API fault matching `action`: the delay to wait first, then the
+    /// failure to answer with (if any).
+    pub fn take_api(&self, action: &str) -> Option<(Option<Duration>, Option<ApiFailure>)> {
+        let mut armed = self.inner.lock().expect("faults lock");
+        let i = armed
+            .api
+            .iter()
+            .position(|(a, n, ..)| (a == action || a == "any") && *n > 0)?;
+        let (_, count, status, delay, refuse) = &mut armed.api[i];
+        *count -= 1;
+        let failure = if *refuse {
+            Some(ApiFailure::Refuse)
+        } else {
+            status.map(ApiFailure::Status)
+        };
+        let out = (*delay, failure);
+        if armed.api[i].1 == 0 {
+            armed.api.remove(i);
+        }
+        Some(out)
+    }
+
+    /// Whether the Machine being created now must never start (consumes one).
+    pub fn take_never_start(&self) -> bool {
+        take_one(&mut self.inner.lock().expect("faults lock").never_start)
+    }
+
+    /// Whether the Machine being created now must never serve (consumes one).
+    pub fn take_never_serve(&self) -> bool {
+        take_one(&mut self.inner.lock().expect("faults lock").never_serve)
+    }
+
+    /// Whether the proxy has lost this Machine's listener.
+    pub fn listener_dropped(&self, machine: MachineId) -> bool {
+        self.inner
+            .lock()
+            .expect("faults lock")
+            .dropped
+            .contains(&machine)
+    }
+}
+
+fn take_one(n: &mut u32) -> bool {
+    if *n > 0 {
+        *n -= 1;
+        true
+    } else {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_faults_fire_count_times_then_vanish() {
+        let faults = Faults::default();
+        faults.arm(
+            &serde_json::from_str(r#"{"kind":"api","action":"create","count":2,"status":500}"#)
+                .unwrap(),
+        );
+        assert_eq!(faults.take_api("get"), None);
+        assert_eq!(
+            faults.take_api("create"),
+            Some((None, Some(ApiFailure::Status(500))))
+        );
+        assert_eq!(
+            faults.take_api("create"),
+            Some((None, Some(ApiFailure::Status(500))))
+        );
+        assert_eq!(faults.take_api("create"), None);
+    }
+
+    #[test]
+    fn a_delay_alone_delays_without_failing() {
+        let faults = Faults::default();
+        faults
+            .arm(&serde_json::from_str(r#"{"kind":"api","action":"any","delay_ms":50}"#).unwrap());
+        assert_eq!(
+            faults.take_api("wait"),
+            Some((Some(Duration::from_millis(50)), None))
+        );
+        assert_eq!(faults.take_api("wait"), None);
+    }
+
+    #[test]
+    fn machine_faults_are_consumed() {
+        let faults = Faults::default();
+        faults.arm(&Fault::NeverStart { count: 1 });
+        assert!(faults.take_never_start());
+        assert!(!faults.take_never_start());
+        let id = MachineId::parse("0123456789abcd").unwrap();
+        faults.arm(&Fault::DropListener { machine: id });
+        assert!(faults.listener_dropped(id));
+        faults.clear();
+        assert!(!faults.listener_dropped(id));
+    }
+}
