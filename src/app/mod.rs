@@ -4,7 +4,10 @@
 //! on `<body data-role>`, the browser reads it back from there, so both sides render the same tree.
 
 mod ephemeral;
+mod error;
 mod launcher;
+
+pub use error::AppError;
 
 use leptos::prelude::*;
 use leptos_meta::{provide_meta_context, Title};

@@ -3,7 +3,10 @@
 //! [`Application::build`] binds the listener and assembles the router; `main` only reads the
 //! config, builds and runs. Tests start an `Application` on port 0 the same way.
 
+pub mod affinity;
 pub mod config;
+pub mod cookies;
+pub mod ownership;
 pub mod telemetry;
 
 use crate::app::{shell, App};

@@ -1,0 +1,352 @@
+//! The tower adapter around the whole router: reads the request's facts, asks [`decide`], and
+//! either calls the router or answers itself. It holds no policy of its own; what it adds is
+//! only the shape of each answer.
+
+use super::{decide, Decision, Here, Refusal, RequestFacts, LAUNCH_COOKIE, OWNER_COOKIE};
+use crate::{
+    app::{AppError, Role},
+    fly::MachineId,
+    server::cookies,
+};
+use axum::{body::Body, response::Response};
+use http::{header, HeaderValue, Method, Request, StatusCode};
+use leptos::server_fn::error::{FromServerFnError, SERVER_FN_ERROR_HEADER};
+use pin_project_lite::pin_project;
+use std::{
+    borrow::Cow,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{ready, Context, Poll},
+    time::Duration,
+};
+use tower::{Layer, Service};
+
+/// How long fly-proxy keeps trying to reach a replay's target before it gives the request back
+/// to us with `fly-replay-failed`: long enough for a live Machine on another continent, short
+/// enough that a visitor whose Machine is gone is told so quickly.
+pub const REPLAY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Where server functions live; their callers get typed errors instead of pages.
+const SERVER_FN_PREFIX: &str = "/api/";
+
+/// The value of the `fly-replay` header sending a request to `target`. Built only from a
+/// validated [`MachineId`] and constants.
+pub fn replay_header(target: MachineId) -> String {
+    format!(
+        "instance={target};timeout={}s;fallback=prefer_self",
+        REPLAY_TIMEOUT.as_secs()
+    )
+}
+
+/// Wraps a service (the whole router) with the affinity decision.
+#[derive(Clone)]
+pub struct AffinityLayer {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    here: Here,
+    /// The launcher's "your Machine is gone" page, where the ephemeral app sends visitors whose
+    /// Machine has vanished.
+    gone_url: Option<HeaderValue>,
+}
+
+impl AffinityLayer {
+    pub fn new(here: Here, gone_url: Option<&str>) -> Self {
+        let gone_url = gone_url.and_then(|url| HeaderValue::from_str(url).ok());
+        AffinityLayer {
+            shared: Arc::new(Shared { here, gone_url }),
+        }
+    }
+}
+
+impl<S> Layer<S> for AffinityLayer {
+    type Service = Affinity<S>;
+    fn layer(&self, inner: S) -> Affinity<S> {
+        Affinity {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// The service [`AffinityLayer`] produces.
+#[derive(Clone)]
+pub struct Affinity<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+fn header_str<'a, B>(request: &'a Request<B>, name: &str) -> Option<&'a str> {
+    request.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// All `Cookie` headers as one string; borrowed in the usual case of a single header.
+fn cookie_header<B>(request: &Request<B>) -> Option<Cow<'_, str>> {
+    let mut values = request
+        .headers()
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    let first = values.next()?;
+    match values.next() {
+        None => Some(Cow::Borrowed(first)),
+        Some(second) => {
+            let mut all = format!("{first}; {second}");
+            for v in values {
+                all.push_str("; ");
+                all.push_str(v);
+            }
+            Some(Cow::Owned(all))
+        }
+    }
+}
+
+impl<S> Service<Request<Body>> for Affinity<S>
+where
+    S: Service<Request<Body>, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = AffinityFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let decision = {
+            let cookies = cookie_header(&request);
+            let facts = RequestFacts {
+                method: request.method(),
+                path: request.uri().path(),
+                cookies: cookies.as_deref(),
+                replay_src: header_str(&request, "fly-replay-src"),
+                replay_failed: header_str(&request, "fly-replay-failed"),
+            };
+            decide(&facts, &self.shared.here)
+        };
+        match decision {
+            Decision::Pass | Decision::Serve => {
+                AffinityFuture::inner(self.inner.call(request), None)
+            }
+            Decision::ServeAndUnpin => AffinityFuture::inner(
+                self.inner.call(request),
+                Some(cookies::clear(LAUNCH_COOKIE)),
+            ),
+            Decision::Replay(target) => AffinityFuture::ready(replay(target)),
+            Decision::Gone(target) => AffinityFuture::ready(self.gone(&request, target)),
+            Decision::Refuse(refusal) => AffinityFuture::ready(self.refuse(&request, refusal)),
+        }
+    }
+}
+
+impl<S> Affinity<S> {
+    fn pin_cookie(&self) -> &'static str {
+        match self.shared.here.role {
+            Role::Launcher => LAUNCH_COOKIE,
+            Role::Ephemeral => OWNER_COOKIE,
+        }
+    }
+
+    fn gone<B>(&self, request: &Request<B>, target: MachineId) -> Response {
+        tracing::info!(machine = %target, "replay failed: the visitor's Machine is gone");
+        let mut response = if let Some(error) =
+            server_fn_error(request, AppError::MachineGone, StatusCode::GONE)
+        {
+            error
+        } else if let (true, Some(url)) = (wants_page(request), &self.shared.gone_url) {
+            let mut r = plain(StatusCode::SEE_OTHER, "Your Machine is gone.\n");
+            r.headers_mut().insert(header::LOCATION, url.clone());
+            r
+        } else {
+            page(
+                StatusCode::GONE,
+                "Your Machine is gone",
+                "It switched itself off and was destroyed.",
+            )
+        };
+        set_cookie(&mut response, cookies::clear(OWNER_COOKIE));
+        response
+    }
+
+    fn refuse<B>(&self, request: &Request<B>, refusal: Refusal) -> Response {
+        let (status, title, text, error) = match refusal {
+            Refusal::InvalidId { .. } => (
+                StatusCode::BAD_REQUEST,
+                "Bad request",
+                "That is not a Fly Machine id.",
+                AppError::BadRequest("invalid Machine id".into()),
+            ),
+            Refusal::NotOwner => (
+                StatusCode::FORBIDDEN,
+                "Not your Machine",
+                "This Fly Machine belongs to someone else. Launch your own from the start page.",
+                AppError::NotYours,
+            ),
+            Refusal::NoMachine => (
+                StatusCode::FORBIDDEN,
+                "No Machine of yours here",
+                "Every page here belongs to one visitor's Machine, and none of them is yours.",
+                AppError::NotYours,
+            ),
+            Refusal::Misdirected => (
+                StatusCode::MISDIRECTED_REQUEST,
+                "Misdirected request",
+                "This request was delivered to the wrong Fly Machine. Reload to try again.",
+                AppError::Internal,
+            ),
+        };
+        tracing::info!(status = status.as_u16(), reason = ?refusal, "refused");
+        let mut response =
+            server_fn_error(request, error, status).unwrap_or_else(|| page(status, title, text));
+        if let Refusal::InvalidId { unpin: true } = refusal {
+            set_cookie(&mut response, cookies::clear(self.pin_cookie()));
+        }
+        response
+    }
+}
+
+fn replay(target: MachineId) -> Response {
+    let mut response = plain(
+        StatusCode::TEMPORARY_REDIRECT,
+        "Replaying to the right Fly Machine.\n",
+    );
+    let value = HeaderValue::try_from(replay_header(target))
+        .expect("ids and constants are valid header text");
+    response.headers_mut().insert("fly-replay", value);
+    response
+}
+
+fn wants_page<B>(request: &Request<B>) -> bool {
+    (request.method() == Method::GET || request.method() == Method::HEAD)
+        && request
+            .headers()
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|accept| accept.contains("text/html"))
+}
+
+/// For a server-function call, the typed error its caller decodes; `None` for anything else.
+fn server_fn_error<B>(
+    request: &Request<B>,
+    error: AppError,
+    status: StatusCode,
+) -> Option<Response> {
+    let path = request.uri().path();
+    if !path.starts_with(SERVER_FN_PREFIX) {
+        return None;
+    }
+    let mut response = Response::new(Body::from(error.ser()));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Ok(path) = HeaderValue::from_str(path) {
+        headers.insert(SERVER_FN_ERROR_HEADER, path);
+    }
+    Some(response)
+}
+
+fn plain(status: StatusCode, body: &'static str) -> Response {
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// A small self-contained page: refusals happen before Leptos, so no app shell is involved.
+fn page(status: StatusCode, title: &str, text: &str) -> Response {
+    let html = format!(
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>{title}</title></head><body><main><h1>{title}</h1><p>{text}</p></main></body></html>"
+    );
+    let mut response = Response::new(Body::from(html));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn set_cookie(response: &mut Response, cookie: String) {
+    if let Ok(value) = HeaderValue::try_from(cookie) {
+        response.headers_mut().append(header::SET_COOKIE, value);
+    }
+}
+
+pin_project! {
+    /// Either the router's answer (possibly with a cookie to clear) or one made here.
+    pub struct AffinityFuture<F> {
+        #[pin]
+        inner: Option<F>,
+        ready: Option<Response>,
+        unpin: Option<String>,
+    }
+}
+
+impl<F> AffinityFuture<F> {
+    fn inner(future: F, unpin: Option<String>) -> Self {
+        AffinityFuture {
+            inner: Some(future),
+            ready: None,
+            unpin,
+        }
+    }
+
+    fn ready(response: Response) -> Self {
+        AffinityFuture {
+            inner: None,
+            ready: Some(response),
+            unpin: None,
+        }
+    }
+}
+
+impl<F, E> Future for AffinityFuture<F>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        match this.inner.as_pin_mut() {
+            None => Poll::Ready(Ok(this.ready.take().expect("polled after completion"))),
+            Some(inner) => {
+                let mut response = ready!(inner.poll(cx))?;
+                if let Some(cookie) = this.unpin.take() {
+                    set_cookie(&mut response, cookie);
+                }
+                Poll::Ready(Ok(response))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_replay_header_names_only_a_valid_id_and_fixed_fields() {
+        let id = MachineId::parse("0123456789abcd").unwrap();
+        assert_eq!(
+            replay_header(id),
+            "instance=0123456789abcd;timeout=2s;fallback=prefer_self"
+        );
+    }
+}

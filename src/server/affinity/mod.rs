@@ -1,0 +1,219 @@
+//! The affinity decision: which Machine must answer a request, and whether this one may.
+//!
+//! fly-proxy sends a request to whichever Machine of the app it likes (usually the nearest).
+//! flyby needs every request of a visitor to reach one particular Machine — their own Machine on
+//! the ephemeral app, the launcher Machine running their launch on the launcher app — and needs
+//! everyone else kept out. [`decide`] is that whole policy as a pure function of the request's
+//! facts and of this Machine; [`layer`] only turns its answer into a response, before any route
+//! or Leptos code runs.
+//!
+//! The rules, and why:
+//! - `/health` (exact path) always passes: Fly's checks and the launcher's readiness probe have
+//!   no cookie and must reach every Machine.
+//! - A Machine is named by the path `/m/<id>/...` or by a cookie, never by the query string
+//!   (queries end up in logs, history and Referers: the anchors' `?instance=` leak).
+//!   Ids are validated (`MachineId::parse`, 14 lowercase hex) before anything else, so nothing
+//!   untrusted can reach the `fly-replay` header; a malformed id is refused with 400.
+//! - Wrong Machine: answer with a replay to the right one (`fly-replay: instance=<id>` plus a
+//!   `timeout` and `fallback=prefer_self`, so a target that is gone comes back here as
+//!   `fly-replay-failed`).
+//! - Loop guard: a request that already carries `fly-replay-src` was replayed by a flyby Machine
+//!   that decided on these same facts, so it is never replayed again (the proxy misdelivered
+//!   it, or a client forged the header). The replay carries no `state`, so that Fly may cache it.
+//! - `fly-replay-failed`: the target is gone. The ephemeral app answers "your Machine is gone"
+//!   and clears the owner cookie; the launcher serves the visitor here and clears its launch pin.
+//! - Ownership on the ephemeral app: the owner cookie holds `<machine id>.<secret>`; the Machine
+//!   knows only the secret's hash. Without a secret that verifies, 403. The single exception is
+//!   the hand-over `POST /m/<id>/claim`, whose handler checks the secret in the form body.
+//! - On the ephemeral app, a request naming no Machine belongs to nobody: refused, not served.
+
+pub mod layer;
+
+use super::ownership::OwnerHash;
+use crate::{app::Role, fly::MachineId};
+use http::Method;
+
+pub use layer::AffinityLayer;
+
+/// The only path that is never pinned.
+pub const HEALTH_PATH: &str = "/health";
+/// Cookie on the ephemeral app: `<machine id>.<owner secret>`.
+pub const OWNER_COOKIE: &str = "flyby_owner";
+/// Cookie on the launcher app while a launch runs: the id of the launcher Machine running it.
+pub const LAUNCH_COOKIE: &str = "flyby_launch";
+/// Prefix of the paths that name a Machine: `/m/<id>` and below.
+pub const MACHINE_PREFIX: &str = "/m/";
+
+/// This Machine, as far as the decision is concerned.
+#[derive(Debug, Clone)]
+pub struct Here {
+    pub role: Role,
+    /// `None` only for a launcher outside Fly (no `FLY_MACHINE_ID`): then nothing can be pinned.
+    pub id: Option<MachineId>,
+    /// The hash of the owner's secret; set on the ephemeral role only.
+    pub owner: Option<OwnerHash>,
+}
+
+/// The facts of a request the decision depends on, borrowed from it.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestFacts<'a> {
+    pub method: &'a Method,
+    /// The raw (still percent-encoded) path, without the query.
+    pub path: &'a str,
+    /// Every `Cookie` header value, joined with `; `.
+    pub cookies: Option<&'a str>,
+    /// `fly-replay-src`: set by fly-proxy on a replayed request.
+    pub replay_src: Option<&'a str>,
+    /// `fly-replay-failed`: set by fly-proxy when our replay could not be delivered.
+    pub replay_failed: Option<&'a str>,
+}
+
+/// What to do with a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// `/health`: answered by every Machine, without any check.
+    Pass,
+    /// This is the right Machine (and, on the ephemeral app, the owner): serve.
+    Serve,
+    /// Serve here, and clear the visitor's launch pin: it names no launcher that can serve.
+    ServeAndUnpin,
+    /// Ask fly-proxy to deliver the request to that Machine instead.
+    Replay(MachineId),
+    /// The Machine the request belongs to is gone: say so and clear the owner cookie.
+    Gone(MachineId),
+    Refuse(Refusal),
+}
+
+/// Why a request is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// A Machine id in the path or a pin cookie is malformed (400). `unpin`: the bad value came
+    /// from a cookie, which the answer clears so the visitor is not stuck with it.
+    InvalidId { unpin: bool },
+    /// This is the named Machine, but the request does not prove ownership (403).
+    NotOwner,
+    /// The ephemeral app got a request that names no Machine (403).
+    NoMachine,
+    /// A replayed request reached a Machine it was not meant for (421).
+    Misdirected,
+}
+
+/// The whole affinity policy. Pure: no I/O, no clock, no randomness.
+pub fn decide(request: &RequestFacts<'_>, here: &Here) -> Decision {
+    if request.path == HEALTH_PATH {
+        return Decision::Pass;
+    }
+    match here.role {
+        Role::Launcher => decide_launcher(request, here),
+        Role::Ephemeral => decide_ephemeral(request, here),
+    }
+}
+
+fn decide_launcher(request: &RequestFacts<'_>, here: &Here) -> Decision {
+    let Some(pin) = cookie(request.cookies, LAUNCH_COOKIE) else {
+        return Decision::Serve;
+    };
+    let Ok(target) = MachineId::parse(pin) else {
+        return Decision::Refuse(Refusal::InvalidId { unpin: true });
+    };
+    match here.id {
+        Some(me) if me == target => Decision::Serve,
+        // Outside Fly, or the pinned launcher is gone, or the replay already happened once:
+        // the launcher works anywhere, only the launch in progress is lost.
+        None => Decision::ServeAndUnpin,
+        Some(_) if request.replay_failed.is_some() || request.replay_src.is_some() => {
+            Decision::ServeAndUnpin
+        }
+        Some(_) => Decision::Replay(target),
+    }
+}
+
+fn decide_ephemeral(request: &RequestFacts<'_>, here: &Here) -> Decision {
+    let presented = cookie(request.cookies, OWNER_COOKIE).map(OwnerCookie::parse);
+    let target = match machine_in_path(request.path) {
+        Some(Ok(id)) => id,
+        Some(Err(())) => return Decision::Refuse(Refusal::InvalidId { unpin: false }),
+        None => match presented {
+            Some(Ok(ref owner)) => owner.machine,
+            Some(Err(())) => return Decision::Refuse(Refusal::InvalidId { unpin: true }),
+            None => return Decision::Refuse(Refusal::NoMachine),
+        },
+    };
+    let Some(me) = here.id else {
+        return Decision::Refuse(Refusal::NoMachine);
+    };
+    if target != me {
+        return if request.replay_failed.is_some() {
+            Decision::Gone(target)
+        } else if request.replay_src.is_some() {
+            Decision::Refuse(Refusal::Misdirected)
+        } else {
+            Decision::Replay(target)
+        };
+    }
+    if request.method == Method::POST && is_claim_path(request.path, me) {
+        return Decision::Serve;
+    }
+    match (presented, here.owner) {
+        (Some(Ok(owner)), Some(hash)) if owner.machine == me && hash.verifies(owner.secret) => {
+            Decision::Serve
+        }
+        _ => Decision::Refuse(Refusal::NotOwner),
+    }
+}
+
+/// The parts of an owner cookie; the secret is unverified.
+struct OwnerCookie<'a> {
+    machine: MachineId,
+    secret: &'a str,
+}
+
+impl<'a> OwnerCookie<'a> {
+    fn parse(value: &'a str) -> Result<Self, ()> {
+        let (id, secret) = value.split_once('.').ok_or(())?;
+        Ok(OwnerCookie {
+            machine: MachineId::parse(id).map_err(|_| ())?,
+            secret,
+        })
+    }
+}
+
+/// The value of an owner cookie for `machine`.
+pub fn owner_cookie_value(machine: MachineId, secret: &str) -> String {
+    format!("{machine}.{secret}")
+}
+
+/// The path of the hand-over for `machine`.
+pub fn claim_path(machine: MachineId) -> String {
+    format!("{MACHINE_PREFIX}{machine}/claim")
+}
+
+/// The path of a visitor's page on their Machine.
+pub fn machine_page_path(machine: MachineId) -> String {
+    format!("{MACHINE_PREFIX}{machine}")
+}
+
+fn is_claim_path(path: &str, me: MachineId) -> bool {
+    path.strip_prefix(MACHINE_PREFIX)
+        .and_then(|rest| rest.strip_prefix(me.as_str()))
+        .is_some_and(|rest| rest == "/claim")
+}
+
+/// `Some(Ok(id))` for `/m/<id>` and `/m/<id>/...`, `Some(Err)` when the segment after `/m/`
+/// is not a valid id, `None` for paths outside `/m/`.
+fn machine_in_path(path: &str) -> Option<Result<MachineId, ()>> {
+    let rest = path.strip_prefix(MACHINE_PREFIX)?;
+    let segment = rest.split('/').next().unwrap_or(rest);
+    Some(MachineId::parse(segment).map_err(|_| ()))
+}
+
+/// The first cookie called `name`, parsed with the `cookie` crate (unparseable pairs skipped).
+fn cookie<'a>(header: Option<&'a str>, name: &str) -> Option<&'a str> {
+    cookie::Cookie::split_parse(header?)
+        .filter_map(Result::ok)
+        .find(|c| c.name() == name)
+        .and_then(|c| c.value_raw())
+}
+
+#[cfg(test)]
+mod tests;
