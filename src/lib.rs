@@ -28,6 +28,5 @@ pub mod server;
 #[wasm_bindgen::prelude::wasm_bindgen]
 pub fn hydrate() {
     console_error_panic_hook::set_once();
-    let role = app::Role::from_document();
-    leptos::mount::hydrate_body(move || leptos::view! { <app::App role/> });
+    leptos::mount::hydrate_body(app::App);
 }

@@ -1,18 +1,279 @@
-//! The page a visitor sees on their own Machine.
+//! The page a visitor sees on their own Machine, and the server functions behind it.
+//!
+//! The server drives the Machine's timeline (see `server::lifecycle`); the page follows it over
+//! one WebSocket server function that also measures the round trip every second. Everything the
+//! page shows after the end ("This Machine is no more", the way back) is already in the hydrated
+//! page: it needs nothing from a Machine that no longer exists.
 
-use super::Explainer;
+use super::{error::AppError, useless_machine::UselessMachine};
 use leptos::prelude::*;
+use leptos::server_fn::{codec::JsonEncoding, BoxedStream, Websocket};
+use serde::{Deserialize, Serialize};
+
+/// Why a Machine ended, as the page tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EndReason {
+    /// The show ran its course.
+    ShowOver,
+    /// The owner pressed "switch it off now".
+    SwitchedOff,
+    /// The Machine reached its maximum lifetime.
+    TtlExpired,
+    /// Nobody claimed the Machine in time.
+    NoClaim,
+    /// The platform asked it to stop.
+    Stopped,
+}
+
+/// Where the Machine is in its life, as the page needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PhaseView {
+    AwaitingOwner,
+    /// The show runs; the Machine switches itself off in `seconds_left`.
+    Showing { seconds_left: u64 },
+    SwitchingOff { reason: EndReason },
+    Ended { reason: EndReason },
+}
+
+/// What the page shows about its Machine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MachineInfo {
+    pub id: String,
+    /// The region code, and its city (or the code again for an unknown region).
+    pub region: Option<String>,
+    pub city: Option<String>,
+    /// The Fly edge region the visitor's request came through.
+    pub edge_region: Option<String>,
+    pub edge_city: Option<String>,
+    /// Great-circle distance between the two, when both are known regions.
+    pub distance_km: Option<u32>,
+    /// The launcher's origin, for the way back.
+    pub launcher_url: Option<String>,
+    pub phase: PhaseView,
+}
+
+/// Messages from the page over the live channel.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ClientMessage {
+    Ping { seq: u32 },
+}
+
+/// Messages from the Machine over the live channel.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ServerMessage {
+    Pong { seq: u32 },
+    Phase(PhaseView),
+}
+
+#[server(endpoint = "machine")]
+pub async fn about_machine() -> Result<MachineInfo, AppError> {
+    let machine = crate::server::ephemeral::current()?;
+    let headers: http::HeaderMap = leptos_axum::extract().await.map_err(|_| AppError::Internal)?;
+    let edge = headers
+        .get("fly-region")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| crate::fly::RegionCode::parse(v).ok());
+    Ok(machine.info(edge))
+}
+
+#[server(endpoint = "switch-off")]
+pub async fn switch_off() -> Result<(), AppError> {
+    crate::server::ephemeral::current()?.switch_off();
+    Ok(())
+}
+
+#[server(protocol = Websocket<JsonEncoding, JsonEncoding>, endpoint = "channel")]
+pub async fn machine_channel(
+    input: BoxedStream<ClientMessage, AppError>,
+) -> Result<BoxedStream<ServerMessage, AppError>, AppError> {
+    let machine = crate::server::ephemeral::current()?;
+    Ok(machine.channel(input))
+}
 
 #[component]
 pub fn MachinePage() -> impl IntoView {
+    let info = Resource::new(|| (), |_| about_machine());
     view! {
-        <h1>"Your own Fly Machine"</h1>
-        <p class="lede">"This Machine was started for you alone."</p>
-        <Explainer>
-            <p>
-                "Nobody else can reach this Machine: your browser holds a secret that only this "
-                "Machine can check, and every other request is refused."
-            </p>
-        </Explainer>
+        <Suspense fallback=|| view! { <p>"Reaching your Machine…"</p> }>
+            {move || Suspend::new(async move {
+                match info.await {
+                    Ok(info) => view! { <MachineView info/> }.into_any(),
+                    Err(error) => view! {
+                        <h1>"Your Fly Machine"</h1>
+                        <p role="alert">{error.to_string()}</p>
+                    }
+                    .into_any(),
+                }
+            })}
+        </Suspense>
+    }
+}
+
+/// The live part of the page.
+#[component]
+fn MachineView(info: MachineInfo) -> impl IntoView {
+    let phase = RwSignal::new(info.phase);
+    let rtt_ms = RwSignal::new(None::<f64>);
+    // The channel closed without saying the Machine ended: it crashed or vanished.
+    let lost = RwSignal::new(false);
+    let seconds_left = RwSignal::new(match info.phase {
+        PhaseView::Showing { seconds_left } => Some(seconds_left),
+        _ => None,
+    });
+    let ended = Memo::new(move |_| matches!(phase.get(), PhaseView::Ended { .. }) || lost.get());
+
+    #[cfg(feature = "hydrate")]
+    live::connect(phase, rtt_ms, lost, seconds_left);
+
+    let switching = Action::new(|_: &()| switch_off());
+    let switch_state = Signal::derive(move || match phase.get() {
+        _ if lost.get() => super::useless_machine::SwitchState::Off,
+        PhaseView::AwaitingOwner | PhaseView::Showing { .. } => super::useless_machine::SwitchState::On,
+        PhaseView::SwitchingOff { .. } => super::useless_machine::SwitchState::Flipping,
+        PhaseView::Ended { .. } => super::useless_machine::SwitchState::Off,
+    });
+
+    let where_text = match (&info.city, &info.region) {
+        (Some(city), Some(code)) if city != code => format!(" in {city} ({code})"),
+        (Some(city), _) => format!(" in {city}"),
+        _ => String::new(),
+    };
+    let distance = match (info.distance_km, &info.edge_city) {
+        (Some(km), Some(edge)) => Some(format!("{km} km from your edge region, {edge}.")),
+        (None, Some(edge)) => Some(format!("Your edge region is {edge}.")),
+        _ => None,
+    };
+    let launcher = info.launcher_url.clone().unwrap_or_default();
+    let back = format!("{launcher}/");
+
+    view! {
+        <h1>"This is Fly Machine " <code class="machine-id">{info.id.clone()}</code> {where_text}</h1>
+        {distance.map(|d| view! { <p class="distance">{d}</p> })}
+        <UselessMachine state=switch_state/>
+        <Show
+            when=move || ended.get()
+            fallback=move || {
+                view! {
+                    <dl class="vitals">
+                        <dt>"Round trip to this Machine"</dt>
+                        <dd class="rtt" aria-live="off">
+                            {move || match rtt_ms.get() {
+                                Some(ms) => format!("{ms:.1} ms"),
+                                None => "measuring…".to_owned(),
+                            }}
+                        </dd>
+                        <dt>"Switches itself off in"</dt>
+                        <dd class="countdown">
+                            {move || match (phase.get(), seconds_left.get()) {
+                                (PhaseView::SwitchingOff { .. }, _) => "now".to_owned(),
+                                (_, Some(s)) => format!("{s} s"),
+                                _ => "…".to_owned(),
+                            }}
+                        </dd>
+                    </dl>
+                    <button
+                        type="button"
+                        class="switch-off"
+                        disabled=move || {
+                            !matches!(phase.get(), PhaseView::Showing { .. }) || switching.pending().get()
+                        }
+                        on:click=move |_| {
+                            switching.dispatch(());
+                        }
+                    >
+                        "Switch it off now"
+                    </button>
+                }
+            }
+        >
+            <section class="no-more" aria-live="polite">
+                <h2>"This Machine is no more"</h2>
+                <p>
+                    {move || if lost.get() {
+                        "It stopped unexpectedly and was destroyed: your Machine is gone."
+                    } else {
+                        "It switched itself off and was destroyed, for good."
+                    }}
+                </p>
+                <p><a href=back.clone() class="back">"Back to the launcher"</a></p>
+            </section>
+        </Show>
+    }
+}
+
+/// The browser side of the live channel: pings every second, follows the phase, counts down.
+#[cfg(feature = "hydrate")]
+mod live {
+    use super::*;
+    use futures::{channel::mpsc, StreamExt};
+    use std::{cell::RefCell, collections::HashMap, rc::Rc, time::Duration};
+
+    fn now_ms() -> f64 {
+        window().performance().map(|p| p.now()).unwrap_or_default()
+    }
+
+    pub fn connect(
+        phase: RwSignal<PhaseView>,
+        rtt_ms: RwSignal<Option<f64>>,
+        lost: RwSignal<bool>,
+        seconds_left: RwSignal<Option<u64>>,
+    ) {
+        let (tx, rx) = mpsc::channel::<Result<ClientMessage, AppError>>(4);
+        let sent: Rc<RefCell<HashMap<u32, f64>>> = Rc::default();
+        let countdown_to = Rc::new(RefCell::new(None::<f64>));
+
+        let ticker = {
+            let sent = sent.clone();
+            let countdown_to = countdown_to.clone();
+            let tx = RefCell::new(tx.clone());
+            let seq = std::cell::Cell::new(0u32);
+            set_interval_with_handle(
+                move || {
+                    seq.set(seq.get().wrapping_add(1));
+                    sent.borrow_mut().insert(seq.get(), now_ms());
+                    let _ = tx.borrow_mut().try_send(Ok(ClientMessage::Ping { seq: seq.get() }));
+                    if let Some(at) = *countdown_to.borrow() {
+                        let left = ((at - now_ms()) / 1000.0).ceil().max(0.0) as u64;
+                        seconds_left.set(Some(left));
+                    }
+                },
+                Duration::from_secs(1),
+            )
+            .ok()
+        };
+
+        leptos::task::spawn_local(async move {
+            // The first ping goes out at once, so the round trip shows without waiting a second.
+            let mut first = tx;
+            sent.borrow_mut().insert(0, now_ms());
+            let _ = first.try_send(Ok(ClientMessage::Ping { seq: 0 }));
+            let mut ended = false;
+            if let Ok(mut messages) = machine_channel(rx.into()).await {
+                while let Some(message) = messages.next().await {
+                    match message {
+                        Ok(ServerMessage::Pong { seq }) => {
+                            if let Some(at) = sent.borrow_mut().remove(&seq) {
+                                rtt_ms.set(Some(now_ms() - at));
+                            }
+                        }
+                        Ok(ServerMessage::Phase(p)) => {
+                            if let PhaseView::Showing { seconds_left: s } = p {
+                                *countdown_to.borrow_mut() = Some(now_ms() + s as f64 * 1000.0);
+                                seconds_left.set(Some(s));
+                            }
+                            ended = matches!(p, PhaseView::Ended { .. });
+                            phase.set(p);
+                        }
+                        Err(_) => break,
+                    }
+                }
+            }
+            if let Some(ticker) = ticker {
+                ticker.clear();
+            }
+            if !ended {
+                lost.set(true);
+            }
+        });
     }
 }

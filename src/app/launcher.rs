@@ -24,3 +24,16 @@ pub fn LauncherPage() -> impl IntoView {
         </Explainer>
     }
 }
+
+/// Where a visitor lands when their Machine has vanished under them.
+#[component]
+pub fn GonePage() -> impl IntoView {
+    view! {
+        <h1>"Your Machine is gone"</h1>
+        <p class="lede">
+            "The Fly Machine you were looking for has switched itself off and was destroyed, "
+            "as every flyby Machine does. Launch a new one whenever you like."
+        </p>
+        <p><a href="/">"Back to the start"</a></p>
+    }
+}

@@ -1,11 +1,12 @@
 //! The UI, shared by the server (which renders it to HTML) and the browser (which hydrates it).
 //!
-//! One component tree serves both roles: the server knows its role from its config and writes it
-//! on `<body data-role>`, the browser reads it back from there, so both sides render the same tree.
+//! One component tree serves both roles; each server mounts only its role's routes, and writes
+//! its role on `<body data-role>` for styles and tests.
 
-mod ephemeral;
+pub mod ephemeral;
 mod error;
 mod launcher;
+mod useless_machine;
 
 pub use error::AppError;
 
@@ -47,17 +48,6 @@ impl Role {
             _ => Err(UnknownRole),
         }
     }
-
-    /// The role the server wrote on `<body data-role>`; the launcher if it is missing, which
-    /// can only happen on a page flyby did not render.
-    #[cfg(feature = "hydrate")]
-    pub fn from_document() -> Self {
-        document()
-            .body()
-            .and_then(|body| body.get_attribute("data-role"))
-            .and_then(|name| Role::parse(&name).ok())
-            .unwrap_or(Role::Launcher)
-    }
 }
 
 /// The whole HTML document, rendered on the server only.
@@ -78,16 +68,18 @@ pub fn shell(options: LeptosOptions, role: Role) -> impl IntoView {
                 <MetaTags/>
             </head>
             <body data-role=role.as_str()>
-                <App role/>
+                <App/>
             </body>
         </html>
     }
 }
 
-/// The root component. Marks `<body data-hydrated>` once it runs in the browser, so that tests
+/// The root component. Every route exists in both roles' trees, so the browser and the server
+/// agree on them; the server mounts only its role's (see `server::router`). Marks
+/// `<body data-hydrated>` once it runs in the browser, so that tests
 /// (and anyone curious) can tell a hydrated page from server-rendered HTML.
 #[component]
-pub fn App(role: Role) -> impl IntoView {
+pub fn App() -> impl IntoView {
     provide_meta_context();
     Effect::new(move |_| {
         if let Some(body) = document().body() {
@@ -99,13 +91,9 @@ pub fn App(role: Role) -> impl IntoView {
         <Router>
             <main>
                 <Routes fallback=|| view! { <NotFound/> }>
-                    <Route
-                        path=path!("/")
-                        view=move || match role {
-                            Role::Launcher => view! { <launcher::LauncherPage/> }.into_any(),
-                            Role::Ephemeral => view! { <ephemeral::MachinePage/> }.into_any(),
-                        }
-                    />
+                    <Route path=path!("/") view=launcher::LauncherPage/>
+                    <Route path=path!("/gone") view=launcher::GonePage/>
+                    <Route path=path!("/m/:id") view=ephemeral::MachinePage/>
                 </Routes>
             </main>
         </Router>

@@ -5,6 +5,7 @@
 //! invalid variable stops the start with one line naming it and what was expected; the value of
 //! a secret is never echoed.
 
+use super::ownership::OwnerHash;
 use crate::{
     app::Role,
     fly::{MachineId, RegionCode},
@@ -40,86 +41,37 @@ const fn var(
     }
 }
 
+const fn secret(name: &'static str, expected: &'static str, help: &'static str) -> Variable {
+    Variable { name, default: Some(""), expected, help, secret: true }
+}
+
 /// Every variable, in the order `--help` lists them.
+#[rustfmt::skip]
 pub const VARIABLES: &[Variable] = &[
-    var(
-        "FLYBY_ROLE",
-        None,
-        "`launcher` or `ephemeral`",
-        "which of the two Fly apps this process serves",
-    ),
-    var(
-        "FLYBY_LOG_FORMAT",
-        Some("human"),
-        "`human` or `json`",
-        "log line format",
-    ),
-    var(
-        "FLYBY_EPHEMERAL_APP",
-        Some("flyby-machines"),
-        "a Fly app name",
-        "the app the launcher creates visitors' Machines in",
-    ),
-    var(
-        "LEPTOS_SITE_ADDR",
-        Some("127.0.0.1:3000"),
-        "an address like 0.0.0.0:8080",
-        "where the server listens",
-    ),
-    var(
-        "LEPTOS_SITE_ROOT",
-        Some("target/site"),
-        "a directory",
-        "where the built site (pkg/, favicon) is",
-    ),
-    var(
-        "LEPTOS_SITE_PKG_DIR",
-        Some("pkg"),
-        "a directory name",
-        "the site-root folder with the JS, WASM and CSS bundle",
-    ),
-    var(
-        "LEPTOS_OUTPUT_NAME",
-        Some("flyby"),
-        "a file stem",
-        "the name of the JS/WASM/CSS bundle files",
-    ),
-    var(
-        "LEPTOS_HASH_FILES",
-        Some("false"),
-        "`true` or `false`",
-        "whether the bundle files carry content hashes",
-    ),
-    var(
-        "FLY_APP_NAME",
-        Some("flyby"),
-        "a Fly app name",
-        "set by Fly: the app this Machine belongs to",
-    ),
-    var(
-        "FLY_MACHINE_ID",
-        Some(""),
-        "14 lowercase hex characters",
-        "set by Fly: this Machine's id (required for the ephemeral role)",
-    ),
-    var(
-        "FLY_REGION",
-        Some(""),
-        "a region code like `ams`",
-        "set by Fly: the region this Machine runs in",
-    ),
-    var(
-        "FLY_IMAGE_REF",
-        Some(""),
-        "an image reference",
-        "set by Fly: the image this Machine runs, reused for visitors' Machines",
-    ),
-    var(
-        "FLY_PRIVATE_IP",
-        Some(""),
-        "an IP address",
-        "set by Fly: this Machine's private address",
-    ),
+    var("FLYBY_ROLE", None, "`launcher` or `ephemeral`", "which of the two Fly apps this process serves"),
+    var("FLYBY_LOG_FORMAT", Some("human"), "`human` or `json`", "log line format"),
+    var("FLYBY_EPHEMERAL_APP", Some("flyby-machines"), "a Fly app name", "the app the launcher creates visitors' Machines in"),
+    var("FLYBY_TTL_SECS", Some("120"), "whole seconds, 10 to 3600", "how long a visitor's Machine may live at most"),
+    var("FLYBY_CLAIM_SECS", Some("60"), "whole seconds, 5 to 600", "how long a new Machine waits for its owner before it switches itself off"),
+    var("FLYBY_SHOW_SECS", Some("30"), "whole seconds, 3 to 600", "how long the owner's show lasts before the Machine switches itself off"),
+    var("FLYBY_OWNER_HASH", Some(""), "64 lowercase hex characters", "ephemeral: SHA-256 of the owner's secret (required for the ephemeral role)"),
+    var("FLYBY_LAUNCHER_URL", Some(""), "an http(s) origin like https://flyby.fly.dev", "ephemeral: where the launcher is, for the way back"),
+    secret("FLY_API_TOKEN", "a Fly API token", "launcher: token for the Machines API (required for the launcher role)"),
+    var("FLYBY_MACHINES_API", Some("http://_api.internal:4280"), "an http(s) URL", "launcher: the Machines API base URL"),
+    var("FLYBY_EPHEMERAL_ORIGIN", Some(""), "an http(s) origin", "launcher: public origin of the ephemeral app (default: the launcher's host with the app name swapped)"),
+    var("FLYBY_MAX_MACHINES", Some("8"), "a whole number, 1 to 100", "launcher: most visitor Machines alive at once, across all launchers"),
+    var("FLYBY_LAUNCHES_PER_MINUTE", Some("3"), "a whole number, 1 to 600", "launcher: launches one visitor (Fly-Client-IP) may start per minute"),
+    var("FLYBY_METRICS_PORT", Some("9091"), "a port number", "launcher: Prometheus /metrics, on this Machine's private address"),
+    var("LEPTOS_SITE_ADDR", Some("127.0.0.1:3000"), "an address like 0.0.0.0:8080", "where the server listens"),
+    var("LEPTOS_SITE_ROOT", Some("target/site"), "a directory", "where the built site (pkg/, favicon) is"),
+    var("LEPTOS_SITE_PKG_DIR", Some("pkg"), "a directory name", "the site-root folder with the JS, WASM and CSS bundle"),
+    var("LEPTOS_OUTPUT_NAME", Some("flyby"), "a file stem", "the name of the JS/WASM/CSS bundle files"),
+    var("LEPTOS_HASH_FILES", Some("false"), "`true` or `false`", "whether the bundle files carry content hashes"),
+    var("FLY_APP_NAME", Some("flyby"), "a Fly app name", "set by Fly: the app this Machine belongs to"),
+    var("FLY_MACHINE_ID", Some(""), "14 lowercase hex characters", "set by Fly: this Machine's id (required for the ephemeral role)"),
+    var("FLY_REGION", Some(""), "a region code like `ams`", "set by Fly: the region this Machine runs in"),
+    var("FLY_IMAGE_REF", Some(""), "an image reference", "set by Fly: the image this Machine runs, reused for visitors' Machines"),
+    var("FLY_PRIVATE_IP", Some(""), "an IP address", "set by Fly: this Machine's private address"),
 ];
 
 /// A variable that is missing or does not hold what is expected. Displays as the one line
@@ -155,6 +107,73 @@ pub struct Config {
     pub fly: FlyEnvironment,
     /// The app visitors' Machines are created in.
     pub ephemeral_app: String,
+    /// Timings shared by the launcher (which passes them on) and the ephemeral role.
+    pub timings: Timings,
+    /// What only one of the two roles needs.
+    pub role_config: RoleConfig,
+}
+
+/// How long a visitor's Machine lives, and its phases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timings {
+    /// Hard limit on a Machine's life, from its start: the spend cap per visitor.
+    pub ttl: Duration,
+    /// A Machine nobody claims within this switches itself off.
+    pub claim_window: Duration,
+    /// How long the owner's page shows before the Machine switches itself off.
+    pub show: Duration,
+}
+
+/// The settings of one role.
+#[derive(Debug, Clone)]
+pub enum RoleConfig {
+    Launcher(LauncherConfig),
+    Ephemeral(EphemeralConfig),
+}
+
+#[derive(Debug, Clone)]
+pub struct LauncherConfig {
+    /// Authenticates the Machines API calls; never logged.
+    pub api_token: ApiToken,
+    /// `http://_api.internal:4280` on Fly, flyby-local's API address locally.
+    pub machines_api: String,
+    /// Overrides the ephemeral app's public origin, derived from the request's Host otherwise.
+    pub ephemeral_origin: Option<String>,
+    /// The global cap on visitor Machines alive.
+    pub max_machines: u32,
+    /// Per-visitor launch budget.
+    pub launches_per_minute: u32,
+    /// Port of the Prometheus endpoint (0 picks a free one, as tests do).
+    pub metrics_port: u16,
+}
+
+#[derive(Debug, Clone)]
+pub struct EphemeralConfig {
+    /// Proves the owner: the Machine knows only this hash of their secret.
+    pub owner_hash: OwnerHash,
+    /// The launcher's origin, for "back to the launcher" and the "gone" page.
+    pub launcher_url: Option<String>,
+}
+
+/// The Machines API token. Its `Debug` never shows it.
+#[derive(Clone)]
+pub struct ApiToken(String);
+
+impl ApiToken {
+    pub fn new(token: String) -> Self {
+        ApiToken(token)
+    }
+
+    /// The token itself, for the `Authorization` header only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiToken(<hidden>)")
+    }
 }
 
 /// The `FLY_*` variables a Fly Machine is started with. Optional outside Fly.
@@ -189,6 +208,11 @@ struct Reader<F> {
     lookup: F,
 }
 
+fn missing(name: &str) -> ConfigError {
+    let spec = spec(name);
+    ConfigError::Missing { name: spec.name, expected: spec.expected }
+}
+
 /// The declaration of a variable the code reads; reading an undeclared one is a bug.
 fn spec(name: &str) -> &'static Variable {
     VARIABLES
@@ -209,6 +233,11 @@ impl<F: Fn(&str) -> Option<String>> Reader<F> {
                 expected: spec.expected,
             }),
         }
+    }
+
+    /// The value of a variable whose default is empty but which this role needs.
+    fn required(&self, name: &str) -> Result<String, ConfigError> {
+        self.optional(name)?.ok_or_else(|| missing(name))
     }
 
     /// The value, or `None` when it is unset and its default is empty.
@@ -256,7 +285,7 @@ impl Config {
     }
 
     /// Reads variables through `lookup`, so tests need not touch the process environment.
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+    pub fn from_lookup<F: Fn(&str) -> Option<String>>(lookup: F) -> Result<Self, ConfigError> {
         let r = Reader { lookup };
         let role = r.parse("FLYBY_ROLE", |s| Role::parse(s).ok())?;
         let log_format = r.parse("FLYBY_LOG_FORMAT", |s| s.parse().ok())?;
@@ -279,13 +308,32 @@ impl Config {
             private_ip: r.parse_optional("FLY_PRIVATE_IP", |s| s.parse().ok())?,
         };
         let ephemeral_app = r.parse("FLYBY_EPHEMERAL_APP", app_name)?;
-        if role == Role::Ephemeral && fly.machine_id.is_none() {
-            let spec = spec("FLY_MACHINE_ID");
-            return Err(ConfigError::Missing {
-                name: spec.name,
-                expected: spec.expected,
-            });
-        }
+        let timings = Timings {
+            ttl: r.parse("FLYBY_TTL_SECS", |s| seconds(s, 10..=3600))?,
+            claim_window: r.parse("FLYBY_CLAIM_SECS", |s| seconds(s, 5..=600))?,
+            show: r.parse("FLYBY_SHOW_SECS", |s| seconds(s, 3..=600))?,
+        };
+        let role_config = match role {
+            Role::Launcher => RoleConfig::Launcher(LauncherConfig {
+                api_token: r.required("FLY_API_TOKEN").map(ApiToken)?,
+                machines_api: r.parse("FLYBY_MACHINES_API", http_url)?,
+                ephemeral_origin: r.parse_optional("FLYBY_EPHEMERAL_ORIGIN", http_url)?,
+                max_machines: r.parse("FLYBY_MAX_MACHINES", |s| number(s, 1..=100))?,
+                launches_per_minute: r.parse("FLYBY_LAUNCHES_PER_MINUTE", |s| number(s, 1..=600))?,
+                metrics_port: r.parse("FLYBY_METRICS_PORT", |s| s.parse().ok())?,
+            }),
+            Role::Ephemeral => {
+                if fly.machine_id.is_none() {
+                    return Err(missing("FLY_MACHINE_ID"));
+                }
+                let hash = r.required("FLYBY_OWNER_HASH")?;
+                RoleConfig::Ephemeral(EphemeralConfig {
+                    owner_hash: OwnerHash::parse(&hash)
+                        .map_err(|_| Reader::<F>::invalid("FLYBY_OWNER_HASH", &hash))?,
+                    launcher_url: r.parse_optional("FLYBY_LAUNCHER_URL", http_url)?,
+                })
+            }
+        };
         let leptos = LeptosOptions::builder()
             .output_name(output_name)
             .site_root(site_root)
@@ -301,13 +349,34 @@ impl Config {
             leptos,
             fly,
             ephemeral_app,
+            timings,
+            role_config,
         })
     }
 
-    /// How long the server waits for in-flight requests once asked to stop.
+    /// How long in-flight requests may take to finish once the server is asked to stop. Fly
+    /// kills a Machine 5 s after the stop signal by default, so finish well before.
     pub fn shutdown_grace(&self) -> Duration {
-        Duration::from_secs(10)
+        Duration::from_secs(4)
     }
+}
+
+fn number(s: &str, range: std::ops::RangeInclusive<u32>) -> Option<u32> {
+    s.parse().ok().filter(|n| range.contains(n))
+}
+
+fn seconds(s: &str, range: std::ops::RangeInclusive<u32>) -> Option<Duration> {
+    number(s, range).map(|n| Duration::from_secs(n.into()))
+}
+
+/// An http(s) URL without a trailing slash, so paths can be appended.
+fn http_url(s: &str) -> Option<String> {
+    let rest = s.strip_prefix("https://").or_else(|| s.strip_prefix("http://"))?;
+    let ok = !rest.is_empty()
+        && !rest.starts_with('/')
+        && s.bytes().all(|b| b.is_ascii_graphic())
+        && !s.contains(['"', '<', '>', '\\', '`']);
+    ok.then(|| s.trim_end_matches('/').to_owned())
 }
 
 fn app_name(s: &str) -> Option<String> {
@@ -348,32 +417,42 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
+    const HASH: &str = "5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef";
+
     fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let map: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let map: HashMap<String, String> =
+            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Config::from_lookup(|name| map.get(name).cloned())
     }
 
+    fn launcher(extra: &[(&'static str, &'static str)]) -> Result<Config, ConfigError> {
+        let mut vars = vec![("FLYBY_ROLE", "launcher"), ("FLY_API_TOKEN", "t0ken")];
+        vars.extend_from_slice(extra);
+        config(&vars)
+    }
+
     #[test]
-    fn launcher_needs_only_its_role() {
-        let c = config(&[("FLYBY_ROLE", "launcher")]).unwrap();
+    fn a_launcher_needs_its_role_and_a_token() {
+        let c = launcher(&[]).unwrap();
         assert_eq!(c.role, Role::Launcher);
         assert_eq!(c.site_addr, "127.0.0.1:3000".parse().unwrap());
         assert_eq!(c.log_format, LogFormat::Human);
         assert_eq!(&*c.leptos.output_name, "flyby");
         assert_eq!(c.fly.machine_id, None);
         assert_eq!(c.ephemeral_app, "flyby-machines");
+        assert_eq!(c.timings.ttl, Duration::from_secs(120));
+        let RoleConfig::Launcher(l) = c.role_config else { panic!("launcher") };
+        assert_eq!(l.api_token.expose(), "t0ken");
+        assert_eq!(l.machines_api, "http://_api.internal:4280");
+        assert_eq!(l.max_machines, 8);
+        let err = config(&[("FLYBY_ROLE", "launcher")]).unwrap_err();
+        assert_eq!(err.to_string(), "FLY_API_TOKEN is not set: expected a Fly API token");
     }
 
     #[test]
     fn missing_role_names_the_variable() {
         let err = config(&[]).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "FLYBY_ROLE is not set: expected `launcher` or `ephemeral`"
-        );
+        assert_eq!(err.to_string(), "FLYBY_ROLE is not set: expected `launcher` or `ephemeral`");
     }
 
     #[test]
@@ -386,24 +465,23 @@ mod tests {
     }
 
     #[test]
-    fn ephemeral_role_requires_a_machine_id() {
-        let err = config(&[("FLYBY_ROLE", "ephemeral")]).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                ConfigError::Missing {
-                    name: "FLY_MACHINE_ID",
-                    ..
-                }
-            ),
-            "{err}"
-        );
+    fn ephemeral_role_requires_a_machine_id_and_an_owner_hash() {
+        let err = config(&[("FLYBY_ROLE", "ephemeral"), ("FLYBY_OWNER_HASH", HASH)]).unwrap_err();
+        assert!(matches!(err, ConfigError::Missing { name: "FLY_MACHINE_ID", .. }), "{err}");
+        let err = config(&[("FLYBY_ROLE", "ephemeral"), ("FLY_MACHINE_ID", "0123456789abcd")])
+            .unwrap_err();
+        assert!(matches!(err, ConfigError::Missing { name: "FLYBY_OWNER_HASH", .. }), "{err}");
         let c = config(&[
             ("FLYBY_ROLE", "ephemeral"),
             ("FLY_MACHINE_ID", "0123456789abcd"),
+            ("FLYBY_OWNER_HASH", HASH),
+            ("FLYBY_LAUNCHER_URL", "http://flyby.localhost:3000/"),
         ])
         .unwrap();
         assert_eq!(c.fly.machine_id.unwrap().as_str(), "0123456789abcd");
+        let RoleConfig::Ephemeral(e) = c.role_config else { panic!("ephemeral") };
+        assert_eq!(e.owner_hash.to_hex(), HASH);
+        assert_eq!(e.launcher_url.as_deref(), Some("http://flyby.localhost:3000"));
     }
 
     #[test]
@@ -418,9 +496,15 @@ mod tests {
             ("FLY_PRIVATE_IP", "nowhere"),
             ("LEPTOS_SITE_PKG_DIR", "../etc"),
             ("LEPTOS_HASH_FILES", "yes"),
+            ("FLYBY_TTL_SECS", "5"),
+            ("FLYBY_TTL_SECS", "two minutes"),
+            ("FLYBY_MAX_MACHINES", "0"),
+            ("FLYBY_MACHINES_API", "ftp://example.com"),
+            ("FLYBY_MACHINES_API", "http://"),
+            ("FLYBY_EPHEMERAL_ORIGIN", "http://a b"),
+            ("FLYBY_METRICS_PORT", "70000"),
         ] {
-            let err = config(&[("FLYBY_ROLE", "launcher"), (name, value)]).unwrap_err();
-            match err {
+            match launcher(&[(name, value)]).unwrap_err() {
                 ConfigError::Invalid { name: got, .. } => assert_eq!(got, name),
                 other => panic!("{name}={value}: {other}"),
             }
@@ -429,18 +513,23 @@ mod tests {
 
     #[test]
     fn every_error_is_one_line() {
-        let err = config(&[("FLYBY_ROLE", "launcher"), ("FLY_REGION", "a\nb")]).unwrap_err();
+        let err = launcher(&[("FLY_REGION", "a\nb")]).unwrap_err();
         assert!(!err.to_string().contains('\n'), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_never_echoed() {
+        assert!(!format!("{:?}", launcher(&[]).unwrap()).contains("t0ken"));
+        let hidden = ConfigError::Invalid { name: "FLY_API_TOKEN", shown: "<hidden>".into(), expected: "" };
+        assert!(!hidden.to_string().contains("t0ken"));
+        assert!(spec("FLY_API_TOKEN").secret);
     }
 
     #[test]
     fn help_lists_every_variable_with_its_default() {
         let help = Help.to_string();
         for v in VARIABLES {
-            let line = help
-                .lines()
-                .find(|l| l.trim_start().starts_with(v.name))
-                .unwrap();
+            let line = help.lines().find(|l| l.trim_start().starts_with(v.name)).unwrap();
             match v.default {
                 None => assert!(line.contains("required"), "{line}"),
                 Some("") => assert!(line.contains("unset"), "{line}"),

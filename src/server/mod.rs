@@ -2,19 +2,32 @@
 //!
 //! [`Application::build`] binds the listener and assembles the router; `main` only reads the
 //! config, builds and runs. Tests start an `Application` on port 0 the same way.
+//!
+//! Module map:
+//! - [`config`]: the environment, read once into typed values.
+//! - [`affinity`]: which Machine must answer a request, as a pure decision and a tower layer
+//!   around the whole router.
+//! - [`ownership`], [`cookies`]: owner secrets and the cookies that carry them and the pins.
+//! - [`ephemeral`], [`lifecycle`]: a visitor's Machine: the hand-over, the page's live channel,
+//!   and the timeline that ends with the process exiting.
+//! - [`telemetry`]: logs.
 
 pub mod affinity;
 pub mod config;
 pub mod cookies;
+pub mod ephemeral;
+pub mod lifecycle;
 pub mod ownership;
 pub mod telemetry;
 
-use crate::app::{shell, App};
+use crate::app::{shell, App, Role};
+use affinity::{AffinityLayer, Here};
 use axum::{routing::get, serve::ListenerExt, Router};
-use config::Config;
+use config::{Config, RoleConfig};
+use ephemeral::EphemeralMachine;
 use leptos::prelude::*;
 use leptos_axum::{generate_route_list, LeptosRoutes};
-use std::{future::Future, io, net::SocketAddr};
+use std::{future::Future, io, net::SocketAddr, sync::Arc, time::Duration};
 use tokio::net::TcpListener;
 
 /// A bound, ready-to-run server.
@@ -22,51 +35,110 @@ pub struct Application {
     /// Bound in `build`, so the port is known (and taken) before `run` is called.
     listener: TcpListener,
     router: Router,
+    /// The ephemeral role's Machine, whose end ends the process.
+    ephemeral: Option<Arc<EphemeralMachine>>,
+    /// How long in-flight requests may take once stopping.
+    grace: Duration,
 }
 
 impl Application {
     /// Binds `config.site_addr` and builds the router for the configured role.
     pub async fn build(config: Config) -> io::Result<Self> {
         let listener = TcpListener::bind(config.site_addr).await?;
-        Ok(Application {
-            listener,
-            router: router(&config),
-        })
+        let ephemeral = EphemeralMachine::start(&config);
+        let router = router(&config, ephemeral.clone());
+        Ok(Application { listener, router, ephemeral, grace: config.shutdown_grace() })
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.listener.local_addr()
     }
 
-    /// Serves until `shutdown` completes, then lets in-flight requests finish.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> io::Result<()> {
+    /// Serves until `stop` completes (a signal) or, on the ephemeral role, until the Machine's
+    /// timeline ends; then lets in-flight requests finish, for at most the grace period.
+    pub async fn run(self, stop: impl Future<Output = ()> + Send + 'static) -> io::Result<()> {
+        let ephemeral = self.ephemeral.clone();
+        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+        let shutdown = async move {
+            match ephemeral {
+                Some(machine) => {
+                    tokio::select! {
+                        () = stop => machine.lifecycle.apply(lifecycle::Event::Terminate),
+                        reason = machine.lifecycle.ended() => tracing::info!(?reason, "Machine ended"),
+                    }
+                }
+                None => stop.await,
+            }
+            let _ = stopping_tx.send(());
+        };
         // Without TCP_NODELAY a small response written in two pieces waits for the client's
         // delayed ACK (~40 ms) on a keep-alive connection (Nagle's algorithm).
         let listener = self.listener.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
         });
-        axum::serve(listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await
+        let serve = axum::serve(listener, self.router).with_graceful_shutdown(shutdown);
+        let grace = self.grace;
+        tokio::select! {
+            served = serve => served,
+            () = async move {
+                if stopping_rx.await.is_ok() {
+                    tokio::time::sleep(grace).await;
+                } else {
+                    std::future::pending::<()>().await;
+                }
+            } => {
+                tracing::warn!("connections still open after the grace period; exiting anyway");
+                Ok(())
+            }
+        }
     }
 }
 
-/// The whole router of a role: Leptos pages, static files, `/health`, request logs.
-pub fn router(config: &Config) -> Router {
+/// The whole router of a role: Leptos pages and server functions, static files, `/health`,
+/// the role's own routes; all behind the affinity layer, and the request log around that.
+pub fn router(config: &Config, ephemeral: Option<Arc<EphemeralMachine>>) -> Router {
     let role = config.role;
     let options = config.leptos.clone();
-    let routes = generate_route_list(move || view! { <App role/> });
-    Router::new()
-        .route("/health", get(health))
-        .leptos_routes(&options, routes, {
+    let routes = generate_route_list(App)
+        .into_iter()
+        .filter(|route| belongs_to(role, route.path()))
+        .collect::<Vec<_>>();
+    let context = {
+        let ephemeral = ephemeral.clone();
+        move || {
+            if let Some(machine) = &ephemeral {
+                provide_context(machine.clone());
+            }
+        }
+    };
+    let mut router = Router::new().route("/health", get(health));
+    if let Some(machine) = &ephemeral {
+        router = router.merge(ephemeral::routes(machine.clone()));
+    }
+    let here = Here {
+        role,
+        id: config.fly.machine_id,
+        owner: match &config.role_config {
+            RoleConfig::Ephemeral(e) => Some(e.owner_hash),
+            RoleConfig::Launcher(_) => None,
+        },
+    };
+    let gone_url = ephemeral.as_ref().and_then(|m| m.gone_url());
+    router
+        .leptos_routes_with_context(&options, routes, context, {
             let options = options.clone();
             move || shell(options.clone(), role)
         })
-        .fallback(leptos_axum::file_and_error_handler(move |options| {
-            shell(options, role)
-        }))
+        .fallback(leptos_axum::file_and_error_handler(move |options| shell(options, role)))
         .with_state(options)
+        .layer(AffinityLayer::new(here, gone_url.as_deref()))
         .layer(axum::middleware::from_fn(telemetry::log_request))
+}
+
+/// Which pages each role serves: the visitor's page lives under `/m/` on the ephemeral app,
+/// everything else on the launcher.
+fn belongs_to(role: Role, path: &str) -> bool {
+    path.starts_with(affinity::MACHINE_PREFIX) == (role == Role::Ephemeral)
 }
 
 /// Liveness for Fly's health checks and for the launcher waiting on a new Machine.

@@ -1,0 +1,186 @@
+//! The ephemeral role's server side: the Machine's identity and timeline, the hand-over that
+//! turns the launcher's secret into the owner cookie, and the live channel behind the page.
+
+use super::{
+    affinity::machine_page_path,
+    config::{Config, RoleConfig},
+    cookies,
+    lifecycle::{Event, Lifecycle, Phase},
+    ownership::OwnerHash,
+};
+use crate::{
+    app::{
+        ephemeral::{ClientMessage, MachineInfo, PhaseView, ServerMessage},
+        AppError,
+    },
+    fly::{distance_km, MachineId, RegionCode},
+};
+use axum::{
+    extract::{Path, State},
+    http::{header, HeaderMap, HeaderValue, StatusCode},
+    response::{IntoResponse, Redirect, Response},
+    routing::{get, post},
+    Form, Router,
+};
+use futures::{SinkExt, StreamExt};
+use leptos::{config::LeptosOptions, prelude::use_context, server_fn::BoxedStream};
+use std::sync::Arc;
+
+/// This Machine, as the ephemeral role's handlers and server functions see it.
+pub struct EphemeralMachine {
+    pub id: MachineId,
+    pub region: Option<RegionCode>,
+    /// Hash of the owner's secret: the hand-over checks the secret against it.
+    owner: OwnerHash,
+    /// The launcher's origin, for the way back.
+    launcher_url: Option<String>,
+    pub lifecycle: Lifecycle,
+}
+
+impl EphemeralMachine {
+    /// Starts the timeline. `None` unless `config` is for the ephemeral role.
+    pub fn start(config: &Config) -> Option<Arc<Self>> {
+        let RoleConfig::Ephemeral(ephemeral) = &config.role_config else { return None };
+        let t = config.timings;
+        Some(Arc::new(EphemeralMachine {
+            id: config.fly.machine_id?,
+            region: config.fly.region,
+            owner: ephemeral.owner_hash,
+            launcher_url: ephemeral.launcher_url.clone(),
+            lifecycle: Lifecycle::start(t.ttl, t.claim_window, t.show),
+        }))
+    }
+
+    /// The launcher's "your Machine is gone" page.
+    pub fn gone_url(&self) -> Option<String> {
+        self.launcher_url.as_ref().map(|url| format!("{url}/gone"))
+    }
+
+    pub fn phase_view(&self, phase: Phase) -> PhaseView {
+        match phase {
+            Phase::AwaitingOwner => PhaseView::AwaitingOwner,
+            Phase::Showing { .. } => PhaseView::Showing {
+                seconds_left: self.lifecycle.until_deadline(phase).unwrap_or_default().as_secs(),
+            },
+            Phase::SwitchingOff { reason, .. } => PhaseView::SwitchingOff { reason },
+            Phase::Ended(reason) => PhaseView::Ended { reason },
+        }
+    }
+
+    pub fn info(&self, edge: Option<RegionCode>) -> MachineInfo {
+        MachineInfo {
+            id: self.id.to_string(),
+            region: self.region.map(|r| r.to_string()),
+            city: self.region.map(|r| r.city().to_owned()),
+            edge_region: edge.map(|r| r.to_string()),
+            edge_city: edge.map(|r| r.city().to_owned()),
+            distance_km: self
+                .region
+                .zip(edge)
+                .and_then(|(a, b)| distance_km(a, b))
+                .map(|km| km.round() as u32),
+            launcher_url: self.launcher_url.clone(),
+            phase: self.phase_view(self.lifecycle.phase()),
+        }
+    }
+
+    pub fn switch_off(&self) {
+        self.lifecycle.apply(Event::SwitchOff);
+    }
+
+    /// The live channel: answers pings and pushes every phase change; ends after the end.
+    pub fn channel(
+        self: Arc<Self>,
+        mut input: BoxedStream<ClientMessage, AppError>,
+    ) -> BoxedStream<ServerMessage, AppError> {
+        let (mut tx, rx) = futures::channel::mpsc::channel(8);
+        tokio::spawn(async move {
+            let mut phases = self.lifecycle.subscribe();
+            loop {
+                let phase = *phases.borrow_and_update();
+                if tx.send(Ok(ServerMessage::Phase(self.phase_view(phase)))).await.is_err() {
+                    return;
+                }
+                if matches!(phase, Phase::Ended(_)) {
+                    return;
+                }
+                loop {
+                    tokio::select! {
+                        message = input.next() => match message {
+                            Some(Ok(ClientMessage::Ping { seq })) => {
+                                if tx.send(Ok(ServerMessage::Pong { seq })).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Some(Err(_)) | None => return,
+                        },
+                        changed = phases.changed() => {
+                            if changed.is_err() {
+                                return;
+                            }
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        rx.into()
+    }
+}
+
+/// The ephemeral Machine of this process, for server functions.
+pub fn current() -> Result<Arc<EphemeralMachine>, AppError> {
+    use_context::<Arc<EphemeralMachine>>().ok_or(AppError::NotYours)
+}
+
+/// The hand-over form the launcher's page posts.
+#[derive(serde::Deserialize)]
+pub struct ClaimForm {
+    secret: String,
+}
+
+/// Routes only the ephemeral role has.
+pub fn routes(machine: Arc<EphemeralMachine>) -> Router<LeptosOptions> {
+    Router::new()
+        .route("/", get(root))
+        .route("/m/{id}/claim", post(claim))
+        .with_state(machine)
+}
+
+/// The owner reached the app's root (the affinity layer checked the cookie): their page.
+async fn root(State(machine): State<Arc<EphemeralMachine>>) -> Redirect {
+    Redirect::to(&machine_page_path(machine.id))
+}
+
+/// The hand-over: the secret arrives in a POST body, never in a URL; the answer sets the owner
+/// cookie and sends the browser to its page with a 303, so a reload never re-posts the form
+/// and no history entry, Referer or log line ever holds the secret.
+async fn claim(
+    State(machine): State<Arc<EphemeralMachine>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<ClaimForm>,
+) -> Response {
+    if id != machine.id.as_str() || !machine.owner.verifies(&form.secret) {
+        tracing::info!(machine = %machine.id, "hand-over refused: wrong secret");
+        return (StatusCode::FORBIDDEN, "This Fly Machine belongs to someone else.\n").into_response();
+    }
+    if let Phase::Ended(_) = machine.lifecycle.phase() {
+        return (StatusCode::GONE, "This Machine is no more.\n").into_response();
+    }
+    machine.lifecycle.apply(Event::Claimed);
+    let secure = headers
+        .get("x-forwarded-proto")
+        .is_some_and(|proto| proto.as_bytes().eq_ignore_ascii_case(b"https"));
+    let cookie = cookies::owner(machine.id, &form.secret, machine.lifecycle.remaining(), secure);
+    tracing::info!(machine = %machine.id, "owner arrived");
+    let mut response = Redirect::to(&machine_page_path(machine.id)).into_response();
+    *response.status_mut() = StatusCode::SEE_OTHER;
+    let response_headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::try_from(cookie) {
+        response_headers.append(header::SET_COOKIE, value);
+    }
+    response_headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    response_headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
