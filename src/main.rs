@@ -32,7 +32,8 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
     let app = Application::build(config)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    let stop = shutdown_signal();
     tracing::info!(role = role.as_str(), addr = %app.local_addr()?, "serving");
-    app.run(shutdown_signal()).await?;
+    app.run(stop).await?;
     Ok(())
 }

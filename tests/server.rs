@@ -1,18 +1,47 @@
-//! The `flyby` binary as a user runs it: configuration errors, `--help`, pages, `/health`, logs.
+//! The `flyby` binary as a user runs it: configuration errors, `--help`, pages, `/health`, logs,
+//! the hand-over and the affinity answers of a single Machine (the proxy's part is tested
+//! through flyby-local in `tests/affinity.rs`).
 #![cfg(feature = "ssr")]
 
 mod support;
 
 use flyby::server::config::VARIABLES;
+use reqwest::{header, redirect::Policy, StatusCode};
 use std::process::Command;
-use support::Flyby;
-
-const MACHINE_ID: &str = "0123456789abcd";
+use support::{Flyby, MACHINE_ID, OWNER_HASH, OWNER_SECRET};
 
 fn flyby() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_flyby"));
     command.env_clear();
     command
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(Policy::none())
+        .build()
+        .unwrap()
+}
+
+async fn ephemeral(extra: &[(&str, &str)]) -> Flyby {
+    let mut env = vec![
+        ("FLYBY_ROLE", "ephemeral"),
+        ("FLY_MACHINE_ID", MACHINE_ID),
+        ("FLY_REGION", "ams"),
+        ("FLYBY_OWNER_HASH", OWNER_HASH),
+        ("FLYBY_LAUNCHER_URL", "http://flyby.localhost:3000"),
+    ];
+    env.extend_from_slice(extra);
+    Flyby::start(&env).await
+}
+
+async fn launcher() -> Flyby {
+    Flyby::start(&[
+        ("FLYBY_ROLE", "launcher"),
+        ("FLY_API_TOKEN", "test-token"),
+        ("FLYBY_METRICS_PORT", "0"),
+    ])
+    .await
 }
 
 #[test]
@@ -38,6 +67,19 @@ fn an_invalid_variable_stops_the_start_with_one_line_naming_it() {
 }
 
 #[test]
+fn a_secret_in_a_bad_variable_is_not_echoed() {
+    let out = flyby()
+        .env("FLYBY_ROLE", "launcher")
+        .env("FLY_API_TOKEN", "sekrit")
+        .env("FLYBY_MAX_MACHINES", "lots")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("FLYBY_MAX_MACHINES"), "{stderr}");
+    assert!(!stderr.contains("sekrit"), "{stderr}");
+}
+
+#[test]
 fn help_lists_every_variable() {
     let out = flyby().arg("--help").output().unwrap();
     assert!(out.status.success());
@@ -48,39 +90,228 @@ fn help_lists_every_variable() {
 }
 
 #[tokio::test]
-async fn both_roles_answer_health_and_render_their_page() {
-    for (role, heading) in [("launcher", "flyby"), ("ephemeral", "Your own Fly Machine")] {
-        let server = Flyby::start(&[("FLYBY_ROLE", role), ("FLY_MACHINE_ID", MACHINE_ID)]).await;
-        let health = reqwest::get(server.url("/health")).await.unwrap();
-        assert_eq!(health.status(), 200);
-        assert_eq!(health.text().await.unwrap(), "ok");
+async fn the_launcher_answers_health_and_renders_its_page() {
+    let server = launcher().await;
+    let health = reqwest::get(server.url("/health")).await.unwrap();
+    assert_eq!(health.status(), 200);
+    assert_eq!(health.text().await.unwrap(), "ok");
+    let page = reqwest::get(server.url("/")).await.unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(html.contains("<h1>flyby</h1>"), "{html}");
+    assert!(html.contains("data-role=\"launcher\""), "{html}");
+    assert!(html.contains("/pkg/flyby.js"), "no hydration script");
+    assert_eq!(
+        reqwest::get(server.url("/favicon.ico"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        reqwest::get(server.url("/no-such-page"))
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    // The visitor's page exists only on the ephemeral app.
+    assert_eq!(
+        reqwest::get(server.url(&format!("/m/{MACHINE_ID}")))
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+}
 
-        let page = reqwest::get(server.url("/")).await.unwrap();
-        assert_eq!(page.status(), 200);
-        let html = page.text().await.unwrap();
+#[tokio::test]
+async fn the_ephemeral_machine_refuses_everyone_before_the_hand_over() {
+    let server = ephemeral(&[]).await;
+    let c = client();
+    assert_eq!(
+        c.get(server.url("/health")).send().await.unwrap().status(),
+        200
+    );
+    for path in [
+        "/",
+        "/favicon.ico",
+        "/pkg/flyby.js",
+        &format!("/m/{MACHINE_ID}"),
+    ] {
+        let response = c.get(server.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::FORBIDDEN, "{path}");
         assert!(
-            html.contains(&format!("<h1>{heading}</h1>")),
-            "{role}: {html}"
+            response.text().await.unwrap().contains("<h1>"),
+            "{path}: a plain page"
         );
-        assert!(
-            html.contains(&format!("data-role=\"{role}\"")),
-            "{role}: {html}"
-        );
-        assert!(
-            html.contains("/pkg/flyby.js"),
-            "{role}: no hydration script"
-        );
-
-        let favicon = reqwest::get(server.url("/favicon.ico")).await.unwrap();
-        assert_eq!(favicon.status(), 200, "{role}: favicon");
-        let missing = reqwest::get(server.url("/no-such-page")).await.unwrap();
-        assert_eq!(missing.status(), 404, "{role}: unknown path");
     }
+    // A server function gets a typed error instead of a page.
+    let call = c.post(server.url("/api/machine")).send().await.unwrap();
+    assert_eq!(call.status(), StatusCode::FORBIDDEN);
+    assert_eq!(call.text().await.unwrap(), "\"NotYours\"");
+}
+
+#[tokio::test]
+async fn a_wrong_secret_is_refused_and_the_right_one_becomes_the_owner_cookie() {
+    let server = ephemeral(&[]).await;
+    let c = client();
+    let claim = server.url(&format!("/m/{MACHINE_ID}/claim"));
+    let wrong = c
+        .post(&claim)
+        .form(&[("secret", "2".repeat(64))])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), StatusCode::FORBIDDEN);
+    assert!(wrong.headers().get(header::SET_COOKIE).is_none());
+
+    let right = c
+        .post(&claim)
+        .form(&[("secret", OWNER_SECRET)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(right.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        right.headers()[header::LOCATION],
+        format!("/m/{MACHINE_ID}").as_str()
+    );
+    assert_eq!(right.headers()[header::REFERRER_POLICY], "no-referrer");
+    let cookie = right.headers()[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        cookie.starts_with(&format!("flyby_owner={MACHINE_ID}.{OWNER_SECRET};")),
+        "{cookie}"
+    );
+    for attribute in ["HttpOnly", "SameSite=Lax", "Path=/"] {
+        assert!(cookie.contains(attribute), "{cookie}");
+    }
+    let max_age: u64 = cookie
+        .split("Max-Age=")
+        .nth(1)
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (100..=120).contains(&max_age),
+        "the cookie lives as long as the Machine: {cookie}"
+    );
+    assert!(!cookie.contains("Secure"), "plain http: {cookie}");
+
+    let owner = format!("flyby_owner={MACHINE_ID}.{OWNER_SECRET}");
+    let page = c
+        .get(server.url(&format!("/m/{MACHINE_ID}")))
+        .header(header::COOKIE, &owner)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains(MACHINE_ID) && html.contains("Amsterdam"),
+        "{html}"
+    );
+    assert!(
+        !html.contains(OWNER_SECRET),
+        "the secret must not be in the page"
+    );
+    let favicon = c
+        .get(server.url("/favicon.ico"))
+        .header(header::COOKIE, &owner)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(favicon.status(), 200);
+    let root = c
+        .get(server.url("/"))
+        .header(header::COOKIE, &owner)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        root.headers()[header::LOCATION],
+        format!("/m/{MACHINE_ID}").as_str()
+    );
+}
+
+#[tokio::test]
+async fn the_hand_over_is_secure_over_https() {
+    let server = ephemeral(&[]).await;
+    let response = client()
+        .post(server.url(&format!("/m/{MACHINE_ID}/claim")))
+        .header("x-forwarded-proto", "https")
+        .form(&[("secret", OWNER_SECRET)])
+        .send()
+        .await
+        .unwrap();
+    assert!(response.headers()[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .contains("; Secure"));
+}
+
+#[tokio::test]
+async fn requests_for_another_machine_are_replayed_and_bad_ids_refused() {
+    let server = ephemeral(&[]).await;
+    let c = client();
+    let other = "fedcba98765432";
+    let replay = c
+        .get(server.url(&format!("/m/{other}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.status(), StatusCode::TEMPORARY_REDIRECT);
+    assert_eq!(
+        replay.headers()["fly-replay"],
+        format!("instance={other};timeout=2s;fallback=prefer_self").as_str()
+    );
+    for bad in ["/m/abc;app=evil", "/m/FEDCBA98765432", "/m/fedcba9876543"] {
+        assert_eq!(
+            c.get(server.url(bad)).send().await.unwrap().status(),
+            StatusCode::BAD_REQUEST,
+            "{bad}"
+        );
+    }
+    // A request already replayed once is never replayed again.
+    let looped = c
+        .get(server.url(&format!("/m/{other}")))
+        .header("fly-replay-src", "instance=aaaaaaaaaaaaaa;region=ams;t=1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(looped.status(), StatusCode::MISDIRECTED_REQUEST);
+    // The replay failed: the Machine is gone; pages go to the launcher's "gone" page.
+    let gone = c
+        .get(server.url("/"))
+        .header(header::COOKIE, format!("flyby_owner={other}.x"))
+        .header(header::ACCEPT, "text/html")
+        .header(
+            "fly-replay-failed",
+            "instance=fedcba98765432;reason=no_candidate;elapsed_ms=1",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        gone.headers()[header::LOCATION],
+        "http://flyby.localhost:3000/gone"
+    );
+    assert!(gone.headers()[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .starts_with("flyby_owner=;"));
 }
 
 #[tokio::test]
 async fn every_request_is_logged_once_with_method_path_status_and_latency() {
-    let mut server = Flyby::start(&[("FLYBY_ROLE", "launcher")]).await;
+    let mut server = launcher().await;
     let status = reqwest::get(server.url("/health?secret=hunter2"))
         .await
         .unwrap()

@@ -30,9 +30,15 @@ pub enum EndReason {
 pub enum PhaseView {
     AwaitingOwner,
     /// The show runs; the Machine switches itself off in `seconds_left`.
-    Showing { seconds_left: u64 },
-    SwitchingOff { reason: EndReason },
-    Ended { reason: EndReason },
+    Showing {
+        seconds_left: u64,
+    },
+    SwitchingOff {
+        reason: EndReason,
+    },
+    Ended {
+        reason: EndReason,
+    },
 }
 
 /// What the page shows about its Machine.
@@ -68,7 +74,9 @@ pub enum ServerMessage {
 #[server(endpoint = "machine")]
 pub async fn about_machine() -> Result<MachineInfo, AppError> {
     let machine = crate::server::ephemeral::current()?;
-    let headers: http::HeaderMap = leptos_axum::extract().await.map_err(|_| AppError::Internal)?;
+    let headers: http::HeaderMap = leptos_axum::extract()
+        .await
+        .map_err(|_| AppError::Internal)?;
     let edge = headers
         .get("fly-region")
         .and_then(|v| v.to_str().ok())
@@ -128,7 +136,9 @@ fn MachineView(info: MachineInfo) -> impl IntoView {
     let switching = Action::new(|_: &()| switch_off());
     let switch_state = Signal::derive(move || match phase.get() {
         _ if lost.get() => super::useless_machine::SwitchState::Off,
-        PhaseView::AwaitingOwner | PhaseView::Showing { .. } => super::useless_machine::SwitchState::On,
+        PhaseView::AwaitingOwner | PhaseView::Showing { .. } => {
+            super::useless_machine::SwitchState::On
+        }
         PhaseView::SwitchingOff { .. } => super::useless_machine::SwitchState::Flipping,
         PhaseView::Ended { .. } => super::useless_machine::SwitchState::Off,
     });
@@ -231,7 +241,9 @@ mod live {
                 move || {
                     seq.set(seq.get().wrapping_add(1));
                     sent.borrow_mut().insert(seq.get(), now_ms());
-                    let _ = tx.borrow_mut().try_send(Ok(ClientMessage::Ping { seq: seq.get() }));
+                    let _ = tx
+                        .borrow_mut()
+                        .try_send(Ok(ClientMessage::Ping { seq: seq.get() }));
                     if let Some(at) = *countdown_to.borrow() {
                         let left = ((at - now_ms()) / 1000.0).ceil().max(0.0) as u64;
                         seconds_left.set(Some(left));

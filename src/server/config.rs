@@ -42,7 +42,13 @@ const fn var(
 }
 
 const fn secret(name: &'static str, expected: &'static str, help: &'static str) -> Variable {
-    Variable { name, default: Some(""), expected, help, secret: true }
+    Variable {
+        name,
+        default: Some(""),
+        expected,
+        help,
+        secret: true,
+    }
 }
 
 /// Every variable, in the order `--help` lists them.
@@ -210,7 +216,10 @@ struct Reader<F> {
 
 fn missing(name: &str) -> ConfigError {
     let spec = spec(name);
-    ConfigError::Missing { name: spec.name, expected: spec.expected }
+    ConfigError::Missing {
+        name: spec.name,
+        expected: spec.expected,
+    }
 }
 
 /// The declaration of a variable the code reads; reading an undeclared one is a bug.
@@ -319,7 +328,8 @@ impl Config {
                 machines_api: r.parse("FLYBY_MACHINES_API", http_url)?,
                 ephemeral_origin: r.parse_optional("FLYBY_EPHEMERAL_ORIGIN", http_url)?,
                 max_machines: r.parse("FLYBY_MAX_MACHINES", |s| number(s, 1..=100))?,
-                launches_per_minute: r.parse("FLYBY_LAUNCHES_PER_MINUTE", |s| number(s, 1..=600))?,
+                launches_per_minute: r
+                    .parse("FLYBY_LAUNCHES_PER_MINUTE", |s| number(s, 1..=600))?,
                 metrics_port: r.parse("FLYBY_METRICS_PORT", |s| s.parse().ok())?,
             }),
             Role::Ephemeral => {
@@ -371,7 +381,9 @@ fn seconds(s: &str, range: std::ops::RangeInclusive<u32>) -> Option<Duration> {
 
 /// An http(s) URL without a trailing slash, so paths can be appended.
 fn http_url(s: &str) -> Option<String> {
-    let rest = s.strip_prefix("https://").or_else(|| s.strip_prefix("http://"))?;
+    let rest = s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"))?;
     let ok = !rest.is_empty()
         && !rest.starts_with('/')
         && s.bytes().all(|b| b.is_ascii_graphic())
@@ -420,8 +432,10 @@ mod tests {
     const HASH: &str = "5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef";
 
     fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let map: HashMap<String, String> =
-            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Config::from_lookup(|name| map.get(name).cloned())
     }
 
@@ -441,18 +455,26 @@ mod tests {
         assert_eq!(c.fly.machine_id, None);
         assert_eq!(c.ephemeral_app, "flyby-machines");
         assert_eq!(c.timings.ttl, Duration::from_secs(120));
-        let RoleConfig::Launcher(l) = c.role_config else { panic!("launcher") };
+        let RoleConfig::Launcher(l) = c.role_config else {
+            panic!("launcher")
+        };
         assert_eq!(l.api_token.expose(), "t0ken");
         assert_eq!(l.machines_api, "http://_api.internal:4280");
         assert_eq!(l.max_machines, 8);
         let err = config(&[("FLYBY_ROLE", "launcher")]).unwrap_err();
-        assert_eq!(err.to_string(), "FLY_API_TOKEN is not set: expected a Fly API token");
+        assert_eq!(
+            err.to_string(),
+            "FLY_API_TOKEN is not set: expected a Fly API token"
+        );
     }
 
     #[test]
     fn missing_role_names_the_variable() {
         let err = config(&[]).unwrap_err();
-        assert_eq!(err.to_string(), "FLYBY_ROLE is not set: expected `launcher` or `ephemeral`");
+        assert_eq!(
+            err.to_string(),
+            "FLYBY_ROLE is not set: expected `launcher` or `ephemeral`"
+        );
     }
 
     #[test]
@@ -467,10 +489,31 @@ mod tests {
     #[test]
     fn ephemeral_role_requires_a_machine_id_and_an_owner_hash() {
         let err = config(&[("FLYBY_ROLE", "ephemeral"), ("FLYBY_OWNER_HASH", HASH)]).unwrap_err();
-        assert!(matches!(err, ConfigError::Missing { name: "FLY_MACHINE_ID", .. }), "{err}");
-        let err = config(&[("FLYBY_ROLE", "ephemeral"), ("FLY_MACHINE_ID", "0123456789abcd")])
-            .unwrap_err();
-        assert!(matches!(err, ConfigError::Missing { name: "FLYBY_OWNER_HASH", .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                ConfigError::Missing {
+                    name: "FLY_MACHINE_ID",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err = config(&[
+            ("FLYBY_ROLE", "ephemeral"),
+            ("FLY_MACHINE_ID", "0123456789abcd"),
+        ])
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::Missing {
+                    name: "FLYBY_OWNER_HASH",
+                    ..
+                }
+            ),
+            "{err}"
+        );
         let c = config(&[
             ("FLYBY_ROLE", "ephemeral"),
             ("FLY_MACHINE_ID", "0123456789abcd"),
@@ -479,9 +522,14 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.fly.machine_id.unwrap().as_str(), "0123456789abcd");
-        let RoleConfig::Ephemeral(e) = c.role_config else { panic!("ephemeral") };
+        let RoleConfig::Ephemeral(e) = c.role_config else {
+            panic!("ephemeral")
+        };
         assert_eq!(e.owner_hash.to_hex(), HASH);
-        assert_eq!(e.launcher_url.as_deref(), Some("http://flyby.localhost:3000"));
+        assert_eq!(
+            e.launcher_url.as_deref(),
+            Some("http://flyby.localhost:3000")
+        );
     }
 
     #[test]
@@ -520,7 +568,11 @@ mod tests {
     #[test]
     fn secrets_are_never_echoed() {
         assert!(!format!("{:?}", launcher(&[]).unwrap()).contains("t0ken"));
-        let hidden = ConfigError::Invalid { name: "FLY_API_TOKEN", shown: "<hidden>".into(), expected: "" };
+        let hidden = ConfigError::Invalid {
+            name: "FLY_API_TOKEN",
+            shown: "<hidden>".into(),
+            expected: "",
+        };
         assert!(!hidden.to_string().contains("t0ken"));
         assert!(spec("FLY_API_TOKEN").secret);
     }
@@ -529,7 +581,10 @@ mod tests {
     fn help_lists_every_variable_with_its_default() {
         let help = Help.to_string();
         for v in VARIABLES {
-            let line = help.lines().find(|l| l.trim_start().starts_with(v.name)).unwrap();
+            let line = help
+                .lines()
+                .find(|l| l.trim_start().starts_with(v.name))
+                .unwrap();
             match v.default {
                 None => assert!(line.contains("required"), "{line}"),
                 Some("") => assert!(line.contains("unset"), "{line}"),

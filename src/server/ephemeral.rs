@@ -40,7 +40,9 @@ pub struct EphemeralMachine {
 impl EphemeralMachine {
     /// Starts the timeline. `None` unless `config` is for the ephemeral role.
     pub fn start(config: &Config) -> Option<Arc<Self>> {
-        let RoleConfig::Ephemeral(ephemeral) = &config.role_config else { return None };
+        let RoleConfig::Ephemeral(ephemeral) = &config.role_config else {
+            return None;
+        };
         let t = config.timings;
         Some(Arc::new(EphemeralMachine {
             id: config.fly.machine_id?,
@@ -60,7 +62,11 @@ impl EphemeralMachine {
         match phase {
             Phase::AwaitingOwner => PhaseView::AwaitingOwner,
             Phase::Showing { .. } => PhaseView::Showing {
-                seconds_left: self.lifecycle.until_deadline(phase).unwrap_or_default().as_secs(),
+                seconds_left: self
+                    .lifecycle
+                    .until_deadline(phase)
+                    .unwrap_or_default()
+                    .as_secs(),
             },
             Phase::SwitchingOff { reason, .. } => PhaseView::SwitchingOff { reason },
             Phase::Ended(reason) => PhaseView::Ended { reason },
@@ -98,7 +104,11 @@ impl EphemeralMachine {
             let mut phases = self.lifecycle.subscribe();
             loop {
                 let phase = *phases.borrow_and_update();
-                if tx.send(Ok(ServerMessage::Phase(self.phase_view(phase)))).await.is_err() {
+                if tx
+                    .send(Ok(ServerMessage::Phase(self.phase_view(phase))))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
                 if matches!(phase, Phase::Ended(_)) {
@@ -163,7 +173,11 @@ async fn claim(
 ) -> Response {
     if id != machine.id.as_str() || !machine.owner.verifies(&form.secret) {
         tracing::info!(machine = %machine.id, "hand-over refused: wrong secret");
-        return (StatusCode::FORBIDDEN, "This Fly Machine belongs to someone else.\n").into_response();
+        return (
+            StatusCode::FORBIDDEN,
+            "This Fly Machine belongs to someone else.\n",
+        )
+            .into_response();
     }
     if let Phase::Ended(_) = machine.lifecycle.phase() {
         return (StatusCode::GONE, "This Machine is no more.\n").into_response();
@@ -172,7 +186,12 @@ async fn claim(
     let secure = headers
         .get("x-forwarded-proto")
         .is_some_and(|proto| proto.as_bytes().eq_ignore_ascii_case(b"https"));
-    let cookie = cookies::owner(machine.id, &form.secret, machine.lifecycle.remaining(), secure);
+    let cookie = cookies::owner(
+        machine.id,
+        &form.secret,
+        machine.lifecycle.remaining(),
+        secure,
+    );
     tracing::info!(machine = %machine.id, "owner arrived");
     let mut response = Redirect::to(&machine_page_path(machine.id)).into_response();
     *response.status_mut() = StatusCode::SEE_OTHER;
@@ -180,7 +199,10 @@ async fn claim(
     if let Ok(value) = HeaderValue::try_from(cookie) {
         response_headers.append(header::SET_COOKIE, value);
     }
-    response_headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    response_headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     response_headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }

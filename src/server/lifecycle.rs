@@ -50,7 +50,10 @@ impl Timeline {
 
     /// The latest the show may end so that the switch-off still fits in the lifetime.
     fn last_show_end(&self) -> Instant {
-        self.death().checked_sub(SWITCH_OFF_ANIMATION).unwrap_or(self.born).max(self.born)
+        self.death()
+            .checked_sub(SWITCH_OFF_ANIMATION)
+            .unwrap_or(self.born)
+            .max(self.born)
     }
 
     /// When the current phase ends by itself, if it does.
@@ -66,16 +69,23 @@ impl Timeline {
 
 /// The timeline: the phase after `event` happened at `now`.
 pub fn next(phase: Phase, event: Event, now: Instant, t: &Timeline) -> Phase {
-    let switching_off = |reason| Phase::SwitchingOff { reason, done_at: now + SWITCH_OFF_ANIMATION };
+    let switching_off = |reason| Phase::SwitchingOff {
+        reason,
+        done_at: now + SWITCH_OFF_ANIMATION,
+    };
     match (phase, event) {
         (Phase::Ended(reason), _) => Phase::Ended(reason),
         (_, Event::Terminate) => Phase::Ended(EndReason::Stopped),
-        (Phase::AwaitingOwner, Event::Claimed) => {
-            Phase::Showing { ends_at: (now + t.show).min(t.last_show_end()) }
-        }
+        (Phase::AwaitingOwner, Event::Claimed) => Phase::Showing {
+            ends_at: (now + t.show).min(t.last_show_end()),
+        },
         (Phase::AwaitingOwner, Event::SwitchOff) => switching_off(EndReason::SwitchedOff),
         (Phase::AwaitingOwner, Event::Deadline) => {
-            let reason = if now >= t.death() { EndReason::TtlExpired } else { EndReason::NoClaim };
+            let reason = if now >= t.death() {
+                EndReason::TtlExpired
+            } else {
+                EndReason::NoClaim
+            };
             Phase::Ended(reason)
         }
         (Phase::Showing { .. }, Event::Claimed) => phase,
@@ -102,14 +112,21 @@ pub struct Lifecycle {
 impl Lifecycle {
     /// Starts the timeline now; must be called within a tokio runtime.
     pub fn start(ttl: Duration, claim_window: Duration, show: Duration) -> Self {
-        let timeline = Timeline { born: Instant::now(), ttl, claim_window, show };
+        let timeline = Timeline {
+            born: Instant::now(),
+            ttl,
+            claim_window,
+            show,
+        };
         let (phase, mut changes) = watch::channel(Phase::AwaitingOwner);
         let lifecycle = Lifecycle { timeline, phase };
         let runner = lifecycle.clone();
         tokio::spawn(async move {
             loop {
                 let current = *changes.borrow_and_update();
-                let Some(deadline) = runner.timeline.deadline(current) else { break };
+                let Some(deadline) = runner.timeline.deadline(current) else {
+                    break;
+                };
                 tokio::select! {
                     _ = tokio::time::sleep_until(deadline) => runner.apply(Event::Deadline),
                     changed = changes.changed() => if changed.is_err() { break },
@@ -143,12 +160,16 @@ impl Lifecycle {
 
     /// Time left until the Machine's maximum lifetime: the owner cookie lives exactly this long.
     pub fn remaining(&self) -> Duration {
-        self.timeline.death().saturating_duration_since(Instant::now())
+        self.timeline
+            .death()
+            .saturating_duration_since(Instant::now())
     }
 
     /// Time until the phase ends by itself, if it does.
     pub fn until_deadline(&self, phase: Phase) -> Option<Duration> {
-        self.timeline.deadline(phase).map(|d| d.saturating_duration_since(Instant::now()))
+        self.timeline
+            .deadline(phase)
+            .map(|d| d.saturating_duration_since(Instant::now()))
     }
 
     /// Completes when the Machine has ended, with the reason.
@@ -172,42 +193,77 @@ mod tests {
     const S: fn(u64) -> Duration = Duration::from_secs;
 
     fn timeline() -> Timeline {
-        Timeline { born: Instant::now(), ttl: S(120), claim_window: S(60), show: S(30) }
+        Timeline {
+            born: Instant::now(),
+            ttl: S(120),
+            claim_window: S(60),
+            show: S(30),
+        }
     }
 
     #[test]
     fn an_unclaimed_machine_ends_when_the_claim_window_closes() {
         let t = timeline();
         assert_eq!(t.deadline(Phase::AwaitingOwner), Some(t.born + S(60)));
-        assert_eq!(next(Phase::AwaitingOwner, Event::Deadline, t.born + S(60), &t), Phase::Ended(EndReason::NoClaim));
+        assert_eq!(
+            next(Phase::AwaitingOwner, Event::Deadline, t.born + S(60), &t),
+            Phase::Ended(EndReason::NoClaim)
+        );
     }
 
     #[test]
     fn a_claim_window_longer_than_the_ttl_ends_at_the_ttl() {
-        let t = Timeline { claim_window: S(500), ..timeline() };
+        let t = Timeline {
+            claim_window: S(500),
+            ..timeline()
+        };
         assert_eq!(t.deadline(Phase::AwaitingOwner), Some(t.born + S(120)));
-        assert_eq!(next(Phase::AwaitingOwner, Event::Deadline, t.born + S(120), &t), Phase::Ended(EndReason::TtlExpired));
+        assert_eq!(
+            next(Phase::AwaitingOwner, Event::Deadline, t.born + S(120), &t),
+            Phase::Ended(EndReason::TtlExpired)
+        );
     }
 
     #[test]
     fn the_show_runs_then_the_machine_switches_itself_off_then_ends() {
         let t = timeline();
         let claimed = next(Phase::AwaitingOwner, Event::Claimed, t.born + S(5), &t);
-        assert_eq!(claimed, Phase::Showing { ends_at: t.born + S(35) });
+        assert_eq!(
+            claimed,
+            Phase::Showing {
+                ends_at: t.born + S(35)
+            }
+        );
         // A second arrival (reload, second tab) changes nothing.
         assert_eq!(next(claimed, Event::Claimed, t.born + S(6), &t), claimed);
         let off = next(claimed, Event::Deadline, t.born + S(35), &t);
-        assert_eq!(off, Phase::SwitchingOff { reason: EndReason::ShowOver, done_at: t.born + S(35) + SWITCH_OFF_ANIMATION });
-        assert_eq!(next(off, Event::Deadline, t.born + S(38), &t), Phase::Ended(EndReason::ShowOver));
+        assert_eq!(
+            off,
+            Phase::SwitchingOff {
+                reason: EndReason::ShowOver,
+                done_at: t.born + S(35) + SWITCH_OFF_ANIMATION
+            }
+        );
+        assert_eq!(
+            next(off, Event::Deadline, t.born + S(38), &t),
+            Phase::Ended(EndReason::ShowOver)
+        );
     }
 
     #[test]
     fn the_show_is_cut_short_by_the_ttl() {
         let t = timeline();
         let claimed = next(Phase::AwaitingOwner, Event::Claimed, t.born + S(100), &t);
-        assert_eq!(claimed, Phase::Showing { ends_at: t.born + S(117) });
+        assert_eq!(
+            claimed,
+            Phase::Showing {
+                ends_at: t.born + S(117)
+            }
+        );
         let off = next(claimed, Event::Deadline, t.born + S(117), &t);
-        assert!(matches!(off, Phase::SwitchingOff { reason: EndReason::TtlExpired, done_at } if done_at == t.born + S(120)));
+        assert!(
+            matches!(off, Phase::SwitchingOff { reason: EndReason::TtlExpired, done_at } if done_at == t.born + S(120))
+        );
     }
 
     #[test]
@@ -215,7 +271,13 @@ mod tests {
         let t = timeline();
         let claimed = next(Phase::AwaitingOwner, Event::Claimed, t.born, &t);
         let off = next(claimed, Event::SwitchOff, t.born + S(2), &t);
-        assert_eq!(off, Phase::SwitchingOff { reason: EndReason::SwitchedOff, done_at: t.born + S(5) });
+        assert_eq!(
+            off,
+            Phase::SwitchingOff {
+                reason: EndReason::SwitchedOff,
+                done_at: t.born + S(5)
+            }
+        );
         // Pressing again does not restart the animation.
         assert_eq!(next(off, Event::SwitchOff, t.born + S(3), &t), off);
     }
@@ -225,12 +287,25 @@ mod tests {
         let t = timeline();
         for phase in [
             Phase::AwaitingOwner,
-            Phase::Showing { ends_at: t.born + S(30) },
-            Phase::SwitchingOff { reason: EndReason::ShowOver, done_at: t.born + S(33) },
+            Phase::Showing {
+                ends_at: t.born + S(30),
+            },
+            Phase::SwitchingOff {
+                reason: EndReason::ShowOver,
+                done_at: t.born + S(33),
+            },
         ] {
-            assert_eq!(next(phase, Event::Terminate, t.born, &t), Phase::Ended(EndReason::Stopped));
+            assert_eq!(
+                next(phase, Event::Terminate, t.born, &t),
+                Phase::Ended(EndReason::Stopped)
+            );
         }
-        for event in [Event::Claimed, Event::SwitchOff, Event::Terminate, Event::Deadline] {
+        for event in [
+            Event::Claimed,
+            Event::SwitchOff,
+            Event::Terminate,
+            Event::Deadline,
+        ] {
             let ended = Phase::Ended(EndReason::NoClaim);
             assert_eq!(next(ended, event, t.born, &t), ended);
         }

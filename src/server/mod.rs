@@ -47,7 +47,12 @@ impl Application {
         let listener = TcpListener::bind(config.site_addr).await?;
         let ephemeral = EphemeralMachine::start(&config);
         let router = router(&config, ephemeral.clone());
-        Ok(Application { listener, router, ephemeral, grace: config.shutdown_grace() })
+        Ok(Application {
+            listener,
+            router,
+            ephemeral,
+            grace: config.shutdown_grace(),
+        })
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -129,7 +134,9 @@ pub fn router(config: &Config, ephemeral: Option<Arc<EphemeralMachine>>) -> Rout
             let options = options.clone();
             move || shell(options.clone(), role)
         })
-        .fallback(leptos_axum::file_and_error_handler(move |options| shell(options, role)))
+        .fallback(leptos_axum::file_and_error_handler(move |options| {
+            shell(options, role)
+        }))
         .with_state(options)
         .layer(AffinityLayer::new(here, gone_url.as_deref()))
         .layer(axum::middleware::from_fn(telemetry::log_request))
@@ -146,13 +153,17 @@ async fn health() -> &'static str {
     "ok"
 }
 
-/// Completes on SIGINT (what Fly sends on stop by default) or SIGTERM.
-pub async fn shutdown_signal() {
+/// Completes on SIGINT (what Fly sends on stop by default) or SIGTERM. The handlers are
+/// installed when this is called, not when the future is first polled, so a signal that
+/// arrives as soon as the server says it is serving is not lost (nor fatal).
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!(signal = "SIGTERM", "stopping"),
-        _ = int.recv() => tracing::info!(signal = "SIGINT", "stopping"),
+    async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!(signal = "SIGTERM", "stopping"),
+            _ = int.recv() => tracing::info!(signal = "SIGINT", "stopping"),
+        }
     }
 }

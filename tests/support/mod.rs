@@ -8,8 +8,20 @@ use tokio::{
     process::{Child, ChildStderr, Command},
 };
 
-/// The site folder `make build` writes; the server needs it for static files.
-pub const SITE_ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/target/site");
+/// The site folder `make build` writes (`<target dir>/site`); the server needs it for static
+/// files. Found from the binary's own path, so a custom `CARGO_TARGET_DIR` works too.
+pub fn site_root() -> std::path::PathBuf {
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_flyby"));
+    bin.parent()
+        .and_then(|profile| profile.parent())
+        .expect("target dir")
+        .join("site")
+}
+
+/// A fixed owner secret and its SHA-256, so tests can hand over an ephemeral Machine.
+pub const OWNER_SECRET: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+pub const OWNER_HASH: &str = "3138bb9bc78df27c473ecfd1410f7bd45ebac1f59cf3ff9cfe4db77aab7aedd3";
+pub const MACHINE_ID: &str = "0123456789abcd";
 
 /// A `flyby` process started by a test; killed when dropped.
 pub struct Flyby {
@@ -24,7 +36,7 @@ impl Flyby {
         let mut child = Command::new(env!("CARGO_BIN_EXE_flyby"))
             .env_clear()
             .env("LEPTOS_SITE_ADDR", "127.0.0.1:0")
-            .env("LEPTOS_SITE_ROOT", SITE_ROOT)
+            .env("LEPTOS_SITE_ROOT", site_root())
             .env("FLYBY_LOG_FORMAT", "json")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
