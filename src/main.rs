@@ -28,11 +28,11 @@ async fn main() -> ExitCode {
 
 async fn serve(config: config::Config) -> anyhow::Result<()> {
     let role = config.role;
-    let addr = config.site_addr;
-    let app = Application::build(config)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    let app = Application::build(config).await?;
     let stop = shutdown_signal();
+    if let Some(metrics) = app.metrics_addr() {
+        tracing::info!(addr = %metrics, "metrics");
+    }
     tracing::info!(role = role.as_str(), addr = %app.local_addr()?, "serving");
     app.run(stop).await?;
     Ok(())

@@ -1,19 +1,218 @@
-//! The launcher's home page: the button that gets a visitor their own Machine.
+//! The launcher's pages: the button that gets a visitor their own Machine, the launch's live
+//! progress, the live map of Machines, and the "gone" page.
 
-use super::Explainer;
+use super::{error::AppError, map::RegionMap, Explainer};
 use leptos::prelude::*;
+use leptos::server_fn::{codec::JsonEncoding, BoxedStream, Websocket};
+use serde::{Deserialize, Serialize};
+
+/// A step of a launch, in the order a visitor sees them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Step {
+    Requested,
+    /// The launcher is queueing to stay within the Machines API's rate limits.
+    WaitingForSlot,
+    Created {
+        region: String,
+        city: String,
+    },
+    Started,
+    Serving,
+    SendingYou,
+}
+
+impl Step {
+    pub fn label(&self) -> String {
+        match self {
+            Step::Requested => "Requested".into(),
+            Step::WaitingForSlot => "Waiting for a slot".into(),
+            Step::Created { city, .. } => format!("Created in {city}"),
+            Step::Started => "Started".into(),
+            Step::Serving => "Serving".into(),
+            Step::SendingYou => "Sending you there".into(),
+        }
+    }
+}
+
+/// A step and when it happened, in ms since the launch was requested.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepView {
+    pub step: Step,
+    pub at_ms: u64,
+}
+
+/// Everything a launch has done so far; sent whole on every change, so a late watcher is
+/// never out of step.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct LaunchProgress {
+    pub steps: Vec<StepView>,
+    /// `Some(Ok)`: the Machine serves and the hand-over can be taken.
+    pub outcome: Option<Result<(), AppError>>,
+}
+
+/// What the launch server function gives back: the launch to follow.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaunchTicket {
+    pub id: String,
+}
+
+/// How the browser claims its Machine: a POST of the secret to the claim URL.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handover {
+    pub claim_url: String,
+    pub secret: String,
+}
+
+/// The visitor's edge region and the cap, for the page.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LauncherInfo {
+    pub edge_region: Option<String>,
+    pub edge_city: Option<String>,
+    pub cap: u32,
+}
+
+/// One Machine alive, for the map.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AliveMachine {
+    pub id: String,
+    pub region: String,
+}
+
+#[server(endpoint = "launcher")]
+pub async fn about_launcher() -> Result<LauncherInfo, AppError> {
+    let launcher = crate::server::launcher::current()?;
+    let headers: http::HeaderMap = leptos_axum::extract()
+        .await
+        .map_err(|_| AppError::Internal)?;
+    Ok(launcher.info(&headers))
+}
+
+#[server(endpoint = "launch")]
+pub async fn start_launch() -> Result<LaunchTicket, AppError> {
+    let launcher = crate::server::launcher::current()?;
+    let headers: http::HeaderMap = leptos_axum::extract()
+        .await
+        .map_err(|_| AppError::Internal)?;
+    launcher.begin_launch(&headers)
+}
+
+#[server(protocol = Websocket<JsonEncoding, JsonEncoding>, endpoint = "launch-progress")]
+pub async fn watch_launch(
+    input: BoxedStream<String, AppError>,
+) -> Result<BoxedStream<LaunchProgress, AppError>, AppError> {
+    Ok(crate::server::launcher::current()?.watch_launch(input))
+}
+
+#[server(endpoint = "handover")]
+pub async fn take_handover(launch: String) -> Result<Handover, AppError> {
+    crate::server::launcher::current()?.take_handover(&launch)
+}
+
+#[server(protocol = Websocket<JsonEncoding, JsonEncoding>, endpoint = "machines")]
+pub async fn watch_machines(
+    input: BoxedStream<(), AppError>,
+) -> Result<BoxedStream<Vec<AliveMachine>, AppError>, AppError> {
+    Ok(crate::server::launcher::current()?.watch_machines(input))
+}
 
 #[component]
 pub fn LauncherPage() -> impl IntoView {
+    let info = Resource::new(|| (), |_| about_launcher());
+    let alive = RwSignal::new(Vec::<AliveMachine>::new());
+    let progress = RwSignal::new(None::<LaunchProgress>);
+    let handover = RwSignal::new(None::<Handover>);
+    let elapsed_ms = RwSignal::new(0u64);
+    let error = RwSignal::new(None::<AppError>);
+    let running = Memo::new(move |_| {
+        progress.with(|p| p.as_ref().is_some_and(|p| p.outcome.is_none()))
+            || handover.with(Option::is_some)
+    });
+
+    #[cfg(feature = "hydrate")]
+    live::follow_map(alive);
+
+    let launch = Action::new(move |_: &()| async move {
+        error.set(None);
+        handover.set(None);
+        progress.set(Some(LaunchProgress::default()));
+        #[cfg(feature = "hydrate")]
+        let clock = live::start_clock(elapsed_ms);
+        let outcome = match start_launch().await {
+            Ok(ticket) => run(ticket, progress).await,
+            Err(e) => Err(e),
+        };
+        #[cfg(feature = "hydrate")]
+        drop(clock);
+        match outcome {
+            Ok(h) => handover.set(Some(h)),
+            Err(e) => {
+                progress.update(|p| {
+                    if let Some(p) = p {
+                        p.outcome = Some(Err(e.clone()));
+                    }
+                });
+                error.set(Some(e));
+            }
+        }
+    });
+
+    let form = NodeRef::<leptos::html::Form>::new();
+    Effect::new(move |_| {
+        if let (Some(_), Some(form)) = (handover.get(), form.get()) {
+            let _ = form.submit();
+        }
+    });
+
     view! {
         <h1>"flyby"</h1>
         <p class="lede">
             "Push the button and a brand-new Fly Machine starts in the region nearest to you. "
             "It is yours alone for a minute, then it switches itself off and is gone for good."
         </p>
-        <button type="button" class="launch" disabled=true>
+        <Suspense fallback=|| ()>
+            {move || Suspend::new(async move {
+                info.await.ok().map(|info| {
+                    let edge = info.edge_city.clone().unwrap_or_else(|| "unknown".into());
+                    view! {
+                        <p class="edge">"Your edge region is " <strong>{edge}</strong> "."</p>
+                        <RegionMap alive=alive.into() edge=info.edge_region.clone() cap=info.cap/>
+                    }
+                })
+            })}
+        </Suspense>
+        <button
+            type="button"
+            class="launch"
+            disabled=move || running.get() || launch.pending().get()
+            on:click=move |_| {
+                launch.dispatch(());
+            }
+        >
             "Launch my Machine"
         </button>
+        <Show when=move || progress.with(Option::is_some)>
+            <section class="progress" aria-live="polite" aria-label="Launch progress">
+                <p class="timer">{move || format!("{:.1} s", elapsed_ms.get() as f64 / 1000.0)}</p>
+                <ol class="steps">
+                    <For
+                        each=move || progress.get().map(|p| p.steps).unwrap_or_default()
+                        key=|s| s.step.label()
+                        children=|s| {
+                            view! {
+                                <li class="step">
+                                    <span class="label">{s.step.label()}</span>
+                                    <span class="at">{format!("{:.2} s", s.at_ms as f64 / 1000.0)}</span>
+                                </li>
+                            }
+                        }
+                    />
+                </ol>
+            </section>
+        </Show>
+        {move || error.get().map(|e| view! { <p class="error" role="alert">{e.to_string()}</p> })}
+        <form node_ref=form method="post" class="handover" action=move || handover.get().map(|h| h.claim_url).unwrap_or_default()>
+            <input type="hidden" name="secret" value=move || handover.get().map(|h| h.secret).unwrap_or_default()/>
+        </form>
         <Explainer>
             <p>
                 "The launcher calls the Fly Machines API to create a Machine from this very image. "
@@ -22,6 +221,38 @@ pub fn LauncherPage() -> impl IntoView {
                 "Machine answers with a " <code>"fly-replay"</code> " header and the proxy delivers it again."
             </p>
         </Explainer>
+    }
+}
+
+/// Follows a launch to its end and takes the hand-over.
+async fn run(
+    ticket: LaunchTicket,
+    progress: RwSignal<Option<LaunchProgress>>,
+) -> Result<Handover, AppError> {
+    #[cfg(feature = "hydrate")]
+    {
+        let last = live::follow_launch(ticket.id.clone(), progress).await;
+        match last.and_then(|p| p.outcome) {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(e),
+            None => return Err(AppError::Internal),
+        }
+        let handover = take_handover(ticket.id).await?;
+        progress.update(|p| {
+            if let Some(p) = p {
+                let at_ms = p.steps.last().map(|s| s.at_ms).unwrap_or_default();
+                p.steps.push(StepView {
+                    step: Step::SendingYou,
+                    at_ms,
+                });
+            }
+        });
+        Ok(handover)
+    }
+    #[cfg(not(feature = "hydrate"))]
+    {
+        let _ = (ticket, progress);
+        Err(AppError::Internal)
     }
 }
 
@@ -35,5 +266,84 @@ pub fn GonePage() -> impl IntoView {
             "as every flyby Machine does. Launch a new one whenever you like."
         </p>
         <p><a href="/">"Back to the start"</a></p>
+    }
+}
+
+/// The browser side of the launcher's live channels.
+#[cfg(feature = "hydrate")]
+mod live {
+    use super::*;
+    use futures::{channel::mpsc, StreamExt};
+    use std::time::Duration;
+
+    fn now_ms() -> f64 {
+        window().performance().map(|p| p.now()).unwrap_or_default()
+    }
+
+    /// Keeps `alive` in step with the Machines alive; reconnects never (the page reload does).
+    pub fn follow_map(alive: RwSignal<Vec<AliveMachine>>) {
+        leptos::task::spawn_local(async move {
+            let (tx, rx) = mpsc::channel::<Result<(), AppError>>(1);
+            if let Ok(mut snapshots) = watch_machines(rx.into()).await {
+                while let Some(Ok(machines)) = snapshots.next().await {
+                    alive.set(machines);
+                }
+            }
+            drop(tx);
+        });
+    }
+
+    /// Counts up `elapsed_ms` until the returned guard is dropped.
+    pub fn start_clock(elapsed_ms: RwSignal<u64>) -> impl Drop {
+        let start = now_ms();
+        elapsed_ms.set(0);
+        struct Clock(Option<IntervalHandle>);
+        impl Drop for Clock {
+            fn drop(&mut self) {
+                if let Some(h) = self.0.take() {
+                    h.clear();
+                }
+            }
+        }
+        Clock(
+            set_interval_with_handle(
+                move || elapsed_ms.set((now_ms() - start).max(0.0) as u64),
+                Duration::from_millis(100),
+            )
+            .ok(),
+        )
+    }
+
+    /// Streams a launch's progress into `progress`; returns the last state seen.
+    pub async fn follow_launch(
+        id: String,
+        progress: RwSignal<Option<LaunchProgress>>,
+    ) -> Option<LaunchProgress> {
+        let (mut tx, rx) = mpsc::channel::<Result<String, AppError>>(1);
+        let _ = tx.try_send(Ok(id));
+        let mut last = None;
+        if let Ok(mut updates) = watch_launch(rx.into()).await {
+            while let Some(update) = updates.next().await {
+                match update {
+                    Ok(p) => {
+                        let done = p.outcome.is_some();
+                        progress.set(Some(p.clone()));
+                        last = Some(p);
+                        if done {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        last = Some(LaunchProgress {
+                            outcome: Some(Err(e)),
+                            ..LaunchProgress::default()
+                        });
+                        break;
+                    }
+                }
+            }
+        }
+        drop(tx);
+        last
     }
 }

@@ -5,7 +5,8 @@
 
 pub mod ephemeral;
 mod error;
-mod launcher;
+pub mod launcher;
+mod map;
 mod useless_machine;
 
 pub use error::AppError;

@@ -5,7 +5,7 @@
 //! invalid variable stops the start with one line naming it and what was expected; the value of
 //! a secret is never echoed.
 
-use super::ownership::OwnerHash;
+use super::{fly_api::ApiToken, ownership::OwnerHash};
 use crate::{
     app::Role,
     fly::{MachineId, RegionCode},
@@ -161,27 +161,6 @@ pub struct EphemeralConfig {
     pub launcher_url: Option<String>,
 }
 
-/// The Machines API token. Its `Debug` never shows it.
-#[derive(Clone)]
-pub struct ApiToken(String);
-
-impl ApiToken {
-    pub fn new(token: String) -> Self {
-        ApiToken(token)
-    }
-
-    /// The token itself, for the `Authorization` header only.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for ApiToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ApiToken(<hidden>)")
-    }
-}
-
 /// The `FLY_*` variables a Fly Machine is started with. Optional outside Fly.
 #[derive(Debug, Clone, Default)]
 pub struct FlyEnvironment {
@@ -324,7 +303,11 @@ impl Config {
         };
         let role_config = match role {
             Role::Launcher => RoleConfig::Launcher(LauncherConfig {
-                api_token: r.required("FLY_API_TOKEN").map(ApiToken)?,
+                api_token: {
+                    let token = r.required("FLY_API_TOKEN")?;
+                    ApiToken::new(&token)
+                        .map_err(|_| Reader::<F>::invalid("FLY_API_TOKEN", &token))?
+                },
                 machines_api: r.parse("FLYBY_MACHINES_API", http_url)?,
                 ephemeral_origin: r.parse_optional("FLYBY_EPHEMERAL_ORIGIN", http_url)?,
                 max_machines: r.parse("FLYBY_MAX_MACHINES", |s| number(s, 1..=100))?,
@@ -458,7 +441,7 @@ mod tests {
         let RoleConfig::Launcher(l) = c.role_config else {
             panic!("launcher")
         };
-        assert_eq!(l.api_token.expose(), "t0ken");
+        assert!(!format!("{:?}", l.api_token).contains("t0ken"));
         assert_eq!(l.machines_api, "http://_api.internal:4280");
         assert_eq!(l.max_machines, 8);
         let err = config(&[("FLYBY_ROLE", "launcher")]).unwrap_err();

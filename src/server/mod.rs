@@ -10,12 +10,16 @@
 //! - [`ownership`], [`cookies`]: owner secrets and the cookies that carry them and the pins.
 //! - [`ephemeral`], [`lifecycle`]: a visitor's Machine: the hand-over, the page's live channel,
 //!   and the timeline that ends with the process exiting.
+//! - [`launcher`], [`fly_api`]: the launcher role: launches through the Machines API, the
+//!   tracker of Machines alive and its reaper, limits, metrics.
 //! - [`telemetry`]: logs.
 
 pub mod affinity;
 pub mod config;
 pub mod cookies;
 pub mod ephemeral;
+pub mod fly_api;
+pub mod launcher;
 pub mod lifecycle;
 pub mod ownership;
 pub mod telemetry;
@@ -25,6 +29,7 @@ use affinity::{AffinityLayer, Here};
 use axum::{routing::get, serve::ListenerExt, Router};
 use config::{Config, RoleConfig};
 use ephemeral::EphemeralMachine;
+use launcher::Launcher;
 use leptos::prelude::*;
 use leptos_axum::{generate_route_list, LeptosRoutes};
 use std::{future::Future, io, net::SocketAddr, sync::Arc, time::Duration};
@@ -39,24 +44,60 @@ pub struct Application {
     ephemeral: Option<Arc<EphemeralMachine>>,
     /// How long in-flight requests may take once stopping.
     grace: Duration,
+    /// The launcher's Prometheus endpoint, bound in `build`.
+    metrics: Option<(TcpListener, Arc<launcher::metrics::Metrics>)>,
+}
+
+/// Why the server could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: io::Error },
+    #[error(transparent)]
+    Launcher(#[from] launcher::LauncherError),
 }
 
 impl Application {
     /// Binds `config.site_addr` and builds the router for the configured role.
-    pub async fn build(config: Config) -> io::Result<Self> {
-        let listener = TcpListener::bind(config.site_addr).await?;
+    pub async fn build(config: Config) -> Result<Self, BuildError> {
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| BuildError::Listen { addr, source })
+        };
+        let listener = bind(config.site_addr).await?;
         let ephemeral = EphemeralMachine::start(&config);
-        let router = router(&config, ephemeral.clone());
+        let launcher = Launcher::start(&config)?;
+        let metrics = match (&launcher, &config.role_config) {
+            (Some(launcher), RoleConfig::Launcher(settings)) => {
+                // On the Machine's private address: reachable by Fly's metrics scraper over the
+                // private network, never through the public service.
+                let ip = config
+                    .fly
+                    .private_ip
+                    .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
+                let addr = SocketAddr::new(ip, settings.metrics_port);
+                Some((bind(addr).await?, launcher.metrics.clone()))
+            }
+            _ => None,
+        };
+        let router = router(&config, ephemeral.clone(), launcher);
         Ok(Application {
             listener,
             router,
             ephemeral,
             grace: config.shutdown_grace(),
+            metrics,
         })
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// Where `/metrics` is served, on the launcher role.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 
     /// Serves until `stop` completes (a signal) or, on the ephemeral role, until the Machine's
@@ -81,6 +122,16 @@ impl Application {
         let listener = self.listener.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
         });
+        if let Some((listener, metrics)) = self.metrics {
+            let app = Router::new().route(
+                "/metrics",
+                get(move || {
+                    let metrics = metrics.clone();
+                    async move { metrics.render() }
+                }),
+            );
+            tokio::spawn(async move { axum::serve(listener, app).await });
+        }
         let serve = axum::serve(listener, self.router).with_graceful_shutdown(shutdown);
         let grace = self.grace;
         tokio::select! {
@@ -101,7 +152,11 @@ impl Application {
 
 /// The whole router of a role: Leptos pages and server functions, static files, `/health`,
 /// the role's own routes; all behind the affinity layer, and the request log around that.
-pub fn router(config: &Config, ephemeral: Option<Arc<EphemeralMachine>>) -> Router {
+pub fn router(
+    config: &Config,
+    ephemeral: Option<Arc<EphemeralMachine>>,
+    launcher: Option<Arc<Launcher>>,
+) -> Router {
     let role = config.role;
     let options = config.leptos.clone();
     let routes = generate_route_list(App)
@@ -114,9 +169,12 @@ pub fn router(config: &Config, ephemeral: Option<Arc<EphemeralMachine>>) -> Rout
             if let Some(machine) = &ephemeral {
                 provide_context(machine.clone());
             }
+            if let Some(launcher) = &launcher {
+                provide_context(launcher.clone());
+            }
         }
     };
-    let mut router = Router::new().route("/health", get(health));
+    let mut router = Router::new().route(affinity::HEALTH_PATH, get(health));
     if let Some(machine) = &ephemeral {
         router = router.merge(ephemeral::routes(machine.clone()));
     }

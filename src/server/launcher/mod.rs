@@ -1,0 +1,732 @@
+//! The launcher role's server side: launches (one visitor, one Machine), the shared tracker of
+//! Machines alive with the reaper behind it, the limits, and the metrics endpoint.
+//!
+//! - Capacity: a Machine takes one of `max_machines` names (`flyby-slot-<n>`). Fly refuses a
+//!   second Machine with a taken name, so the cap holds across every launcher Machine at once
+//!   without any coordination between them, and without a check-then-create race.
+//! - Every failure after a create destroys what was created; a launcher that dies mid-launch
+//!   leaves a Machine that switches itself off when nobody claims it, and the reaper of any
+//!   launcher destroys whatever outlives its TTL.
+//! - The token for the Machines API stays in [`FlyApi`]; nothing here logs it.
+
+pub mod limits;
+pub mod metrics;
+mod tracker;
+
+use super::{
+    affinity::{claim_path, LAUNCH_COOKIE},
+    config::{Config, LauncherConfig, Timings},
+    cookies,
+    fly_api::{
+        Autostop, Check, CreateMachineRequest, FlyApi, FlyApiConfig, FlyApiError, FlyDuration,
+        Guest, HttpOptions, MachineConfig, Port, ReplayCacheKind, ReplayCacheRule, Restart,
+        RestartPolicy, Service, WaitState,
+    },
+    ownership::OwnerSecret,
+};
+use crate::{
+    app::{
+        launcher::{
+            AliveMachine, Handover, LaunchProgress, LaunchTicket, LauncherInfo, Step, StepView,
+        },
+        AppError,
+    },
+    fly::{MachineId, RegionCode},
+};
+use futures::{SinkExt, StreamExt};
+use http::HeaderMap;
+use leptos::{prelude::use_context, server_fn::BoxedStream};
+use limits::{TokenBucket, VisitorLimits};
+use metrics::Metrics;
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+use tokio::{sync::watch, time::Instant};
+pub use tracker::Tracked;
+
+/// The port a visitor's Machine serves on (its service's `internal_port`).
+pub const MACHINE_PORT: u16 = 8080;
+/// Metadata that marks a Machine as a visitor's Machine launched by flyby.
+pub const METADATA_ROLE: (&str, &str) = ("flyby", "ephemeral");
+/// How long a launch may take from request to serving before it is abandoned.
+const LAUNCH_DEADLINE: Duration = Duration::from_secs(60);
+/// How long the launch pin lives: a launch, and a little more for the hand-over.
+const PIN_LIFETIME: Duration = Duration::from_secs(90);
+/// How long a finished launch stays available to its watcher and hand-over.
+const KEEP_FINISHED: Duration = Duration::from_secs(120);
+
+/// What one launch has done, and its hand-over once ready.
+struct Launch {
+    visitor: String,
+    progress: watch::Sender<LaunchProgress>,
+    /// Taken once, by the visitor's page.
+    handover: Mutex<Option<Handover>>,
+}
+
+/// The launcher role's state, shared by its server functions and background tasks.
+pub struct Launcher {
+    /// This launcher Machine, for the launch pin; `None` outside Fly.
+    me: Option<MachineId>,
+    /// The launcher's own app name, to derive the ephemeral app's host from the request's.
+    app_name: String,
+    /// The app visitors' Machines are created in.
+    ephemeral_app: String,
+    /// The image visitors' Machines run: the launcher's own.
+    image: Option<String>,
+    settings: LauncherConfig,
+    timings: Timings,
+    /// Passed on to visitors' Machines so their logs look like the launcher's.
+    log_format: &'static str,
+    /// The site folder, the same path in the same image.
+    site_root: String,
+    api: FlyApi,
+    /// Probes a new Machine's `/health` over the private network.
+    probe: reqwest::Client,
+    creates: TokenBucket,
+    visitors: VisitorLimits,
+    launches: Mutex<HashMap<String, Arc<Launch>>>,
+    /// One visitor, one launch at a time: visitor -> launch id.
+    active: Mutex<HashMap<String, String>>,
+    alive: watch::Receiver<Vec<Tracked>>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// The launcher of this process, for server functions.
+pub fn current() -> Result<Arc<Launcher>, AppError> {
+    use_context::<Arc<Launcher>>().ok_or(AppError::BadRequest("not a launcher".into()))
+}
+
+/// Why the launcher could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum LauncherError {
+    #[error("Machines API client: {0}")]
+    Api(#[from] super::fly_api::BuildError),
+}
+
+impl Launcher {
+    /// Builds the launcher and starts its tracker and reaper. `None` unless `config` is for the
+    /// launcher role.
+    pub fn start(config: &Config) -> Result<Option<Arc<Self>>, LauncherError> {
+        let super::config::RoleConfig::Launcher(settings) = &config.role_config else {
+            return Ok(None);
+        };
+        let metrics = Arc::new(Metrics::default());
+        let mut api_config =
+            FlyApiConfig::new(settings.machines_api.clone(), settings.api_token.clone());
+        let observed = metrics.clone();
+        api_config.observer = Some(Arc::new(move |call| {
+            observed.api_call(call.action, call.outcome.to_string())
+        }));
+        let api = FlyApi::new(api_config)?;
+        let (alive_tx, alive) = watch::channel(Vec::new());
+        let launcher = Arc::new(Launcher {
+            me: config.fly.machine_id,
+            app_name: config.fly.app_name.clone(),
+            ephemeral_app: config.ephemeral_app.clone(),
+            image: config.fly.image_ref.clone(),
+            settings: settings.clone(),
+            timings: config.timings,
+            log_format: match config.log_format {
+                super::config::LogFormat::Human => "human",
+                super::config::LogFormat::Json => "json",
+            },
+            site_root: config.leptos.site_root.to_string(),
+            api,
+            probe: reqwest::Client::builder()
+                .timeout(Duration::from_millis(500))
+                .tcp_nodelay(true)
+                .build()
+                .expect("a plain HTTP client builds"),
+            // Fly: 1 create per second per app, bursts of 3.
+            creates: TokenBucket::new(1.0, 3),
+            visitors: VisitorLimits::new(settings.launches_per_minute),
+            launches: Mutex::default(),
+            active: Mutex::default(),
+            alive,
+            metrics,
+        });
+        tracker::spawn(launcher.clone(), alive_tx);
+        Ok(Some(launcher))
+    }
+
+    pub fn info(&self, headers: &HeaderMap) -> LauncherInfo {
+        let edge = edge_region(headers);
+        LauncherInfo {
+            edge_region: edge.map(|r| r.to_string()),
+            edge_city: edge.map(|r| r.city().to_owned()),
+            cap: self.settings.max_machines,
+        }
+    }
+
+    /// Starts a launch for the visitor behind `headers`, or returns the one they already have
+    /// running. Sets the launch pin so that the rest of the launch reaches this Machine.
+    pub fn begin_launch(self: &Arc<Self>, headers: &HeaderMap) -> Result<LaunchTicket, AppError> {
+        let origin =
+            request_origin(headers).ok_or_else(|| AppError::BadRequest("no Host header".into()))?;
+        if !same_origin(headers, &origin) {
+            self.metrics.launch("refused_cross_site");
+            return Err(AppError::BadRequest(
+                "a launch must come from the launcher's own page".into(),
+            ));
+        }
+        let visitor = visitor(headers);
+        if let Some(id) = self.active.lock().expect("active lock").get(&visitor) {
+            return Ok(LaunchTicket { id: id.clone() });
+        }
+        if let Err(retry) = self.visitors.admit(&visitor) {
+            self.metrics.launch("rate_limited");
+            return Err(AppError::TooManyLaunches {
+                retry_after_secs: retry.as_secs().max(1),
+            });
+        }
+        let ephemeral_origin = match &self.settings.ephemeral_origin {
+            Some(o) => o.clone(),
+            None => swap_app(&origin, &self.app_name, &self.ephemeral_app).ok_or_else(|| {
+                tracing::error!(%origin, "cannot derive the ephemeral app's origin: set FLYBY_EPHEMERAL_ORIGIN");
+                AppError::Internal
+            })?,
+        };
+        let id = hex::encode(rand::random::<[u8; 16]>());
+        let launch = Arc::new(Launch {
+            visitor: visitor.clone(),
+            progress: watch::channel(LaunchProgress::default()).0,
+            handover: Mutex::new(None),
+        });
+        self.launches
+            .lock()
+            .expect("launches lock")
+            .insert(id.clone(), launch.clone());
+        self.active
+            .lock()
+            .expect("active lock")
+            .insert(visitor, id.clone());
+        let region = edge_region(headers).filter(|r| r.region().is_some());
+        let secure = origin.starts_with("https://");
+        let this = self.clone();
+        let launch_id = id.clone();
+        tokio::spawn(async move {
+            this.run(&launch_id, &launch, region, &origin, &ephemeral_origin)
+                .await;
+            this.active
+                .lock()
+                .expect("active lock")
+                .remove(&launch.visitor);
+            tokio::time::sleep(KEEP_FINISHED).await;
+            this.launches
+                .lock()
+                .expect("launches lock")
+                .remove(&launch_id);
+        });
+        if let Some(me) = self.me {
+            set_cookie(cookies::launch_pin(me, PIN_LIFETIME, secure));
+        }
+        Ok(LaunchTicket { id })
+    }
+
+    /// The progress of a launch, streamed whole on every change until it ends.
+    pub fn watch_launch(
+        self: Arc<Self>,
+        mut input: BoxedStream<String, AppError>,
+    ) -> BoxedStream<LaunchProgress, AppError> {
+        let (mut tx, rx) = futures::channel::mpsc::channel(4);
+        tokio::spawn(async move {
+            let Some(Ok(id)) = input.next().await else {
+                return;
+            };
+            let Some(launch) = self
+                .launches
+                .lock()
+                .expect("launches lock")
+                .get(&id)
+                .cloned()
+            else {
+                let _ = tx
+                    .send(Err(AppError::BadRequest("no such launch here".into())))
+                    .await;
+                return;
+            };
+            let mut changes = launch.progress.subscribe();
+            loop {
+                let progress = changes.borrow_and_update().clone();
+                let done = progress.outcome.is_some();
+                if tx.send(Ok(progress)).await.is_err() || done || changes.changed().await.is_err()
+                {
+                    return;
+                }
+            }
+        });
+        rx.into()
+    }
+
+    /// The hand-over of a ready launch, once; clears the launch pin.
+    pub fn take_handover(&self, id: &str) -> Result<Handover, AppError> {
+        let launch = self
+            .launches
+            .lock()
+            .expect("launches lock")
+            .get(id)
+            .cloned();
+        let handover = launch.and_then(|l| l.handover.lock().expect("handover lock").take());
+        set_cookie(cookies::clear(LAUNCH_COOKIE));
+        handover.ok_or_else(|| AppError::BadRequest("no hand-over for this launch".into()))
+    }
+
+    /// The Machines alive, streamed on every change of the tracker's view.
+    pub fn watch_machines(
+        self: Arc<Self>,
+        input: BoxedStream<(), AppError>,
+    ) -> BoxedStream<Vec<AliveMachine>, AppError> {
+        let (mut tx, rx) = futures::channel::mpsc::channel(2);
+        let mut alive = self.alive.clone();
+        tokio::spawn(async move {
+            // The page never sends anything; its stream ending means it left.
+            let mut input = input;
+            loop {
+                let view = alive
+                    .borrow_and_update()
+                    .iter()
+                    .map(Tracked::view)
+                    .collect();
+                if tx.send(Ok(view)).await.is_err() {
+                    return;
+                }
+                tokio::select! {
+                    changed = alive.changed() => if changed.is_err() { return },
+                    _ = input.next() => return,
+                }
+            }
+        });
+        rx.into()
+    }
+
+    /// One launch, from request to hand-over. Whatever it created is destroyed if it fails.
+    async fn run(
+        &self,
+        id: &str,
+        launch: &Launch,
+        region: Option<RegionCode>,
+        origin: &str,
+        ephemeral_origin: &str,
+    ) {
+        let started = Instant::now();
+        let step = |step: Step| {
+            let at_ms = started.elapsed().as_millis() as u64;
+            launch
+                .progress
+                .send_modify(|p| p.steps.push(StepView { step, at_ms }));
+        };
+        step(Step::Requested);
+        let outcome = tokio::time::timeout(
+            LAUNCH_DEADLINE,
+            self.launch(id, region, origin, ephemeral_origin, &step),
+        )
+        .await
+        .unwrap_or(Err((AppError::MachineDidNotStart, None)));
+        let outcome = match outcome {
+            Ok(handover) => {
+                *launch.handover.lock().expect("handover lock") = Some(handover);
+                self.metrics.launch("launched");
+                self.metrics.phase("total", started.elapsed());
+                Ok(())
+            }
+            Err((error, created)) => {
+                if let Some(machine) = created {
+                    self.destroy(machine).await;
+                }
+                self.metrics.launch(match error {
+                    AppError::CapacityReached { .. } => "capacity",
+                    AppError::FlyApiUnavailable => "api_failed",
+                    AppError::MachineDidNotStart => "did_not_start",
+                    _ => "failed",
+                });
+                Err(error)
+            }
+        };
+        launch.progress.send_modify(|p| p.outcome = Some(outcome));
+    }
+
+    /// The steps of a launch; on failure, the error and the Machine to destroy, if any.
+    async fn launch(
+        &self,
+        id: &str,
+        region: Option<RegionCode>,
+        origin: &str,
+        ephemeral_origin: &str,
+        step: &impl Fn(Step),
+    ) -> Result<Handover, (AppError, Option<MachineId>)> {
+        let image = self.image.clone().ok_or_else(|| {
+            tracing::error!("FLY_IMAGE_REF is unset: this launcher cannot launch Machines");
+            (AppError::Internal, None)
+        })?;
+        let secret = OwnerSecret::mint();
+        let mut request = CreateMachineRequest {
+            name: None,
+            region,
+            config: self.machine_config(image, id, &secret, origin),
+            ..CreateMachineRequest::default()
+        };
+        let phase = Instant::now();
+        let machine = self
+            .create_in_a_free_slot(&mut request, step)
+            .await
+            .map_err(|e| (e, None))?;
+        self.metrics.phase("create", phase.elapsed());
+        tracing::info!(machine = %machine.id, region = %machine.region, name = %machine.name, "launched");
+        let created = Some(machine.id);
+        step(Step::Created {
+            region: machine.region.to_string(),
+            city: machine.region.city().to_owned(),
+        });
+
+        let phase = Instant::now();
+        self.api
+            .wait(
+                &self.ephemeral_app,
+                machine.id,
+                WaitState::Started,
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|e| (visitor_error(&e, self.settings.max_machines), created))?;
+        self.metrics.phase("start", phase.elapsed());
+        step(Step::Started);
+
+        let phase = Instant::now();
+        self.until_serving(&machine.private_ip)
+            .await
+            .map_err(|()| (AppError::MachineDidNotStart, created))?;
+        self.metrics.phase("serving", phase.elapsed());
+        step(Step::Serving);
+        Ok(Handover {
+            claim_url: format!("{ephemeral_origin}{}", claim_path(machine.id)),
+            secret: secret.expose().to_owned(),
+        })
+    }
+
+    /// Creates the Machine under the first free slot name; `CapacityReached` when none is.
+    async fn create_in_a_free_slot(
+        &self,
+        request: &mut CreateMachineRequest,
+        step: &impl Fn(Step),
+    ) -> Result<super::fly_api::Machine, AppError> {
+        let cap = self.settings.max_machines;
+        let taken: Vec<String> = self.alive.borrow().iter().map(|m| m.name.clone()).collect();
+        // Free-looking slots first, in a random order so that launchers rarely collide; the
+        // tracker's view may be stale, so the others are tried too before giving up.
+        let mut slots: Vec<String> = (0..cap).map(slot_name).collect();
+        let offset = rand::random::<u32>() as usize % slots.len();
+        slots.rotate_left(offset);
+        slots.sort_by_key(|name| taken.contains(name));
+        for name in slots {
+            self.creates.take(|| step(Step::WaitingForSlot)).await;
+            request.name = Some(name);
+            match self.api.create(&self.ephemeral_app, request).await {
+                Ok(machine) => return Ok(machine),
+                Err(FlyApiError::NameTaken { .. }) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "create failed");
+                    return Err(visitor_error(&e, cap));
+                }
+            }
+        }
+        Err(AppError::CapacityReached { cap })
+    }
+
+    /// Polls the new Machine's `/health` over the private network until it answers 200.
+    async fn until_serving(&self, private_ip: &str) -> Result<(), ()> {
+        let ip: IpAddr = private_ip.parse().map_err(|_| {
+            tracing::warn!(private_ip, "the new Machine has no usable private address");
+        })?;
+        let url = format!("http://{}/health", SocketAddr::new(ip, MACHINE_PORT));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(response) = self.probe.get(&url).send().await {
+                if response.status().is_success() {
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        tracing::warn!(%url, "the new Machine never served");
+        Err(())
+    }
+
+    /// Destroys a Machine this launcher created; a failure is left to the reaper.
+    async fn destroy(&self, machine: MachineId) {
+        match self.api.delete(&self.ephemeral_app, machine, true).await {
+            Ok(()) => tracing::info!(%machine, "destroyed after a failed launch"),
+            Err(e) => tracing::warn!(%machine, error = %e, "could not destroy; the reaper will"),
+        }
+    }
+
+    /// The whole config of a visitor's Machine, from code.
+    fn machine_config(
+        &self,
+        image: String,
+        launch: &str,
+        secret: &OwnerSecret,
+        origin: &str,
+    ) -> MachineConfig {
+        let t = self.timings;
+        let env = BTreeMap::from([
+            ("FLYBY_ROLE".to_owned(), "ephemeral".to_owned()),
+            ("FLYBY_OWNER_HASH".to_owned(), secret.hash().to_hex()),
+            ("FLYBY_TTL_SECS".to_owned(), t.ttl.as_secs().to_string()),
+            (
+                "FLYBY_CLAIM_SECS".to_owned(),
+                t.claim_window.as_secs().to_string(),
+            ),
+            ("FLYBY_SHOW_SECS".to_owned(), t.show.as_secs().to_string()),
+            ("FLYBY_LAUNCHER_URL".to_owned(), origin.to_owned()),
+            ("FLYBY_LOG_FORMAT".to_owned(), self.log_format.to_owned()),
+            (
+                "LEPTOS_SITE_ADDR".to_owned(),
+                format!("0.0.0.0:{MACHINE_PORT}"),
+            ),
+            ("LEPTOS_SITE_ROOT".to_owned(), self.site_root.clone()),
+        ]);
+        let launched_at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let metadata = BTreeMap::from([
+            (METADATA_ROLE.0.to_owned(), METADATA_ROLE.1.to_owned()),
+            ("flyby_launch".to_owned(), launch.to_owned()),
+            ("flyby_launched_at".to_owned(), launched_at.to_string()),
+            (
+                "flyby_launcher".to_owned(),
+                self.me.map(|m| m.to_string()).unwrap_or_default(),
+            ),
+        ]);
+        // Fly may route a visitor's later requests straight to their Machine, keyed on the
+        // owner cookie, for as long as the Machine may live.
+        let http_options = Some(HttpOptions {
+            replay_cache: vec![ReplayCacheRule {
+                path_prefix: "/".into(),
+                ttl_seconds: t.ttl.as_secs() as u32,
+                kind: ReplayCacheKind::Cookie,
+                name: super::affinity::OWNER_COOKIE.into(),
+            }],
+        });
+        MachineConfig {
+            image,
+            env,
+            guest: Some(Guest {
+                cpu_kind: "shared".into(),
+                cpus: 1,
+                memory_mb: 256,
+            }),
+            auto_destroy: true,
+            restart: Some(Restart {
+                policy: RestartPolicy::No,
+                max_retries: None,
+            }),
+            services: vec![Service {
+                protocol: "tcp".into(),
+                internal_port: MACHINE_PORT,
+                autostart: Some(false),
+                autostop: Some(Autostop::Off),
+                ports: vec![
+                    Port {
+                        port: Some(80),
+                        handlers: vec!["http".into()],
+                        force_https: true,
+                        http_options: http_options.clone(),
+                    },
+                    Port {
+                        port: Some(443),
+                        handlers: vec!["tls".into(), "http".into()],
+                        force_https: false,
+                        http_options,
+                    },
+                ],
+                ..Service::default()
+            }],
+            checks: BTreeMap::from([(
+                "health".to_owned(),
+                Check {
+                    kind: "http".into(),
+                    port: Some(MACHINE_PORT),
+                    interval: Some(FlyDuration(Duration::from_secs(5))),
+                    timeout: Some(FlyDuration(Duration::from_secs(2))),
+                    grace_period: Some(FlyDuration(Duration::from_secs(1))),
+                    method: Some("GET".into()),
+                    path: Some(super::affinity::HEALTH_PATH.into()),
+                },
+            )]),
+            metadata,
+            stop_config: None,
+        }
+    }
+}
+
+/// What a visitor is told about a Machines API failure.
+fn visitor_error(error: &FlyApiError, cap: u32) -> AppError {
+    match error {
+        FlyApiError::NameTaken { .. } => AppError::CapacityReached { cap },
+        FlyApiError::WaitTimedOut => AppError::MachineDidNotStart,
+        FlyApiError::Unauthorized { .. } => {
+            tracing::error!("the Machines API refused the token");
+            AppError::Internal
+        }
+        _ => AppError::FlyApiUnavailable,
+    }
+}
+
+fn slot_name(n: u32) -> String {
+    format!("flyby-slot-{n}")
+}
+
+/// Sets a cookie on the server function's response.
+fn set_cookie(cookie: String) {
+    if let (Some(response), Ok(value)) = (
+        use_context::<leptos_axum::ResponseOptions>(),
+        http::HeaderValue::try_from(cookie),
+    ) {
+        response.append_header(http::header::SET_COOKIE, value);
+    }
+}
+
+/// The edge region fly-proxy says the visitor came through.
+fn edge_region(headers: &HeaderMap) -> Option<RegionCode> {
+    headers
+        .get("fly-region")?
+        .to_str()
+        .ok()
+        .and_then(|v| RegionCode::parse(v).ok())
+}
+
+/// Who the visitor is, for their launch budget: `Fly-Client-IP`, set by fly-proxy (never the
+/// socket address, which is fly-proxy's own).
+fn visitor(headers: &HeaderMap) -> String {
+    headers
+        .get("fly-client-ip")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<IpAddr>().ok())
+        .map_or_else(|| "unknown".to_owned(), |ip| ip.to_string())
+}
+
+/// The origin the visitor used: scheme from `X-Forwarded-Proto` (fly-proxy), host from `Host`.
+fn request_origin(headers: &HeaderMap) -> Option<String> {
+    let host = headers.get(http::header::HOST)?.to_str().ok()?;
+    let valid = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b));
+    if !valid {
+        return None;
+    }
+    let https = headers
+        .get("x-forwarded-proto")
+        .is_some_and(|p| p.as_bytes() == b"https");
+    Some(format!(
+        "{}://{}",
+        if https { "https" } else { "http" },
+        host.to_ascii_lowercase()
+    ))
+}
+
+/// CSRF: a launch must come from a page of this very origin.
+fn same_origin(headers: &HeaderMap, origin: &str) -> bool {
+    match headers
+        .get(http::header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(sent) => sent.eq_ignore_ascii_case(origin),
+        None => headers
+            .get("sec-fetch-site")
+            .is_some_and(|v| v.as_bytes() == b"same-origin"),
+    }
+}
+
+/// `http://flyby.example:3000` -> `http://flyby-machines.example:3000`.
+fn swap_app(origin: &str, app: &str, ephemeral_app: &str) -> Option<String> {
+    let (scheme, host) = origin.split_once("://")?;
+    let rest = host.strip_prefix(app)?.strip_prefix('.')?;
+    Some(format!("{scheme}://{ephemeral_app}.{rest}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| (http::HeaderName::from_static(k), v.parse().unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn the_ephemeral_origin_swaps_the_app_name() {
+        assert_eq!(
+            swap_app("https://flyby.fly.dev", "flyby", "flyby-machines").as_deref(),
+            Some("https://flyby-machines.fly.dev")
+        );
+        assert_eq!(
+            swap_app("http://flyby.localhost:3000", "flyby", "flyby-machines").as_deref(),
+            Some("http://flyby-machines.localhost:3000")
+        );
+        assert_eq!(
+            swap_app("http://evil.example", "flyby", "flyby-machines"),
+            None
+        );
+        assert_eq!(
+            swap_app("http://flybyx.example", "flyby", "flyby-machines"),
+            None
+        );
+    }
+
+    #[test]
+    fn the_origin_comes_from_host_and_forwarded_proto() {
+        assert_eq!(
+            request_origin(&headers(&[
+                ("host", "Flyby.fly.dev"),
+                ("x-forwarded-proto", "https")
+            ]))
+            .as_deref(),
+            Some("https://flyby.fly.dev")
+        );
+        assert_eq!(
+            request_origin(&headers(&[("host", "flyby.localhost:3000")])).as_deref(),
+            Some("http://flyby.localhost:3000")
+        );
+        assert_eq!(request_origin(&headers(&[("host", "a\"b")])), None);
+        assert_eq!(request_origin(&headers(&[])), None);
+    }
+
+    #[test]
+    fn a_launch_must_be_same_origin() {
+        let origin = "http://flyby.localhost:3000";
+        assert!(same_origin(&headers(&[("origin", origin)]), origin));
+        assert!(!same_origin(
+            &headers(&[("origin", "http://evil.example")]),
+            origin
+        ));
+        assert!(same_origin(
+            &headers(&[("sec-fetch-site", "same-origin")]),
+            origin
+        ));
+        assert!(!same_origin(
+            &headers(&[("sec-fetch-site", "cross-site")]),
+            origin
+        ));
+        assert!(!same_origin(&headers(&[]), origin));
+    }
+
+    #[test]
+    fn visitors_are_keyed_on_fly_client_ip() {
+        assert_eq!(
+            visitor(&headers(&[("fly-client-ip", "203.0.113.7")])),
+            "203.0.113.7"
+        );
+        assert_eq!(
+            visitor(&headers(&[("fly-client-ip", "not an ip")])),
+            "unknown"
+        );
+        assert_eq!(visitor(&headers(&[])), "unknown");
+    }
+}
