@@ -1,14 +1,47 @@
-//! `flyby-local`: see [`flyby::local`].
+//! `flyby-local`: see [`flyby::local`]. Starts the platform, prints the ready line, and on
+//! Ctrl-C or SIGTERM stops every Machine before exiting.
+//!
+//! stdout carries the ready line and the Machines' log lines; flyby-local's own logs go to
+//! stderr (`RUST_LOG` filters them), so that tools can read stdout.
 
+use anyhow::Context;
 use clap::Parser;
-use flyby::local::Args;
+use flyby::local::{start, Args};
+use tokio::signal::unix::{signal, SignalKind};
 
-fn main() {
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
     let args = Args::parse();
+    // Listen for the signals before any Machine exists, so none can be orphaned by an early one.
+    let mut interrupt = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+
+    let running = tokio::select! {
+        running = start(args) => running.context("flyby-local could not start")?,
+        _ = interrupt.recv() => return Ok(()),
+        _ = terminate.recv() => return Ok(()),
+    };
     println!(
-        "flyby-local will serve the proxy on http://{} and the Machines API on http://{} \
-         ({} launcher Machines, edge region {}, balance {:?}).",
-        args.proxy_addr, args.api_addr, args.launchers, args.edge_region, args.balance
+        "flyby-local ready: proxy=http://{} api=http://{}",
+        running.proxy_addr(),
+        running.api_addr()
     );
-    println!("It is not implemented yet: see the local-platform issue.");
+    println!(
+        "Open http://flyby.localhost:{}/",
+        running.proxy_addr().port()
+    );
+
+    tokio::select! {
+        _ = interrupt.recv() => {}
+        _ = terminate.recv() => {}
+    }
+    tracing::info!("stopping every Machine");
+    running.shutdown().await;
+    Ok(())
 }

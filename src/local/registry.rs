@@ -8,7 +8,7 @@ use std::{
     collections::BTreeMap,
     net::{Ipv4Addr, SocketAddr},
     sync::Mutex,
-    time::SystemTime,
+    time::{SystemTime, UNIX_EPOCH},
 };
 use tokio::sync::watch;
 
@@ -42,13 +42,62 @@ impl MachineState {
 /// One entry of a Machine's `events` list, newest first as Fly returns them.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct MachineEvent {
-    /// `launch`, `start`, `exit`, `stop`, `destroy`, ...
+    /// A ULID, as Fly gives each event.
+    pub id: String,
+    /// `launch`, `start`, `exit`, `stop`, `restart`, `destroy`, ...
     #[serde(rename = "type")]
     pub kind: String,
+    /// The state the Machine is in after the event.
     pub status: String,
+    /// `user` for what an API caller asked, `flyd` for what the platform did on its own.
     pub source: String,
     /// Milliseconds since the epoch, as Fly reports it.
     pub timestamp: u64,
+    /// Details, as Fly attaches them to `exit` events (`{"exit_event": {...}}`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request: Option<Value>,
+}
+
+impl MachineEvent {
+    pub fn new(kind: &str, status: MachineState, source: &str) -> MachineEvent {
+        MachineEvent {
+            id: new_ulid(),
+            kind: kind.to_owned(),
+            status: status.as_str().to_owned(),
+            source: source.to_owned(),
+            timestamp: epoch_millis(SystemTime::now()),
+            request: None,
+        }
+    }
+
+    pub fn with_request(mut self, request: Value) -> MachineEvent {
+        self.request = Some(request);
+        self
+    }
+}
+
+/// A name that a live Machine of the same app already has.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a machine named {name:?} already exists in app {app:?}")]
+pub struct NameTaken {
+    pub app: String,
+    pub name: String,
+}
+
+/// A fresh ULID: 48 bits of milliseconds then 80 random bits, in Crockford base32. Fly uses
+/// them for `instance_id`, event ids and request ids.
+pub fn new_ulid() -> String {
+    const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+    let millis = u128::from(epoch_millis(SystemTime::now())) & ((1 << 48) - 1);
+    let value = (millis << 80) | (rand::random::<u128>() & ((1 << 80) - 1));
+    (0..26)
+        .map(|i| char::from(ALPHABET[((value >> (125 - 5 * i)) & 31) as usize]))
+        .collect()
+}
+
+pub fn epoch_millis(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Everything the platform knows of one Machine.
@@ -147,9 +196,12 @@ pub struct Registry {
 
 impl Default for Registry {
     fn default() -> Self {
+        // Each platform starts at a random 127.X.Y.2, so that two flyby-local running side by
+        // side (parallel tests, a test next to `make run`) do not hand out the same addresses.
+        let block = (rand::random_range(1u32..=254) << 16) | (rand::random_range(0u32..=255) << 8);
         Registry {
             inner: Mutex::new(Inner {
-                next_ip: 2,
+                next_ip: block | 2,
                 ..Inner::default()
             }),
             version: watch::channel(0).0,
@@ -169,12 +221,57 @@ impl Registry {
         self.read(|inner| inner.apps.contains_key(app))
     }
 
-    /// A fresh loopback address for a new Machine: 127.0.0.2, .3, ... then 127.0.1.0, ...
+    /// Every app, with or without Machines.
+    pub fn apps(&self) -> Vec<String> {
+        self.read(|inner| inner.apps.keys().cloned().collect())
+    }
+
+    /// A fresh loopback address for a new Machine: 127.X.Y.2, .3, ... skipping the .0 and .255
+    /// of each /24, which some tools treat as network and broadcast addresses.
     pub fn allocate_ip(&self) -> Ipv4Addr {
-        self.write(|inner| {
-            let n = inner.next_ip;
-            inner.next_ip += 1;
-            Ipv4Addr::from(0x7f00_0000 | (n & 0x00ff_ffff))
+        self.write(|inner| loop {
+            let n = inner.next_ip & 0x00ff_ffff;
+            inner.next_ip = inner.next_ip.wrapping_add(1);
+            if !matches!(n & 0xff, 0 | 255) && n > 1 {
+                return Ipv4Addr::from(0x7f00_0000 | n);
+            }
+        })
+    }
+
+    /// Inserts a new Machine unless a Machine of its app that is not destroyed already has its
+    /// name (Fly: "Unique name for this Machine"). Check and insert happen under one lock.
+    pub fn insert_new(&self, record: MachineRecord) -> Result<(), NameTaken> {
+        let mut inner = self.inner.lock().expect("registry lock");
+        let machines = inner.apps.entry(record.app.clone()).or_default();
+        if machines
+            .values()
+            .any(|m| m.name == record.name && m.state != MachineState::Destroyed)
+        {
+            return Err(NameTaken {
+                app: record.app,
+                name: record.name,
+            });
+        }
+        machines.insert(record.id, record);
+        drop(inner);
+        self.version.send_modify(|v| *v += 1);
+        Ok(())
+    }
+
+    /// How many Machines each app has in each state.
+    pub fn state_counts(&self) -> BTreeMap<String, BTreeMap<&'static str, u64>> {
+        self.read(|inner| {
+            inner
+                .apps
+                .iter()
+                .map(|(app, machines)| {
+                    let mut counts = BTreeMap::new();
+                    for m in machines.values() {
+                        *counts.entry(m.state.as_str()).or_default() += 1;
+                    }
+                    (app.clone(), counts)
+                })
+                .collect()
         })
     }
 
