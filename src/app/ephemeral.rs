@@ -5,6 +5,8 @@
 //! page shows after the end ("This Machine is no more", the way back) is already in the hydrated
 //! page: it needs nothing from a Machine that no longer exists.
 
+#[cfg(feature = "ssr")]
+use super::error::reply;
 use super::{error::AppError, useless_machine::UselessMachine};
 use leptos::prelude::*;
 use leptos::server_fn::{codec::JsonEncoding, BoxedStream, Websocket};
@@ -73,29 +75,31 @@ pub enum ServerMessage {
 
 #[server(endpoint = "machine")]
 pub async fn about_machine() -> Result<MachineInfo, AppError> {
-    let machine = crate::server::ephemeral::current()?;
-    let headers: http::HeaderMap = leptos_axum::extract()
-        .await
-        .map_err(|_| AppError::Internal)?;
-    let edge = headers
-        .get("fly-region")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| crate::fly::RegionCode::parse(v).ok());
-    Ok(machine.info(edge))
+    use crate::server::{ephemeral::current, request_headers};
+    reply(
+        async {
+            let machine = current()?;
+            let edge = request_headers()
+                .await?
+                .get("fly-region")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| crate::fly::RegionCode::parse(v).ok());
+            Ok(machine.info(edge))
+        }
+        .await,
+    )
 }
 
 #[server(endpoint = "switch-off")]
 pub async fn switch_off() -> Result<(), AppError> {
-    crate::server::ephemeral::current()?.switch_off();
-    Ok(())
+    reply(crate::server::ephemeral::current().map(|m| m.switch_off()))
 }
 
 #[server(protocol = Websocket<JsonEncoding, JsonEncoding>, endpoint = "channel")]
 pub async fn machine_channel(
     input: BoxedStream<ClientMessage, AppError>,
 ) -> Result<BoxedStream<ServerMessage, AppError>, AppError> {
-    let machine = crate::server::ephemeral::current()?;
-    Ok(machine.channel(input))
+    reply(crate::server::ephemeral::current().map(|m| m.channel(input)))
 }
 
 #[component]
@@ -283,8 +287,12 @@ mod live {
             if let Some(ticker) = ticker {
                 ticker.clear();
             }
-            if !ended {
-                lost.set(true);
+            // A close right after "switching off" is the end the Machine announced; any other
+            // close means the Machine vanished.
+            match phase.get_untracked() {
+                PhaseView::SwitchingOff { reason } => phase.set(PhaseView::Ended { reason }),
+                _ if !ended => lost.set(true),
+                _ => {}
             }
         });
     }

@@ -36,6 +36,35 @@ pub enum AppError {
     Internal,
 }
 
+impl AppError {
+    /// The HTTP status a server function answers with. Refusals the visitor can act on are 4xx;
+    /// only failures of the platform are 5xx.
+    pub fn status(&self) -> u16 {
+        match self {
+            AppError::MachineGone => 410,
+            AppError::NotYours => 403,
+            AppError::CapacityReached { .. } => 409,
+            AppError::TooManyLaunches { .. } => 429,
+            AppError::BadRequest(_) => 400,
+            AppError::FlyApiUnavailable => 503,
+            AppError::MachineDidNotStart => 504,
+            AppError::Internal => 500,
+        }
+    }
+}
+
+/// What every server function returns through: an error gets its own status instead of
+/// Leptos' blanket 500.
+#[cfg(feature = "ssr")]
+pub fn reply<T>(result: Result<T, AppError>) -> Result<T, AppError> {
+    if let (Err(error), Some(response)) = (&result, leptos::prelude::use_context::<leptos_axum::ResponseOptions>()) {
+        if let Ok(status) = http::StatusCode::from_u16(error.status()) {
+            response.set_status(status);
+        }
+    }
+    result
+}
+
 impl FromServerFnError for AppError {
     type Encoder = JsonEncoding;
 

@@ -1,6 +1,8 @@
 //! The launcher's pages: the button that gets a visitor their own Machine, the launch's live
 //! progress, the live map of Machines, and the "gone" page.
 
+#[cfg(feature = "ssr")]
+use super::error::reply;
 use super::{error::AppError, map::RegionMap, Explainer};
 use leptos::prelude::*;
 use leptos::server_fn::{codec::JsonEncoding, BoxedStream, Websocket};
@@ -80,39 +82,33 @@ pub struct AliveMachine {
 
 #[server(endpoint = "launcher")]
 pub async fn about_launcher() -> Result<LauncherInfo, AppError> {
-    let launcher = crate::server::launcher::current()?;
-    let headers: http::HeaderMap = leptos_axum::extract()
-        .await
-        .map_err(|_| AppError::Internal)?;
-    Ok(launcher.info(&headers))
+    use crate::server::{launcher::current, request_headers};
+    reply(async { Ok(current()?.info(&request_headers().await?)) }.await)
 }
 
 #[server(endpoint = "launch")]
 pub async fn start_launch() -> Result<LaunchTicket, AppError> {
-    let launcher = crate::server::launcher::current()?;
-    let headers: http::HeaderMap = leptos_axum::extract()
-        .await
-        .map_err(|_| AppError::Internal)?;
-    launcher.begin_launch(&headers)
+    use crate::server::{launcher::current, request_headers};
+    reply(async { current()?.begin_launch(&request_headers().await?) }.await)
 }
 
 #[server(protocol = Websocket<JsonEncoding, JsonEncoding>, endpoint = "launch-progress")]
 pub async fn watch_launch(
     input: BoxedStream<String, AppError>,
 ) -> Result<BoxedStream<LaunchProgress, AppError>, AppError> {
-    Ok(crate::server::launcher::current()?.watch_launch(input))
+    reply(crate::server::launcher::current().map(|l| l.watch_launch(input)))
 }
 
 #[server(endpoint = "handover")]
 pub async fn take_handover(launch: String) -> Result<Handover, AppError> {
-    crate::server::launcher::current()?.take_handover(&launch)
+    reply(crate::server::launcher::current().and_then(|l| l.take_handover(&launch)))
 }
 
 #[server(protocol = Websocket<JsonEncoding, JsonEncoding>, endpoint = "machines")]
 pub async fn watch_machines(
     input: BoxedStream<(), AppError>,
 ) -> Result<BoxedStream<Vec<AliveMachine>, AppError>, AppError> {
-    Ok(crate::server::launcher::current()?.watch_machines(input))
+    reply(crate::server::launcher::current().map(|l| l.watch_machines(input)))
 }
 
 #[component]

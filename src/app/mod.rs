@@ -15,7 +15,7 @@ use leptos::prelude::*;
 use leptos_meta::{provide_meta_context, Title};
 use leptos_router::{
     components::{Route, Router, Routes},
-    path,
+    path, SsrMode,
 };
 use serde::{Deserialize, Serialize};
 
@@ -92,9 +92,11 @@ pub fn App() -> impl IntoView {
         <Router>
             <main>
                 <Routes fallback=|| view! { <NotFound/> }>
-                    <Route path=path!("/") view=launcher::LauncherPage/>
+                    // Async: the whole page is rendered before it is sent (its data is local
+                    // and quick), so it reads complete without JavaScript too.
+                    <Route path=path!("/") view=launcher::LauncherPage ssr=SsrMode::Async/>
                     <Route path=path!("/gone") view=launcher::GonePage/>
-                    <Route path=path!("/m/:id") view=ephemeral::MachinePage/>
+                    <Route path=path!("/m/:id") view=ephemeral::MachinePage ssr=SsrMode::Async/>
                 </Routes>
             </main>
         </Router>

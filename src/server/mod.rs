@@ -34,6 +34,7 @@ use leptos::prelude::*;
 use leptos_axum::{generate_route_list, LeptosRoutes};
 use std::{future::Future, io, net::SocketAddr, sync::Arc, time::Duration};
 use tokio::net::TcpListener;
+use tower_http::set_header::SetResponseHeaderLayer;
 
 /// A bound, ready-to-run server.
 pub struct Application {
@@ -110,7 +111,12 @@ impl Application {
                 Some(machine) => {
                     tokio::select! {
                         () = stop => machine.lifecycle.apply(lifecycle::Event::Terminate),
-                        reason = machine.lifecycle.ended() => tracing::info!(?reason, "Machine ended"),
+                        reason = machine.lifecycle.ended() => {
+                            tracing::info!(?reason, "Machine ended");
+                            // The live channels get a moment to tell their pages the end;
+                            // upgraded connections are not held by the graceful shutdown.
+                            tokio::time::sleep(FAREWELL).await;
+                        }
                     }
                 }
                 None => stop.await,
@@ -187,6 +193,9 @@ pub fn router(
         },
     };
     let gone_url = ephemeral.as_ref().and_then(|m| m.gone_url());
+    // Which Machine answered: lets a visitor (and the tests) see affinity at work. A Machine id
+    // is no secret; it is in every visitor's URL already.
+    let answered_by = config.fly.machine_id.and_then(|id| http::HeaderValue::from_str(id.as_str()).ok());
     router
         .leptos_routes_with_context(&options, routes, context, {
             let options = options.clone();
@@ -197,13 +206,29 @@ pub fn router(
         }))
         .with_state(options)
         .layer(AffinityLayer::new(here, gone_url.as_deref()))
+        .layer(SetResponseHeaderLayer::if_not_present(MACHINE_HEADER, answered_by))
         .layer(axum::middleware::from_fn(telemetry::log_request))
 }
+
+/// How long an ended Machine waits before it stops serving, so the last phase message reaches
+/// every open page.
+const FAREWELL: Duration = Duration::from_millis(250);
+
+/// The response header naming the Machine that answered.
+pub const MACHINE_HEADER: http::HeaderName = http::HeaderName::from_static("flyby-machine");
 
 /// Which pages each role serves: the visitor's page lives under `/m/` on the ephemeral app,
 /// everything else on the launcher.
 fn belongs_to(role: Role, path: &str) -> bool {
     path.starts_with(affinity::MACHINE_PREFIX) == (role == Role::Ephemeral)
+}
+
+/// The headers of the request a server function is answering.
+pub async fn request_headers() -> Result<http::HeaderMap, crate::app::AppError> {
+    leptos_axum::extract().await.map_err(|e| {
+        tracing::error!(error = %e, "no request in a server function's context");
+        crate::app::AppError::Internal
+    })
 }
 
 /// Liveness for Fly's health checks and for the launcher waiting on a new Machine.

@@ -82,3 +82,5 @@ async fn next_event(
     .await
     .expect("log event")
 }
+
+pub mod local;

@@ -86,6 +86,8 @@ pub struct Launcher {
     /// Probes a new Machine's `/health` over the private network.
     probe: reqwest::Client,
     creates: TokenBucket,
+    /// Slot names of this launcher's creates in flight, which the tracker cannot see yet.
+    reserved: Mutex<std::collections::HashSet<String>>,
     visitors: VisitorLimits,
     launches: Mutex<HashMap<String, Arc<Launch>>>,
     /// One visitor, one launch at a time: visitor -> launch id.
@@ -142,6 +144,7 @@ impl Launcher {
                 .expect("a plain HTTP client builds"),
             // Fly: 1 create per second per app, bursts of 3.
             creates: TokenBucket::new(1.0, 3),
+            reserved: Mutex::default(),
             visitors: VisitorLimits::new(settings.launches_per_minute),
             launches: Mutex::default(),
             active: Mutex::default(),
@@ -406,33 +409,59 @@ impl Launcher {
         })
     }
 
-    /// Creates the Machine under the first free slot name; `CapacityReached` when none is.
+    /// Creates the Machine under a free slot name; `CapacityReached` when none is.
+    ///
+    /// A slot is free when neither the tracker's view (up to one poll old) nor this launcher's
+    /// own launches in flight hold it; Fly's name check settles the rest, including races with
+    /// other launchers. A rate-limited create was not performed: it waits and tries again,
+    /// and the visitor sees "waiting for a slot".
     async fn create_in_a_free_slot(
         &self,
         request: &mut CreateMachineRequest,
         step: &impl Fn(Step),
     ) -> Result<super::fly_api::Machine, AppError> {
         let cap = self.settings.max_machines;
-        let taken: Vec<String> = self.alive.borrow().iter().map(|m| m.name.clone()).collect();
-        // Free-looking slots first, in a random order so that launchers rarely collide; the
-        // tracker's view may be stale, so the others are tried too before giving up.
-        let mut slots: Vec<String> = (0..cap).map(slot_name).collect();
-        let offset = rand::random::<u32>() as usize % slots.len();
-        slots.rotate_left(offset);
-        slots.sort_by_key(|name| taken.contains(name));
-        for name in slots {
-            self.creates.take(|| step(Step::WaitingForSlot)).await;
-            request.name = Some(name);
-            match self.api.create(&self.ephemeral_app, request).await {
+        let mut tried: Vec<String> = Vec::new();
+        loop {
+            let Some(name) = self.reserve_slot(&tried) else {
+                return Err(AppError::CapacityReached { cap });
+            };
+            let outcome = loop {
+                self.creates.take(|| step(Step::WaitingForSlot)).await;
+                request.name = Some(name.clone());
+                match self.api.create(&self.ephemeral_app, request).await {
+                    Err(FlyApiError::RateLimited { retry_after }) => {
+                        step(Step::WaitingForSlot);
+                        let jitter = Duration::from_millis(rand::random::<u64>() % 500);
+                        tokio::time::sleep(retry_after.unwrap_or(Duration::from_secs(1)) + jitter).await;
+                    }
+                    other => break other,
+                }
+            };
+            self.reserved.lock().expect("reserved lock").remove(&name);
+            match outcome {
                 Ok(machine) => return Ok(machine),
-                Err(FlyApiError::NameTaken { .. }) => continue,
+                Err(FlyApiError::NameTaken { .. }) => tried.push(name),
                 Err(e) => {
                     tracing::warn!(error = %e, "create failed");
                     return Err(visitor_error(&e, cap));
                 }
             }
         }
-        Err(AppError::CapacityReached { cap })
+    }
+
+    /// Picks and reserves a slot name that looks free and was not `tried`, at random so that
+    /// launchers rarely collide.
+    fn reserve_slot(&self, tried: &[String]) -> Option<String> {
+        let alive = self.alive.borrow();
+        let mut reserved = self.reserved.lock().expect("reserved lock");
+        let free: Vec<String> = (0..self.settings.max_machines)
+            .map(slot_name)
+            .filter(|n| !tried.contains(n) && !reserved.contains(n) && !alive.iter().any(|m| &m.name == n))
+            .collect();
+        let name = free.get(rand::random::<u32>() as usize % free.len().max(1))?.clone();
+        reserved.insert(name.clone());
+        Some(name)
     }
 
     /// Polls the new Machine's `/health` over the private network until it answers 200.

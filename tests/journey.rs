@@ -1,0 +1,365 @@
+//! A visitor's whole journey through the local Fly platform, with the proxy sending every
+//! request to the wrong Machine first: the launch, the hand-over, the owner's page, server
+//! function, WebSocket and static files, strangers refused, every way the Machine ends, and
+//! the launcher's limits and failure paths, each leaving no Machine behind.
+#![cfg(feature = "ssr")]
+
+mod support;
+
+use flyby::app::{
+    ephemeral::{ClientMessage, ServerMessage},
+    launcher::Step,
+    AppError,
+};
+use futures::{SinkExt, StreamExt};
+use reqwest::{header, StatusCode};
+use serde_json::json;
+use std::time::Duration;
+use support::local::{self, frame, unframe, Api, Visitor};
+
+fn answered_by(response: &reqwest::Response) -> String {
+    response.headers().get("flyby-machine").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_launch_creates_a_machine_with_its_whole_config_and_hands_it_over() {
+    let platform = local::start(&[]).await;
+    let api = Api::new(&platform);
+    let visitor = Visitor::new(&platform, "203.0.113.1");
+    let launch = visitor.start_launch().await.unwrap();
+    let progress = visitor.follow_launch(&launch).await;
+    assert_eq!(progress.outcome, Some(Ok(())));
+    let steps: Vec<_> = progress.steps.iter().map(|s| s.step.clone()).collect();
+    assert_eq!(steps[0], Step::Requested);
+    assert!(matches!(&steps[1], Step::Created { region, city } if region == "ams" && city == "Amsterdam"), "{steps:?}");
+    assert_eq!(&steps[2..], &[Step::Started, Step::Serving]);
+    assert!(progress.steps.windows(2).all(|w| w[0].at_ms <= w[1].at_ms), "times in order");
+
+    let machines = api.machines().await;
+    assert_eq!(machines.len(), 1);
+    let m = &api.machine(flyby::fly::MachineId::parse(machines[0]["id"].as_str().unwrap()).unwrap()).await;
+    let config = &m["config"];
+    assert_eq!(m["region"], "ams", "the visitor's edge region");
+    assert!(m["name"].as_str().unwrap().starts_with("flyby-slot-"));
+    assert_eq!(config["image"], "registry.fly.io/flyby:local", "the launcher's own image");
+    assert_eq!(config["env"]["FLYBY_ROLE"], "ephemeral");
+    assert_eq!(config["env"]["FLYBY_OWNER_HASH"].as_str().unwrap().len(), 64);
+    assert_eq!(config["env"]["FLYBY_TTL_SECS"], "120");
+    assert_eq!(config["auto_destroy"], true);
+    assert_eq!(config["restart"]["policy"], "no");
+    assert_eq!(config["guest"]["memory_mb"], 256);
+    assert_eq!(config["services"][0]["internal_port"], 8080);
+    assert_eq!(config["services"][0]["autostart"], false);
+    assert_eq!(config["services"][0]["ports"][0]["http_options"]["replay_cache"][0]["name"], "flyby_owner");
+    assert_eq!(config["checks"]["health"]["path"], "/health");
+    assert_eq!(config["metadata"]["flyby"], "ephemeral");
+    assert_eq!(config["metadata"]["flyby_launch"], launch.as_str());
+
+    let handover = visitor.take_handover(&launch).await.unwrap();
+    assert!(handover.claim_url.starts_with(&visitor.machines("/m/")), "{}", handover.claim_url);
+    assert!(!handover.claim_url.contains(&handover.secret), "the secret is never in a URL");
+    assert!(!config.to_string().contains(&handover.secret), "the Machine knows only the hash");
+    // The hand-over is given once.
+    assert!(matches!(visitor.take_handover(&launch).await, Err(AppError::BadRequest(_))));
+    let machine = visitor.claim(&handover).await;
+    assert_eq!(machine.as_str(), m["id"].as_str().unwrap());
+    platform.shutdown().await;
+}
+
+#[tokio::test]
+async fn every_kind_of_request_of_the_owner_reaches_their_machine_and_nobody_elses() {
+    let platform = local::start(&[]).await;
+    let api = Api::new(&platform);
+    let alice = Visitor::new(&platform, "203.0.113.1");
+    let bob = Visitor::new(&platform, "203.0.113.2");
+    let (a, b) = tokio::join!(alice.launch_and_claim(), bob.launch_and_claim());
+    assert_ne!(a, b);
+    // A replay, or a hit of the replay cache the first replay filled: either way the request
+    // first reached the wrong Machine's proxy route and still ended on the right one.
+    let rerouted = |stats: serde_json::Value| {
+        let c = &stats["counters"];
+        c["proxy.replays.delivered"].as_u64().unwrap_or(0) + c["proxy.replay_cache.hits"].as_u64().unwrap_or(0)
+    };
+    let rerouted_before = rerouted(api.stats().await);
+
+    for (visitor, mine, theirs) in [(&alice, a, b), (&bob, b, a)] {
+        let page = visitor.client().get(visitor.machines(&format!("/m/{mine}"))).send().await.unwrap();
+        assert_eq!(page.status(), 200);
+        assert_eq!(answered_by(&page), mine.as_str(), "page");
+        let html = page.text().await.unwrap();
+        assert!(html.contains(mine.as_str()) && !html.contains(theirs.as_str()));
+
+        let css = visitor.client().get(visitor.machines("/pkg/flyby.css")).send().await.unwrap();
+        assert_eq!((css.status(), answered_by(&css)), (StatusCode::OK, mine.to_string()), "static file");
+
+        let call = visitor.client().post(visitor.machines("/api/machine")).send().await.unwrap();
+        assert_eq!(call.status(), 200);
+        assert_eq!(answered_by(&call), mine.as_str(), "server function");
+        let about: serde_json::Value = call.json().await.unwrap();
+        assert_eq!(about["id"], mine.as_str());
+
+        let (mut ws, handshake) = visitor.websocket_with_response(&visitor.machines("/api/channel")).await.unwrap();
+        assert_eq!(handshake.headers()["flyby-machine"], mine.as_str(), "WebSocket");
+        ws.send(frame(&ClientMessage::Ping { seq: 7 })).await.unwrap();
+        let mut ponged = false;
+        while let Some(Ok(message)) = ws.next().await {
+            if let Some(ServerMessage::Pong { seq }) = unframe(message) {
+                assert_eq!(seq, 7);
+                ponged = true;
+                break;
+            }
+        }
+        assert!(ponged, "the owner's WebSocket answers");
+
+        // The other visitor's page, by its URL: refused, before any Leptos code.
+        let theirs_page = visitor.client().get(visitor.machines(&format!("/m/{theirs}"))).send().await.unwrap();
+        assert_eq!(theirs_page.status(), StatusCode::FORBIDDEN);
+        assert_eq!(answered_by(&theirs_page), theirs.as_str(), "refused by the Machine it names");
+    }
+    let rerouted_after = rerouted(api.stats().await);
+    assert!(rerouted_after >= rerouted_before + 8, "wrong-first rerouted every request: {rerouted_before} -> {rerouted_after}");
+
+    // A stranger with no cookie: refused on each kind of request.
+    let stranger = Visitor::new(&platform, "198.51.100.9");
+    for path in [format!("/m/{a}"), "/pkg/flyby.css".into(), "/".into(), "/favicon.ico".into()] {
+        let r = stranger.client().get(stranger.machines(&path)).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{path}");
+    }
+    let call = stranger.client().post(stranger.machines("/api/machine")).send().await.unwrap();
+    assert_eq!(call.status(), StatusCode::FORBIDDEN);
+    assert!(stranger.try_websocket(&stranger.machines("/api/channel")).await.is_err(), "no WebSocket for strangers");
+    platform.shutdown().await;
+}
+
+/// Launches and claims a Machine for a visitor of a platform started with `env`.
+async fn owned_machine(env: &[&str]) -> (flyby::local::RunningPlatform, Api, Visitor, flyby::fly::MachineId) {
+    let args: Vec<String> = env.iter().map(|e| format!("--launcher-env={e}")).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let platform = local::start(&args).await;
+    let api = Api::new(&platform);
+    let visitor = Visitor::new(&platform, "203.0.113.1");
+    let machine = visitor.launch_and_claim().await;
+    (platform, api, visitor, machine)
+}
+
+#[tokio::test]
+async fn the_end_of_the_show_destroys_the_machine() {
+    let (platform, api, visitor, machine) = owned_machine(&["FLYBY_SHOW_SECS=3"]).await;
+    let mut ws = visitor.websocket(&visitor.machines("/api/channel")).await;
+    let mut phases = Vec::new();
+    while let Some(Ok(message)) = ws.next().await {
+        if let Some(ServerMessage::Phase(p)) = unframe(message) {
+            phases.push(p);
+        }
+    }
+    use flyby::app::ephemeral::{EndReason, PhaseView};
+    assert!(matches!(phases.first(), Some(PhaseView::Showing { .. })), "{phases:?}");
+    assert!(phases.contains(&PhaseView::SwitchingOff { reason: EndReason::ShowOver }), "{phases:?}");
+    assert_eq!(phases.last(), Some(&PhaseView::Ended { reason: EndReason::ShowOver }), "{phases:?}");
+    assert!(phases.iter().filter(|p| matches!(p, PhaseView::Ended { .. })).count() == 1);
+    api.wait_destroyed(machine).await;
+    assert!(api.machines().await.is_empty());
+    platform.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_owners_button_destroys_the_machine() {
+    let (platform, api, visitor, machine) = owned_machine(&[]).await;
+    let r = visitor.client().post(visitor.machines("/api/switch-off")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    api.wait_destroyed(machine).await;
+    platform.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_ttl_destroys_the_machine() {
+    let (platform, api, _visitor, machine) = owned_machine(&["FLYBY_TTL_SECS=10", "FLYBY_SHOW_SECS=600"]).await;
+    api.wait_destroyed(machine).await;
+    platform.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_machine_nobody_claims_destroys_itself() {
+    let platform = local::start(&["--launcher-env=FLYBY_CLAIM_SECS=5"]).await;
+    let api = Api::new(&platform);
+    let visitor = Visitor::new(&platform, "203.0.113.1");
+    let launch = visitor.start_launch().await.unwrap();
+    assert_eq!(visitor.follow_launch(&launch).await.outcome, Some(Ok(())));
+    let machine = flyby::fly::MachineId::parse(api.machines().await[0]["id"].as_str().unwrap()).unwrap();
+    api.wait_destroyed(machine).await;
+    platform.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_stop_signal_destroys_the_machine() {
+    let (platform, api, _visitor, machine) = owned_machine(&[]).await;
+    let r = api.post(&format!("/v1/apps/flyby-machines/machines/{machine}/stop"), json!({"signal": "SIGTERM"})).await;
+    assert!(r.status().is_success(), "{}", r.status());
+    api.wait_destroyed(machine).await;
+    platform.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_stale_pin_ends_on_the_gone_page_not_a_5xx() {
+    let platform = local::start(&[]).await;
+    let api = Api::new(&platform);
+    let alice = Visitor::new(&platform, "203.0.113.1");
+    let bob = Visitor::new(&platform, "203.0.113.2");
+    let a = alice.launch_and_claim().await;
+    let _b = bob.launch_and_claim().await;
+    alice.client().post(alice.machines("/api/switch-off")).send().await.unwrap();
+    api.wait_destroyed(a).await;
+    // Alice reloads her page: Bob's Machine gets it, its replay to Alice's fails, and Alice is
+    // sent to the launcher's "gone" page with her cookie cleared.
+    let page = alice
+        .client()
+        .get(alice.machines(&format!("/m/{a}")))
+        .header(header::ACCEPT, "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::SEE_OTHER);
+    assert_eq!(page.headers()[header::LOCATION], alice.launcher("/gone").as_str());
+    let gone = alice.client().get(alice.launcher("/gone")).send().await.unwrap();
+    assert_eq!(gone.status(), 200);
+    assert!(gone.text().await.unwrap().contains("Your Machine is gone"));
+    // Her server functions get a typed error.
+    let call = alice.client().post(alice.machines("/api/machine")).send().await.unwrap();
+    assert!(call.status().is_client_error(), "{}", call.status());
+    platform.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_launcher_refuses_a_cross_site_launch() {
+    let platform = local::start(&[]).await;
+    let visitor = Visitor::new(&platform, "203.0.113.1");
+    let r = visitor
+        .client()
+        .post(visitor.launcher("/api/launch"))
+        .header(header::ORIGIN, "http://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16() / 100, 4);
+    assert!(Api::new(&platform).machines().await.is_empty());
+    platform.shutdown().await;
+}
+
+#[tokio::test]
+async fn each_visitor_has_a_launch_budget() {
+    let platform = local::start(&["--launcher-env=FLYBY_LAUNCHES_PER_MINUTE=1", "--launchers=1"]).await;
+    let visitor = Visitor::new(&platform, "203.0.113.1");
+    visitor.launch_and_claim().await;
+    assert!(matches!(visitor.start_launch().await, Err(AppError::TooManyLaunches { .. })));
+    // Another visitor, another budget.
+    Visitor::new(&platform, "203.0.113.2").launch_and_claim().await;
+    platform.shutdown().await;
+}
+
+/// A launch the platform makes fail: the visitor's message, and nothing left behind.
+async fn failed_launch(fault: serde_json::Value) -> AppError {
+    let platform = local::start(&[]).await;
+    let api = Api::new(&platform);
+    api.fault(fault).await;
+    let visitor = Visitor::new(&platform, "203.0.113.1");
+    let launch = visitor.start_launch().await.unwrap();
+    let outcome = visitor.follow_launch(&launch).await.outcome.expect("an outcome");
+    assert!(api.machines().await.is_empty(), "a failed launch left a Machine behind");
+    platform.shutdown().await;
+    outcome.unwrap_err()
+}
+
+#[tokio::test]
+async fn a_failing_create_is_reported_and_leaves_nothing() {
+    let error = failed_launch(json!({"kind": "api", "action": "create", "count": 50, "status": 500})).await;
+    assert_eq!(error, AppError::FlyApiUnavailable);
+}
+
+#[tokio::test]
+async fn a_rate_limited_create_is_reported_and_leaves_nothing() {
+    let error = failed_launch(json!({"kind": "api", "action": "create", "count": 50, "status": 429})).await;
+    assert_eq!(error, AppError::FlyApiUnavailable);
+}
+
+#[tokio::test]
+async fn a_machine_that_never_starts_is_destroyed() {
+    let error = failed_launch(json!({"kind": "never_start", "count": 1})).await;
+    assert_eq!(error, AppError::MachineDidNotStart);
+}
+
+#[tokio::test]
+async fn a_machine_that_never_serves_is_destroyed() {
+    let error = failed_launch(json!({"kind": "never_serve", "count": 1})).await;
+    assert_eq!(error, AppError::MachineDidNotStart);
+}
+
+#[tokio::test]
+async fn concurrent_launches_never_exceed_the_cap() {
+    let platform = local::start(&["--launcher-env=FLYBY_MAX_MACHINES=8"]).await;
+    let api = Api::new(&platform);
+    let registry_view = platform.platform();
+    let sampler = tokio::spawn(async move {
+        let mut peak = 0;
+        loop {
+            let alive = registry_view
+                .registry
+                .list("flyby-machines")
+                .iter()
+                .filter(|m| m.state != flyby::local::registry::MachineState::Destroyed)
+                .count();
+            peak = peak.max(alive);
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                _ = tokio::signal::ctrl_c() => break,
+            }
+            if peak > 8 {
+                break;
+            }
+            if alive == usize::MAX {
+                break;
+            }
+        }
+        peak
+    });
+    let visitors: Vec<Visitor> = (0..20).map(|i| Visitor::new(&platform, &format!("203.0.113.{}", i + 10))).collect();
+    let outcomes = futures::future::join_all(visitors.iter().map(|v| async move {
+        let id = v.start_launch().await?;
+        v.follow_launch(&id).await.outcome.expect("an outcome")
+    }))
+    .await;
+    println!("{outcomes:?}");
+    let launched = outcomes.iter().filter(|o| o.is_ok()).count();
+    let capacity = outcomes.iter().filter(|o| matches!(o, Err(AppError::CapacityReached { cap: 8 }))).count();
+    println!("20 concurrent launches, cap 8: {launched} launched, {capacity} capacity reached");
+    assert_eq!(launched, 8);
+    assert_eq!(launched + capacity, 20, "{outcomes:?}");
+    assert_eq!(api.machines().await.len(), 8);
+    sampler.abort();
+    platform.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_reaper_destroys_an_over_age_machine() {
+    let platform = local::start(&[]).await;
+    let api = Api::new(&platform);
+    let long_ago = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() - 3600;
+    let created = api
+        .post(
+            "/v1/apps/flyby-machines/machines",
+            json!({
+                "name": "flyby-slot-0",
+                "config": {
+                    "image": "registry.fly.io/flyby:local",
+                    "env": {"FLYBY_ROLE": "ephemeral", "FLYBY_OWNER_HASH": "0".repeat(64), "FLYBY_CLAIM_SECS": "600", "FLYBY_TTL_SECS": "3600"},
+                    "services": [{"protocol": "tcp", "internal_port": 8080, "ports": [{"port": 80, "handlers": ["http"]}]}],
+                    "metadata": {"flyby": "ephemeral", "flyby_launched_at": long_ago.to_string()}
+                }
+            }),
+        )
+        .await;
+    assert_eq!(created.status(), 200);
+    let id: serde_json::Value = created.json().await.unwrap();
+    let id = flyby::fly::MachineId::parse(id["id"].as_str().unwrap()).unwrap();
+    api.wait_destroyed(id).await;
+    platform.shutdown().await;
+}

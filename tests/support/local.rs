@@ -1,0 +1,260 @@
+//! A local Fly platform for a test, and visitors that use it the way a browser would: through
+//! the proxy, by Host, with a cookie jar, over HTTP and WebSockets.
+#![allow(dead_code)]
+
+use flyby::{
+    app::{
+        launcher::{Handover, LaunchProgress},
+        AppError,
+    },
+    fly::MachineId,
+    local::{self, Args, RunningPlatform, EPHEMERAL_APP, LAUNCHER_IMAGE},
+};
+use futures::{SinkExt, StreamExt};
+use reqwest::{cookie::CookieStore, header, redirect::Policy};
+use serde::{de::DeserializeOwned, Serialize};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+use tokio_tungstenite::{
+    tungstenite::{client::IntoClientRequest, Message},
+    MaybeTlsStream, WebSocketStream,
+};
+
+pub const TOKEN: &str = "flyby-local-token";
+
+/// Starts a platform with two launchers and `--balance wrong-first`, plus `extra` arguments.
+pub async fn start(extra: &[&str]) -> RunningPlatform {
+    let flyby = env!("CARGO_BIN_EXE_flyby");
+    let site = super::site_root();
+    let mut argv = vec![
+        "flyby-local".to_owned(),
+        "--proxy-addr=127.0.0.1:0".into(),
+        "--api-addr=127.0.0.1:0".into(),
+        "--balance=wrong-first".into(),
+        format!("--image={LAUNCHER_IMAGE}={flyby}"),
+        format!("--site-root={}", site.display()),
+        format!("--api-token={TOKEN}"),
+    ];
+    argv.extend(extra.iter().map(|s| s.to_string()));
+    local::start(Args::try_parse_from(argv).expect("flyby-local arguments")).await.expect("flyby-local starts")
+}
+
+use clap::Parser;
+
+/// The Machines API of a platform, as an operator (or a test) uses it.
+pub struct Api {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    pub fn new(platform: &RunningPlatform) -> Self {
+        Api { base: format!("http://{}", platform.api_addr()), http: reqwest::Client::new() }
+    }
+
+    /// The visitors' Machines that are not destroyed, from the admin endpoint (which is not
+    /// rate limited, unlike the API the launchers share).
+    pub async fn machines(&self) -> Vec<serde_json::Value> {
+        self.http
+            .get(format!("{}/_local/machines", self.base))
+            .send()
+            .await
+            .unwrap()
+            .json::<Vec<serde_json::Value>>()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|m| m["app"] == EPHEMERAL_APP && m["state"] != "destroyed")
+            .collect()
+    }
+
+    pub async fn machine(&self, id: MachineId) -> serde_json::Value {
+        self.http
+            .get(format!("{}/v1/apps/{EPHEMERAL_APP}/machines/{id}", self.base))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Waits (server side, event-driven) until the Machine is destroyed.
+    pub async fn wait_destroyed(&self, id: MachineId) {
+        let status = self
+            .http
+            .get(format!("{}/v1/apps/{EPHEMERAL_APP}/machines/{id}/wait?state=destroyed&timeout=60", self.base))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 200, "Machine {id} was not destroyed within 60 s");
+    }
+
+    pub async fn fault(&self, fault: serde_json::Value) {
+        let status = self.http.post(format!("{}/_local/faults", self.base)).json(&fault).send().await.unwrap().status();
+        assert!(status.is_success(), "arming {fault}: {status}");
+    }
+
+    pub async fn stats(&self) -> serde_json::Value {
+        self.http.get(format!("{}/_local/stats", self.base)).send().await.unwrap().json().await.unwrap()
+    }
+
+    pub async fn post(&self, path: &str, body: serde_json::Value) -> reqwest::Response {
+        self.http.post(format!("{}{path}", self.base)).bearer_auth(TOKEN).json(&body).send().await.unwrap()
+    }
+}
+
+/// One visitor: a browser's cookie jar, their own client address, and the two apps' origins.
+pub struct Visitor {
+    http: reqwest::Client,
+    jar: Arc<reqwest::cookie::Jar>,
+    proxy: SocketAddr,
+    pub ip: String,
+}
+
+/// A response of a server function: its value, or the typed error a page would show.
+pub type Called<T> = Result<T, AppError>;
+
+impl Visitor {
+    pub fn new(platform: &RunningPlatform, ip: &str) -> Self {
+        let proxy = platform.proxy_addr();
+        let jar = Arc::new(reqwest::cookie::Jar::default());
+        let mut headers = header::HeaderMap::new();
+        headers.insert("flyby-local-client-ip", ip.parse().unwrap());
+        let http = reqwest::Client::builder()
+            .cookie_provider(jar.clone())
+            .redirect(Policy::none())
+            .resolve("flyby.localhost", proxy)
+            .resolve("flyby-machines.localhost", proxy)
+            .default_headers(headers)
+            .build()
+            .unwrap();
+        Visitor { http, jar, proxy, ip: ip.to_owned() }
+    }
+
+    pub fn launcher(&self, path: &str) -> String {
+        format!("http://flyby.localhost:{}{path}", self.proxy.port())
+    }
+
+    pub fn machines(&self, path: &str) -> String {
+        format!("http://flyby-machines.localhost:{}{path}", self.proxy.port())
+    }
+
+    pub fn client(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// Calls a server function of the launcher the way the page does (same-origin POST).
+    pub async fn call<T: DeserializeOwned>(&self, endpoint: &str, form: &impl Serialize) -> Called<T> {
+        let response = self
+            .http
+            .post(self.launcher(&format!("/api/{endpoint}")))
+            .header(header::ORIGIN, self.launcher(""))
+            .form(form)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let body = response.text().await.unwrap();
+        if status.is_success() {
+            Ok(serde_json::from_str(&body).unwrap_or_else(|e| panic!("{endpoint}: {e}: {body}")))
+        } else {
+            assert!(status.is_client_error(), "{endpoint}: a server error is never an answer: {status} {body}");
+            Err(serde_json::from_str(&body).unwrap_or_else(|e| panic!("{endpoint}: {e}: {status} {body}")))
+        }
+    }
+
+    pub async fn start_launch(&self) -> Called<String> {
+        #[derive(serde::Deserialize)]
+        struct Ticket {
+            id: String,
+        }
+        self.call::<Ticket>("launch", &()).await.map(|t| t.id)
+    }
+
+    /// Follows a launch over its WebSocket until it ends; the last progress.
+    pub async fn follow_launch(&self, id: &str) -> LaunchProgress {
+        let mut ws = self.websocket(&self.launcher("/api/launch-progress")).await;
+        ws.send(frame(&id)).await.unwrap();
+        let mut last = None;
+        while let Some(message) = tokio::time::timeout(Duration::from_secs(90), ws.next()).await.expect("launch progress") {
+            let Some(progress) = unframe::<LaunchProgress>(message.unwrap()) else { continue };
+            let done = progress.outcome.is_some();
+            last = Some(progress);
+            if done {
+                break;
+            }
+        }
+        last.expect("some progress")
+    }
+
+    pub async fn take_handover(&self, id: &str) -> Called<Handover> {
+        self.call("handover", &[("launch", id)]).await
+    }
+
+    /// Posts the secret to the claim URL, as the launcher's page does; the owner cookie lands
+    /// in the jar.
+    pub async fn claim(&self, handover: &Handover) -> MachineId {
+        let response = self.http.post(&handover.claim_url).form(&[("secret", &handover.secret)]).send().await.unwrap();
+        assert_eq!(response.status(), 303, "claim");
+        let location = response.headers()[header::LOCATION].to_str().unwrap();
+        MachineId::parse(location.trim_start_matches("/m/")).unwrap()
+    }
+
+    /// The whole launch: button, progress, hand-over, claim. Panics on any failure.
+    pub async fn launch_and_claim(&self) -> MachineId {
+        let id = self.start_launch().await.expect("launch accepted");
+        let progress = self.follow_launch(&id).await;
+        assert_eq!(progress.outcome, Some(Ok(())), "launch failed: {progress:?}");
+        let handover = self.take_handover(&id).await.expect("hand-over");
+        self.claim(&handover).await
+    }
+
+    /// Opens a WebSocket with this visitor's cookies for that URL.
+    pub async fn websocket(&self, url: &str) -> WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>> {
+        self.try_websocket(url).await.unwrap_or_else(|e| panic!("WebSocket {url}: {e}"))
+    }
+
+    pub async fn try_websocket(
+        &self,
+        url: &str,
+    ) -> Result<WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>, tokio_tungstenite::tungstenite::Error> {
+        let (ws, _) = self.websocket_with_response(url).await?;
+        Ok(ws)
+    }
+
+    /// Opens a WebSocket and returns the handshake response too (its headers say who answered).
+    pub async fn websocket_with_response(
+        &self,
+        url: &str,
+    ) -> Result<
+        (WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>, tokio_tungstenite::tungstenite::handshake::client::Response),
+        tokio_tungstenite::tungstenite::Error,
+    > {
+        let ws_url = url.replacen("http://", "ws://", 1);
+        let mut request = ws_url.as_str().into_client_request().unwrap();
+        if let Some(cookies) = self.jar.cookies(&url.parse().unwrap()) {
+            request.headers_mut().insert(header::COOKIE, cookies);
+        }
+        request.headers_mut().insert("flyby-local-client-ip", self.ip.parse().unwrap());
+        let tcp = tokio::net::TcpStream::connect(self.proxy).await.unwrap();
+        tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(tcp)).await
+    }
+}
+
+/// A message of a Leptos WebSocket server function: a tag byte (0: Ok) and JSON.
+pub fn frame(value: &impl Serialize) -> Message {
+    let mut bytes = vec![0u8];
+    bytes.extend(serde_json::to_vec(value).unwrap());
+    Message::Binary(bytes.into())
+}
+
+/// The value of an Ok message of a Leptos WebSocket server function; `None` for other frames.
+pub fn unframe<T: DeserializeOwned>(message: Message) -> Option<T> {
+    let Message::Binary(bytes) = message else { return None };
+    let (tag, json) = bytes.split_first()?;
+    assert_eq!(*tag, 0, "an error frame: {}", String::from_utf8_lossy(json));
+    Some(serde_json::from_slice(json).unwrap())
+}
