@@ -547,7 +547,7 @@ fn validate_config(config: &MachineConfig) -> Result<(), ApiError> {
         ));
     }
     if let Some(memory) = config.guest.as_ref().and_then(|g| g.memory_mb) {
-        if memory == 0 || memory % 256 != 0 {
+        if memory == 0 || !memory.is_multiple_of(256) {
             return Err(ApiError::Unprocessable(format!(
                 "invalid guest.memory_mb {memory}: memory must be a multiple of 256 MB"
             )));
@@ -753,7 +753,7 @@ async fn list(
                     == Some(&Value::String(v.clone()))
             })
     });
-    machines.sort_by(|a, b| (a.created_at, a.id).cmp(&(b.created_at, b.id)));
+    machines.sort_by_key(|m| (m.created_at, m.id));
     Ok(Json(Value::Array(
         machines.iter().map(machine_json).collect(),
     )))
