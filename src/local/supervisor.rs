@@ -500,8 +500,8 @@ impl Supervisor {
         self.runners.lock().expect("runners lock").remove(&id);
     }
 
-    /// Stops every Machine (its stop signal, SIGKILL after its timeout, at most
-    /// [`SHUTDOWN_GRACE_CAP`]) and waits until every process is gone. No Machine can be
+    /// Stops every Machine (its stop signal, SIGKILL after its timeout, at most 10 s) and
+    /// waits until every process is gone. No Machine can be
     /// created afterwards.
     pub async fn shutdown(&self) {
         self.closed.store(true, Ordering::SeqCst);
