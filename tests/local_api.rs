@@ -713,7 +713,7 @@ async fn stop_then_start() {
     let pid = local.record(&machine).pid.unwrap();
 
     let (status, body) = local.post(&format!("{path}/start"), json!({})).await;
-    assert_eq!(status, StatusCode::PRECONDITION_FAILED, "{body}");
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert!(body["error"].as_str().unwrap().contains("still active"));
     assert_eq!(
         local.post_raw(&format!("{path}/stop"), "{nope").await.0,
@@ -736,9 +736,11 @@ async fn stop_then_start() {
     assert_eq!(local.wait(&machine, "stopped", 30).await, StatusCode::OK);
     assert!(!alive(pid));
     assert_eq!(local.record(&machine).pid, None);
+    let (status, body) = local.post(&format!("{path}/stop"), json!({})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "not started: {body}");
     assert_eq!(
-        local.post(&format!("{path}/stop"), json!({})).await.0,
-        StatusCode::OK
+        body,
+        json!({"error": "unable to stop machine, not currently started"})
     );
 
     let (status, body) = local.post(&format!("{path}/start"), json!({})).await;
@@ -803,7 +805,7 @@ async fn deleting_a_running_machine_needs_force() {
     let pid = local.record(&machine).pid.unwrap();
 
     let (status, body) = local.delete(&path).await;
-    assert_eq!(status, StatusCode::PRECONDITION_FAILED);
+    assert_eq!(status, StatusCode::CONFLICT);
     assert!(
         body["error"]
             .as_str()
@@ -814,7 +816,7 @@ async fn deleting_a_running_machine_needs_force() {
     assert_eq!(local.record(&machine).state, MachineState::Started);
     assert_eq!(
         local.delete(&format!("{path}?force=false")).await.0,
-        StatusCode::PRECONDITION_FAILED
+        StatusCode::CONFLICT
     );
 
     let (status, body) = local.delete(&format!("{path}?force=true")).await;
@@ -850,7 +852,13 @@ async fn machine_names_are_unique_among_live_machines_of_an_app() {
         .post(&format!("/v1/apps/{APP}/machines"), named("alpha"))
         .await;
     assert_eq!(status, StatusCode::CONFLICT);
-    assert!(body["error"].as_str().unwrap().contains("alpha"), "{body}");
+    assert_eq!(
+        body["error"],
+        format!(
+            "already_exists: unique machine name violation, machine ID {} already exists with name \"alpha\"",
+            alpha["id"].as_str().unwrap()
+        )
+    );
     // Another app may use it.
     local.create("flyby", named("alpha")).await;
     // Once destroyed, the name is free again.
@@ -1107,7 +1115,7 @@ async fn never_start_keeps_the_next_machine_starting() {
     assert_eq!(record.pid, None, "no process runs");
     assert_eq!(
         local.delete(&machine_path(&stuck)).await.0,
-        StatusCode::PRECONDITION_FAILED
+        StatusCode::CONFLICT
     );
     assert_eq!(
         local

@@ -76,12 +76,16 @@ impl MachineEvent {
     }
 }
 
-/// A name that a live Machine of the same app already has.
+/// A name that a live Machine of the same app already has. Displays as Fly's answer (Fly's
+/// docs do not show it; this is the text of Fly's API that the launcher's client recognises,
+/// naming the Machine that holds the name).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("a machine named {name:?} already exists in app {app:?}")]
+#[error("already_exists: unique machine name violation, machine ID {existing} already exists with name {name:?}")]
 pub struct NameTaken {
     pub app: String,
     pub name: String,
+    /// The Machine that has the name.
+    pub existing: MachineId,
 }
 
 /// A fresh ULID: 48 bits of milliseconds then 80 random bits, in Crockford base32. Fly uses
@@ -243,11 +247,12 @@ impl Registry {
     pub fn insert_new(&self, record: MachineRecord) -> Result<(), NameTaken> {
         let mut inner = self.inner.lock().expect("registry lock");
         let machines = inner.apps.entry(record.app.clone()).or_default();
-        if machines
+        if let Some(holder) = machines
             .values()
-            .any(|m| m.name == record.name && m.state != MachineState::Destroyed)
+            .find(|m| m.name == record.name && m.state != MachineState::Destroyed)
         {
             return Err(NameTaken {
+                existing: holder.id,
                 app: record.app,
                 name: record.name,
             });
@@ -414,6 +419,7 @@ mod tests {
             .insert_new(record("a", "alpha", "00000000000002"))
             .unwrap_err();
         assert_eq!(taken.name, "alpha");
+        assert_eq!(taken.existing.as_str(), "00000000000001");
         registry
             .insert_new(record("b", "alpha", "00000000000003"))
             .unwrap();

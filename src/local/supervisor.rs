@@ -364,9 +364,14 @@ pub enum SupervisorError {
     /// Destroyed, or never existed.
     #[error("machine not found")]
     Gone,
-    #[error("failed_precondition: machine still active, refusing to start")]
+    // Fly's reference shows this text, with 409, for a stop of a Machine that is not started.
+    #[error("unable to stop machine, not currently started")]
+    NotStarted,
+    // Undocumented: the text flyd gives for a start of a running Machine.
+    #[error("machine still active, refusing to start")]
     StillActive,
-    #[error("failed_precondition: unable to destroy machine, not currently stopped or suspended")]
+    // Fly's reference shows a 409 for this delete; the text is flyd's.
+    #[error("unable to destroy machine, not currently stopped or suspended")]
     NotStopped,
     #[error("flyby-local is shutting down")]
     ShuttingDown,
@@ -444,7 +449,8 @@ impl Supervisor {
     }
 
     /// Sends the stop signal (the config's, or `signal`), SIGKILL after the timeout. Answers
-    /// once the stop has begun, as Fly does; `wait?state=stopped` tells when it is done.
+    /// once the stop has begun, as Fly does; `wait?state=stopped` tells when it is done. A
+    /// Machine that is not running cannot be stopped.
     pub async fn stop(
         &self,
         id: MachineId,
@@ -702,7 +708,7 @@ impl Runner {
                 flow
             }
             Some(Command::Stop { reply, .. }) => {
-                let _ = reply.send(Ok(()));
+                let _ = reply.send(Err(SupervisorError::NotStarted));
                 Flow::Continue
             }
             Some(Command::Destroy { reply, .. }) => {
