@@ -6,6 +6,7 @@
 pub mod affinity;
 pub mod config;
 pub mod cookies;
+pub mod fly_api;
 pub mod ownership;
 pub mod telemetry;
 
