@@ -1299,7 +1299,11 @@ async fn ctrl_c_on_the_binary_stops_every_machine() {
         .spawn()
         .unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-    let ready = next_line(&mut stdout).await;
+    // Machines may log before the platform is ready: the ready line is found by its prefix.
+    let mut ready = next_line(&mut stdout).await;
+    while !ready.starts_with("flyby-local ready: ") {
+        ready = next_line(&mut stdout).await;
+    }
     let rest = ready
         .strip_prefix("flyby-local ready: proxy=http://")
         .expect(&ready);
