@@ -216,6 +216,9 @@ impl FlyApi {
         base.set_query(None);
         base.set_fragment(None);
         let http = reqwest::Client::builder()
+            // The API is on Fly's private network (or loopback): an HTTP(S)_PROXY from the
+            // environment must not receive the calls, nor the token with them.
+            .no_proxy()
             .connect_timeout(config.connect_timeout)
             .pool_idle_timeout(Duration::from_secs(60))
             .tcp_nodelay(true)
