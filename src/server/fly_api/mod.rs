@@ -410,6 +410,10 @@ impl FlyApi {
     }
 
     /// Stops the Machine with its configured signal and grace time.
+    ///
+    /// Fly answers 409 for a Machine that is not started. When a first attempt stopped the
+    /// Machine but its answer was lost, the retry gets that 409: a caller that only needs the
+    /// Machine stopped can take [`FlyApiError::Api`] with status 409 as done.
     pub async fn stop(&self, app: &str, id: MachineId) -> Result<(), FlyApiError> {
         self.stop_with(app, id, &StopRequest::default()).await
     }
@@ -504,8 +508,13 @@ impl FlyApi {
                 (url.clone(), self.attempt_timeout(left))
             })
             .await?;
-        let machines: Vec<Machine> = decode(&body)?;
-        Ok(machines.into_iter().filter(|m| filter.matches(m)).collect())
+        // Fly's Go encoder writes an empty list as `null`.
+        let machines: Option<Vec<Machine>> = decode(&body)?;
+        Ok(machines
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|m| filter.matches(m))
+            .collect())
     }
 
     async fn wait_inner(

@@ -684,6 +684,21 @@ async fn list_sends_its_filters_and_applies_them_to_the_answer() {
         Some("b".to_owned())
     );
     assert_eq!(api.find_by_name(APP, "zz").await.unwrap(), None);
+    // An empty app, as Fly's Go encoder writes it.
+    fake.script(
+        "list",
+        Script::Reply {
+            status: 200,
+            body: "null".into(),
+            retry_after: None,
+        },
+        1,
+    );
+    assert!(api
+        .list(APP, &ListFilter::default())
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 #[tokio::test]
