@@ -56,6 +56,16 @@ pub enum ApiFailure {
     Refuse,
 }
 
+/// One armed `Api` fault and how many calls it still hits.
+#[derive(Debug)]
+struct ArmedApi {
+    action: String,
+    remaining: u32,
+    status: Option<u16>,
+    delay: Option<Duration>,
+    refuse: bool,
+}
+
 /// The armed faults.
 #[derive(Debug, Default)]
 pub struct Faults {
@@ -64,7 +74,7 @@ pub struct Faults {
 
 #[derive(Debug, Default)]
 struct Armed {
-    api: Vec<(String, u32, Option<u16>, Option<Duration>, bool)>,
+    api: Vec<ArmedApi>,
     never_start: u32,
     never_serve: u32,
     dropped: HashSet<MachineId>,
@@ -81,13 +91,13 @@ impl Faults {
                 status,
                 delay_ms,
                 refuse,
-            } => armed.api.push((
-                action.clone(),
-                *count,
-                *status,
-                delay_ms.map(Duration::from_millis),
-                *refuse,
-            )),
+            } => armed.api.push(ArmedApi {
+                action: action.clone(),
+                remaining: *count,
+                status: *status,
+                delay: delay_ms.map(Duration::from_millis),
+                refuse: *refuse,
+            }),
             Fault::NeverStart { count } => armed.never_start += count,
             Fault::NeverServe { count } => armed.never_serve += count,
             Fault::Crash { .. } => {}
@@ -109,16 +119,16 @@ impl Faults {
         let i = armed
             .api
             .iter()
-            .position(|(a, n, ..)| (a == action || a == "any") && *n > 0)?;
-        let (_, count, status, delay, refuse) = &mut armed.api[i];
-        *count -= 1;
-        let failure = if *refuse {
+            .position(|a| (a.action == action || a.action == "any") && a.remaining > 0)?;
+        let fault = &mut armed.api[i];
+        fault.remaining -= 1;
+        let failure = if fault.refuse {
             Some(ApiFailure::Refuse)
         } else {
-            status.map(ApiFailure::Status)
+            fault.status.map(ApiFailure::Status)
         };
-        let out = (*delay, failure);
-        if armed.api[i].1 == 0 {
+        let out = (fault.delay, failure);
+        if fault.remaining == 0 {
             armed.api.remove(i);
         }
         Some(out)

@@ -145,9 +145,9 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0}")]
     Unprocessable(String),
-    // Undocumented: Fly's docs call Machine names unique but do not say how a taken one is
-    // refused; 409 Conflict is the status Fly uses for its other conflicts (leases,
-    // versions), and fly-go's `name_taken` code is for app names.
+    // Fly's docs call Machine names unique but do not show how a taken one is refused: 409
+    // Conflict, as for Fly's other conflicts (leases, versions), with the text in
+    // `NameTaken`. fly-go's `name_taken` status code is for app names, so none is set.
     #[error(transparent)]
     NameTaken(#[from] NameTaken),
     #[error(transparent)]
@@ -178,10 +178,12 @@ impl ApiError {
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NameTaken(_) => StatusCode::CONFLICT,
             ApiError::Supervisor(SupervisorError::Gone) => StatusCode::NOT_FOUND,
-            // flaps answers flyd's failed_precondition with 412.
-            ApiError::Supervisor(SupervisorError::StillActive | SupervisorError::NotStopped) => {
-                StatusCode::PRECONDITION_FAILED
-            }
+            // Fly's reference answers a stop or delete in the wrong state with 409.
+            ApiError::Supervisor(
+                SupervisorError::NotStarted
+                | SupervisorError::StillActive
+                | SupervisorError::NotStopped,
+            ) => StatusCode::CONFLICT,
             ApiError::Supervisor(SupervisorError::ShuttingDown) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::WaitTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
@@ -322,7 +324,11 @@ async fn gate(State(platform): State<Arc<Platform>>, request: Request, next: Nex
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_owned());
     let action = Action::of(request.method(), route.as_deref());
-    let response = guarded(&platform, action, request, next).await;
+    let mut response = guarded(&platform, action, request, next).await;
+    // Fly tags every answer with a request id (`<ULID>-<region>`); clients log it.
+    if let Ok(id) = format!("{}-{}", new_ulid(), platform.args.edge_region).parse() {
+        response.headers_mut().insert("fly-request-id", id);
+    }
     platform.stats.incr(format!(
         "api.{}.{}",
         action.name(),
@@ -364,12 +370,7 @@ async fn guarded(platform: &Platform, action: Action, request: Request, next: Ne
             None => {}
         }
     }
-    let mut response = next.run(request).await;
-    // Fly tags every answer with a request id (`<ULID>-<region>`); clients log it.
-    if let Ok(id) = format!("{}-{}", new_ulid(), platform.args.edge_region).parse() {
-        response.headers_mut().insert("fly-request-id", id);
-    }
-    response
+    next.run(request).await
 }
 
 /// `Authorization: Bearer <token>`, or `FlyV1 <token>` as Fly's Go client sends macaroons.
@@ -547,7 +548,7 @@ fn validate_config(config: &MachineConfig) -> Result<(), ApiError> {
         ));
     }
     if let Some(memory) = config.guest.as_ref().and_then(|g| g.memory_mb) {
-        if memory == 0 || memory % 256 != 0 {
+        if memory == 0 || !memory.is_multiple_of(256) {
             return Err(ApiError::Unprocessable(format!(
                 "invalid guest.memory_mb {memory}: memory must be a multiple of 256 MB"
             )));
@@ -753,7 +754,7 @@ async fn list(
                     == Some(&Value::String(v.clone()))
             })
     });
-    machines.sort_by(|a, b| (a.created_at, a.id).cmp(&(b.created_at, b.id)));
+    machines.sort_by_key(|m| (m.created_at, m.id));
     Ok(Json(Value::Array(
         machines.iter().map(machine_json).collect(),
     )))

@@ -92,7 +92,9 @@ impl FromStr for ApiToken {
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "flyby-local",
-    about = "Plays fly-proxy and the Fly Machines API on this machine"
+    about = "Plays fly-proxy and the Fly Machines API on this machine",
+    // A flag given again overrides the earlier one (scripts append to a base command line).
+    args_override_self = true
 )]
 pub struct Args {
     /// Where the proxy listens (apps are chosen by Host: <app>.localhost).

@@ -546,14 +546,17 @@ impl Proxy {
         edge: RegionCode,
     ) {
         let ip = HeaderValue::from_str(&client_ip.to_string()).expect("an address is ascii");
-        let forwarded_for = match headers.get("x-forwarded-for") {
-            Some(existing) => {
-                let mut value = existing.as_bytes().to_vec();
-                value.extend_from_slice(b", ");
-                value.extend_from_slice(ip.as_bytes());
-                HeaderValue::from_bytes(&value).unwrap_or_else(|_| ip.clone())
-            }
-            None => ip.clone(),
+        // Appends the client to what it claims (several headers count as one list).
+        let mut forwarded_for = Vec::new();
+        for existing in headers.get_all("x-forwarded-for") {
+            forwarded_for.extend_from_slice(existing.as_bytes());
+            forwarded_for.extend_from_slice(b", ");
+        }
+        let forwarded_for = if forwarded_for.is_empty() {
+            ip.clone()
+        } else {
+            forwarded_for.extend_from_slice(ip.as_bytes());
+            HeaderValue::from_bytes(&forwarded_for).unwrap_or_else(|_| ip.clone())
         };
         let via = match headers.get(header::VIA) {
             Some(existing) => {

@@ -76,12 +76,16 @@ impl MachineEvent {
     }
 }
 
-/// A name that a live Machine of the same app already has.
+/// A name that a live Machine of the same app already has. Displays as Fly's answer (Fly's
+/// docs do not show it; this is the text of Fly's API that the launcher's client recognises,
+/// naming the Machine that holds the name).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("a machine named {name:?} already exists in app {app:?}")]
+#[error("already_exists: unique machine name violation, machine ID {existing} already exists with name {name:?}")]
 pub struct NameTaken {
     pub app: String,
     pub name: String,
+    /// The Machine that has the name.
+    pub existing: MachineId,
 }
 
 /// A fresh ULID: 48 bits of milliseconds then 80 random bits, in Crockford base32. Fly uses
@@ -243,11 +247,12 @@ impl Registry {
     pub fn insert_new(&self, record: MachineRecord) -> Result<(), NameTaken> {
         let mut inner = self.inner.lock().expect("registry lock");
         let machines = inner.apps.entry(record.app.clone()).or_default();
-        if machines
+        if let Some(holder) = machines
             .values()
-            .any(|m| m.name == record.name && m.state != MachineState::Destroyed)
+            .find(|m| m.name == record.name && m.state != MachineState::Destroyed)
         {
             return Err(NameTaken {
+                existing: holder.id,
                 app: record.app,
                 name: record.name,
             });
@@ -367,5 +372,78 @@ impl Registry {
         let out = f(&mut self.inner.lock().expect("registry lock"));
         self.version.send_modify(|v| *v += 1);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(app: &str, name: &str, id: &str) -> MachineRecord {
+        let now = SystemTime::now();
+        MachineRecord {
+            id: MachineId::parse(id).unwrap(),
+            name: name.to_owned(),
+            app: app.to_owned(),
+            region: RegionCode::parse("ams").unwrap(),
+            state: MachineState::Created,
+            instance_id: new_ulid(),
+            private_ip: Ipv4Addr::LOCALHOST,
+            config: Value::Null,
+            created_at: now,
+            updated_at: now,
+            events: Vec::new(),
+            pid: None,
+        }
+    }
+
+    #[test]
+    fn ulids_are_26_crockford_characters_in_time_order() {
+        let a = new_ulid();
+        assert_eq!(a.len(), 26);
+        assert!(a
+            .chars()
+            .all(|c| c.is_ascii_digit() || (c.is_ascii_uppercase() && !"ILOU".contains(c))));
+        assert_ne!(a, new_ulid());
+        // The first 10 characters are the time: never smaller later.
+        assert!(new_ulid()[..10] >= a[..10]);
+    }
+
+    #[test]
+    fn names_are_unique_among_live_machines_of_one_app() {
+        let registry = Registry::default();
+        registry
+            .insert_new(record("a", "alpha", "00000000000001"))
+            .unwrap();
+        let taken = registry
+            .insert_new(record("a", "alpha", "00000000000002"))
+            .unwrap_err();
+        assert_eq!(taken.name, "alpha");
+        assert_eq!(taken.existing.as_str(), "00000000000001");
+        registry
+            .insert_new(record("b", "alpha", "00000000000003"))
+            .unwrap();
+        registry.update("a", MachineId::parse("00000000000001").unwrap(), |m| {
+            m.state = MachineState::Destroyed
+        });
+        registry
+            .insert_new(record("a", "alpha", "00000000000004"))
+            .unwrap();
+        assert_eq!(
+            registry.state_counts()["a"],
+            BTreeMap::from([("created", 1), ("destroyed", 1)])
+        );
+    }
+
+    #[test]
+    fn addresses_are_fresh_loopback_hosts() {
+        let registry = Registry::default();
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..600 {
+            let ip = registry.allocate_ip();
+            assert!(ip.is_loopback() && ip != Ipv4Addr::LOCALHOST, "{ip}");
+            assert!(!matches!(ip.octets()[3], 0 | 255), "{ip}");
+            assert!(seen.insert(ip), "{ip} handed out twice");
+        }
     }
 }

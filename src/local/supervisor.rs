@@ -56,6 +56,8 @@ const SHUTDOWN_GRACE_CAP: Duration = Duration::from_secs(10);
 const READINESS_INTERVAL: Duration = Duration::from_millis(20);
 /// Crash-looping Machines are restarted after a growing pause, capped here.
 const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(5);
+/// How long the processes of a killed Machine may take to be gone.
+const GROUP_EXIT_BOUND: Duration = Duration::from_secs(2);
 /// Events kept per Machine (a crash loop must not grow a record forever).
 const MAX_EVENTS: usize = 100;
 /// Variables of flyby-local's own environment a Machine inherits; everything else a Fly
@@ -74,6 +76,15 @@ pub struct MachineConfig {
     pub services: Option<Vec<ServiceConfig>>,
     pub stop_config: Option<StopConfig>,
     pub metadata: Option<BTreeMap<String, String>>,
+    pub init: Option<InitConfig>,
+}
+
+/// `config.init`. Locally an image is one executable, its entrypoint: `cmd` becomes its
+/// arguments, as Docker's CMD does for an image with an ENTRYPOINT. `entrypoint` and `exec`
+/// would replace the executable itself and are not supported (ignored).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct InitConfig {
+    pub cmd: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -232,6 +243,8 @@ pub enum GuestKind {
 pub struct LaunchSpec {
     /// The executable the image maps to.
     pub program: PathBuf,
+    /// `config.init.cmd`.
+    pub args: Vec<String>,
     /// The complete environment of the process.
     pub env: Vec<(String, String)>,
     /// The Machine's own loopback address.
@@ -270,6 +283,11 @@ impl LaunchSpec {
         let stop = config.stop_config.as_ref();
         LaunchSpec {
             program,
+            args: config
+                .init
+                .as_ref()
+                .and_then(|i| i.cmd.clone())
+                .unwrap_or_default(),
             env: machine_env(record, config, ports.first().copied()),
             ip: record.private_ip,
             ports,
@@ -346,9 +364,14 @@ pub enum SupervisorError {
     /// Destroyed, or never existed.
     #[error("machine not found")]
     Gone,
-    #[error("failed_precondition: machine still active, refusing to start")]
+    // Fly's reference shows this text, with 409, for a stop of a Machine that is not started.
+    #[error("unable to stop machine, not currently started")]
+    NotStarted,
+    // Undocumented: the text flyd gives for a start of a running Machine.
+    #[error("machine still active, refusing to start")]
     StillActive,
-    #[error("failed_precondition: unable to destroy machine, not currently stopped or suspended")]
+    // Fly's reference shows a 409 for this delete; the text is flyd's.
+    #[error("unable to destroy machine, not currently stopped or suspended")]
     NotStopped,
     #[error("flyby-local is shutting down")]
     ShuttingDown,
@@ -426,7 +449,8 @@ impl Supervisor {
     }
 
     /// Sends the stop signal (the config's, or `signal`), SIGKILL after the timeout. Answers
-    /// once the stop has begun, as Fly does; `wait?state=stopped` tells when it is done.
+    /// once the stop has begun, as Fly does; `wait?state=stopped` tells when it is done. A
+    /// Machine that is not running cannot be stopped.
     pub async fn stop(
         &self,
         id: MachineId,
@@ -482,8 +506,8 @@ impl Supervisor {
         self.runners.lock().expect("runners lock").remove(&id);
     }
 
-    /// Stops every Machine (its stop signal, SIGKILL after its timeout, at most
-    /// [`SHUTDOWN_GRACE_CAP`]) and waits until every process is gone. No Machine can be
+    /// Stops every Machine (its stop signal, SIGKILL after its timeout, at most 10 s) and
+    /// waits until every process is gone. No Machine can be
     /// created afterwards.
     pub async fn shutdown(&self) {
         self.closed.store(true, Ordering::SeqCst);
@@ -520,6 +544,29 @@ impl Supervisor {
         }
         self.tasks.lock().expect("tasks lock").abort_all();
     }
+}
+
+/// Awaits the end of every process of a group that was sent SIGKILL: a signal reaches a
+/// process a moment before it is gone, and an orphan is reaped by init a moment after. Bounded,
+/// and a poll: the kernel announces neither.
+async fn group_gone(pgid: u32) {
+    let deadline = Instant::now() + GROUP_EXIT_BOUND;
+    while group_exists(pgid) {
+        if Instant::now() >= deadline {
+            tracing::warn!(pgid, "processes of a Machine outlive SIGKILL");
+            return;
+        }
+        sleep(READINESS_INTERVAL / 4).await;
+    }
+}
+
+fn group_exists(pgid: u32) -> bool {
+    let Ok(pgid) = libc::pid_t::try_from(pgid) else {
+        return false;
+    };
+    // SAFETY: kill(2) with signal 0 only checks for existence.
+    let found = unsafe { libc::kill(-pgid, 0) } == 0;
+    found || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
 
 /// Sends `signal` to the whole process group a Machine's process leads.
@@ -661,7 +708,7 @@ impl Runner {
                 flow
             }
             Some(Command::Stop { reply, .. }) => {
-                let _ = reply.send(Ok(()));
+                let _ = reply.send(Err(SupervisorError::NotStarted));
                 Flow::Continue
             }
             Some(Command::Destroy { reply, .. }) => {
@@ -692,7 +739,7 @@ impl Runner {
             command = self.commands.recv() => Wake::Command(command),
         };
         match wake {
-            Wake::Exited(exit) => self.on_exit(exit),
+            Wake::Exited(exit) => self.on_exit(exit).await,
             Wake::Ready => {
                 self.mark_started();
                 Flow::Continue
@@ -748,7 +795,7 @@ impl Runner {
                 let _ = reply.send(Ok(()));
                 Flow::End
             }
-            Command::Crash => self.crash(),
+            Command::Crash => self.crash().await,
             Command::Shutdown => {
                 self.stop_for_shutdown().await;
                 Flow::End
@@ -785,7 +832,7 @@ impl Runner {
         Flow::Continue
     }
 
-    fn crash(&mut self) -> Flow {
+    async fn crash(&mut self) -> Flow {
         let Some(guest) = self.guest.as_mut() else {
             return Flow::Continue;
         };
@@ -795,7 +842,7 @@ impl Runner {
                 Flow::Continue
             }
             Body::Backoff(_) => Flow::Continue,
-            Body::Tarpit(_) | Body::Inert => self.on_exit(Exit::killed()),
+            Body::Tarpit(_) | Body::Inert => self.on_exit(Exit::killed()).await,
         }
     }
 
@@ -827,6 +874,7 @@ impl Runner {
                 Body::Process { mut child, pid } => {
                     signal_group(pid, libc::SIGKILL);
                     let _ = child.wait().await;
+                    group_gone(pid).await;
                 }
                 Body::Tarpit(listener) => listener.abort(),
                 Body::Inert | Body::Backoff(_) => {}
@@ -837,13 +885,16 @@ impl Runner {
     /// The process ended: a stop completes, or the restart policy and `auto_destroy` decide.
     /// Restart comes first: with `auto_destroy`, a Machine is destroyed when it would
     /// otherwise stop (which is why Fly's `fly m run --rm` defaults the policy to `no`).
-    fn on_exit(&mut self, exit: Exit) -> Flow {
+    async fn on_exit(&mut self, exit: Exit) -> Flow {
         let Some(guest) = self.guest.take() else {
             return Flow::Continue;
         };
         match &guest.body {
             // Whatever the process left behind in its group dies with it, as in a VM.
-            Body::Process { pid, .. } => signal_group(*pid, libc::SIGKILL),
+            Body::Process { pid, .. } => {
+                signal_group(*pid, libc::SIGKILL);
+                group_gone(*pid).await;
+            }
             Body::Tarpit(listener) => listener.abort(),
             Body::Inert | Body::Backoff(_) => {}
         }
@@ -1031,6 +1082,7 @@ async fn probe_ready(ip: Ipv4Addr, ports: &[u16]) {
 fn spawn(spec: &LaunchSpec) -> std::io::Result<Child> {
     let mut command = tokio::process::Command::new(&spec.program);
     command
+        .args(&spec.args)
         .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
@@ -1108,6 +1160,7 @@ fn tarpit(ip: Ipv4Addr, ports: &[u16]) -> JoinHandle<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     #[test]
     fn go_durations_parse_like_go() {

@@ -1,0 +1,804 @@
+//! A client for the Fly Machines API: how the launcher creates, watches and destroys visitors'
+//! Machines.
+//!
+//! It exists because the launcher's promises rest on it: no orphan Machine (a create is never
+//! repeated unless it provably did not happen), a clear message for the visitor (every failure is
+//! a typed [`FlyApiError`]), staying within Fly's rate limits (bounded, jittered retries that honour
+//! `Retry-After`), and no leaked secret (the token lives in a redacting [`ApiToken`]). The same
+//! code talks to Fly (`http://_api.internal:4280` from inside a Fly Machine) and to `flyby-local`
+//! (`http://127.0.0.1:4280`), which plays the same API.
+//!
+//! What is retried, and why it is safe:
+//! - `get`, `list`, `wait`, `stop`, `delete` are idempotent: retried on 429, 5xx, timeouts and
+//!   lost connections.
+//! - `create` is not idempotent. A 429 means Fly did not perform it, so it is retried. After a
+//!   5xx, a timeout or a lost connection the Machine may exist, so the client first looks it up
+//!   by its name and retries only if it is absent; if it is there (and its metadata is the
+//!   request's), that Machine is the result. Fly refuses a second Machine with the same name,
+//!   which closes the gap where a just-created Machine is not listed yet: the retry then gets a
+//!   "name taken" that the client resolves the same way.
+//!
+//! Every HTTP attempt is logged at debug level (action, method, path, outcome, duration; never
+//! the token) and reported to an optional [`Observer`] for the launcher's metrics.
+
+mod auth;
+mod error;
+mod model;
+mod retry;
+#[cfg(test)]
+mod tests;
+
+pub use auth::{ApiToken, InvalidToken, TokenKind};
+pub use error::FlyApiError;
+pub use model::{
+    Autostop, Check, Concurrency, CreateMachineRequest, FlyDuration, Guest, HttpOptions,
+    ListFilter, Machine, MachineConfig, MachineEvent, MachineState, Port, ReplayCacheKind,
+    ReplayCacheRule, Restart, RestartPolicy, Service, StopConfig, StopRequest, WaitState,
+};
+pub use retry::RetryPolicy;
+
+use crate::fly::MachineId;
+use bytes::Bytes;
+use error::{from_response, one_line, Context};
+use reqwest::{header, Method, Url};
+use serde::de::DeserializeOwned;
+use std::{
+    fmt,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+/// The longest wait Fly serves in one call (its proxy cuts longer ones).
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// A response body larger than this is refused rather than buffered: a list of flyby's
+/// Machines is a few hundred KB at most.
+const MAX_BODY: usize = 16 * 1024 * 1024;
+
+/// No attempt gets less time than this, even at the end of its call's budget: a shorter one
+/// would only time out.
+const MIN_ATTEMPT: Duration = Duration::from_secs(1);
+
+/// One HTTP attempt, as reported to an [`Observer`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallRecord {
+    /// `create`, `get`, `list`, `wait`, `stop` or `delete`.
+    pub action: &'static str,
+    pub outcome: Outcome,
+    pub duration: Duration,
+    /// 1 for the first attempt of a call.
+    pub attempt: u32,
+    /// `Some` when the client will try again after this long.
+    pub retry_in: Option<Duration>,
+}
+
+/// How an attempt ended: Fly's status code, or no answer at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Status(u16),
+    Timeout,
+    Unavailable,
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Status(code) => write!(f, "{code}"),
+            Outcome::Timeout => f.write_str("timeout"),
+            Outcome::Unavailable => f.write_str("unavailable"),
+        }
+    }
+}
+
+/// Receives a [`CallRecord`] after every HTTP attempt (the launcher counts API calls by action
+/// and status with it). Called inline: keep it cheap.
+pub type Observer = Arc<dyn Fn(&CallRecord) + Send + Sync>;
+
+/// How to reach the API and how patient to be.
+#[derive(Clone)]
+pub struct FlyApiConfig {
+    /// `http://_api.internal:4280` on Fly, flyby-local's API address locally.
+    pub base_url: String,
+    pub token: ApiToken,
+    /// To open a TCP connection; the API is near, so a slow connect means trouble.
+    pub connect_timeout: Duration,
+    /// The deadline of one attempt of any call but `wait`.
+    pub call_timeout: Duration,
+    /// What a `wait` attempt gets beyond the time it asks Fly to wait.
+    pub wait_margin: Duration,
+    pub retry: RetryPolicy,
+    pub observer: Option<Observer>,
+}
+
+impl FlyApiConfig {
+    /// The defaults: 2 s to connect, 10 s per call, `wait` + 5 s, [`RetryPolicy::default`].
+    pub fn new(base_url: impl Into<String>, token: ApiToken) -> Self {
+        FlyApiConfig {
+            base_url: base_url.into(),
+            token,
+            connect_timeout: Duration::from_secs(2),
+            call_timeout: Duration::from_secs(10),
+            wait_margin: Duration::from_secs(5),
+            retry: RetryPolicy::default(),
+            observer: None,
+        }
+    }
+}
+
+impl fmt::Debug for FlyApiConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FlyApiConfig")
+            .field("base_url", &self.base_url)
+            .field("token", &self.token)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("call_timeout", &self.call_timeout)
+            .field("wait_margin", &self.wait_margin)
+            .field("retry", &self.retry)
+            .field("observer", &self.observer.as_ref().map(|_| "<fn>"))
+            .finish()
+    }
+}
+
+/// The client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("invalid Fly API base URL {url:?}: {reason}")]
+    BaseUrl { url: String, reason: String },
+    #[error("cannot build the HTTP client: {0}")]
+    Http(String),
+}
+
+/// The Machines API client. Cheap to clone: clones share one connection pool.
+#[derive(Clone)]
+pub struct FlyApi {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    base: Url,
+    token: ApiToken,
+    call_timeout: Duration,
+    wait_margin: Duration,
+    retry: RetryPolicy,
+    observer: Option<Observer>,
+}
+
+impl fmt::Debug for FlyApi {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FlyApi")
+            .field("base", &self.inner.base.as_str())
+            .field("token", &self.inner.token)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One HTTP request of a call.
+struct Request<'a> {
+    action: &'static str,
+    method: Method,
+    url: Url,
+    body: Option<&'a Bytes>,
+}
+
+/// What one attempt produced.
+struct Attempt {
+    outcome: Outcome,
+    took: Duration,
+    /// Fly's `fly-request-id`, for support; logged, not kept.
+    request_id: Option<String>,
+    result: Result<Bytes, FlyApiError>,
+}
+
+/// What a by-name lookup after a doubtful create found.
+enum Found {
+    /// A Machine with the name and the request's metadata: the create happened.
+    Ours(Machine),
+    /// The name is held by a Machine that is not the one requested.
+    Theirs(MachineId),
+    Absent,
+}
+
+impl FlyApi {
+    pub fn new(config: FlyApiConfig) -> Result<Self, BuildError> {
+        let bad = |reason: &str| BuildError::BaseUrl {
+            url: config.base_url.clone(),
+            reason: reason.to_owned(),
+        };
+        let mut base = Url::parse(&config.base_url).map_err(|e| bad(&e.to_string()))?;
+        if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {
+            return Err(bad("expected an http(s) URL"));
+        }
+        if !base.username().is_empty() || base.password().is_some() {
+            // Credentials belong in the token, not in a URL that gets logged.
+            return Err(bad("credentials are not allowed in the URL"));
+        }
+        base.set_query(None);
+        base.set_fragment(None);
+        let http = reqwest::Client::builder()
+            // The API is on Fly's private network (or loopback): an HTTP(S)_PROXY from the
+            // environment must not receive the calls, nor the token with them.
+            .no_proxy()
+            .connect_timeout(config.connect_timeout)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            .user_agent(concat!("flyby/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| BuildError::Http(e.to_string()))?;
+        Ok(FlyApi {
+            inner: Arc::new(Inner {
+                http,
+                base,
+                token: config.token,
+                call_timeout: config.call_timeout,
+                wait_margin: config.wait_margin,
+                retry: config.retry,
+                observer: config.observer,
+            }),
+        })
+    }
+
+    /// Creates (and, unless `skip_launch`, starts) a Machine; Fly answers at once with the
+    /// Machine in state `created`.
+    ///
+    /// Retried only when it provably did not happen (see the module docs). Give the request a
+    /// `name`, and a per-launch value in `config.metadata` (a launch id): the name is what lets
+    /// a doubtful create be retried at all, the metadata is what proves that a Machine found
+    /// under that name is this request's and not another launcher's (without metadata, the name
+    /// alone is taken as proof).
+    ///
+    /// On an error for which [`FlyApiError::create_may_have_happened`] is true, the Machine may
+    /// exist anyway (the API failed in a way the client could not see through within its
+    /// budget): cleanup should look for it by name ([`FlyApi::find_by_name`]) or leave it to
+    /// the reaper.
+    pub async fn create(
+        &self,
+        app: &str,
+        request: &CreateMachineRequest,
+    ) -> Result<Machine, FlyApiError> {
+        // Plain structs with string keys: serializing cannot fail.
+        let body = Bytes::from(serde_json::to_vec(request).expect("a create body serializes"));
+        let name = request.name.as_deref();
+        let ctx = Context {
+            action: "create",
+            name,
+        };
+        let budget = self.inner.retry.max_elapsed;
+        let started = Instant::now();
+        // Whether an earlier attempt may have created the Machine.
+        let mut maybe_created = false;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let request_http = Request {
+                action: "create",
+                method: Method::POST,
+                url: self.machines_url(app, &[]),
+                body: Some(&body),
+            };
+            let timeout = self.attempt_timeout(budget.saturating_sub(started.elapsed()));
+            let Attempt {
+                outcome,
+                took,
+                request_id,
+                result,
+            } = self.attempt(&request_http, ctx, timeout).await;
+            let record = |retry_in| {
+                self.record(
+                    &request_http,
+                    attempt,
+                    outcome,
+                    took,
+                    retry_in,
+                    request_id.as_deref(),
+                )
+            };
+            let err = match result.and_then(|b| decode::<Machine>(&b)) {
+                Ok(machine) => {
+                    record(None);
+                    return Ok(machine);
+                }
+                Err(err) => err,
+            };
+            if let (FlyApiError::NameTaken { existing, .. }, true, Some(name)) =
+                (&err, maybe_created, name)
+            {
+                // The name may be held by the Machine an earlier, doubtful attempt created.
+                record(None);
+                let left = budget.saturating_sub(started.elapsed());
+                return match self
+                    .look_up_created(app, request, name, *existing, left)
+                    .await
+                {
+                    Ok(Found::Ours(machine)) => Ok(machine),
+                    _ => Err(err),
+                };
+            }
+            let doubtful = err.create_may_have_happened();
+            let may_retry =
+                matches!(err, FlyApiError::RateLimited { .. }) || (doubtful && name.is_some());
+            let retry_in = may_retry
+                .then(|| self.retry_delay(&err, attempt, started, budget))
+                .flatten();
+            record(retry_in);
+            let Some(delay) = retry_in else {
+                if doubtful {
+                    if let Some(name) = name {
+                        // Out of retries, but the Machine may exist: one last look spares the
+                        // caller an error for a Machine it actually has.
+                        let left = budget.saturating_sub(started.elapsed());
+                        if let Ok(Found::Ours(machine)) =
+                            self.look_up_created(app, request, name, None, left).await
+                        {
+                            return Ok(machine);
+                        }
+                    }
+                }
+                return Err(err);
+            };
+            // Waiting first also gives Fly time to list a Machine it has just created.
+            tokio::time::sleep(delay).await;
+            if doubtful {
+                maybe_created = true;
+                let name = name.expect("doubtful creates are retried only with a name");
+                let left = budget.saturating_sub(started.elapsed());
+                match self.look_up_created(app, request, name, None, left).await {
+                    Ok(Found::Ours(machine)) => return Ok(machine),
+                    Ok(Found::Theirs(id)) => {
+                        return Err(FlyApiError::NameTaken {
+                            name: name.to_owned(),
+                            existing: Some(id),
+                        })
+                    }
+                    Ok(Found::Absent) => {}
+                    // Absence not proven: retrying could make a second Machine.
+                    Err(_) => return Err(err),
+                }
+            }
+        }
+    }
+
+    /// One Machine.
+    pub async fn get(&self, app: &str, id: MachineId) -> Result<Machine, FlyApiError> {
+        self.get_within(app, id, self.inner.retry.max_elapsed).await
+    }
+
+    /// The app's Machines that pass `filter` (destroyed ones only with `include_deleted`). The
+    /// filter is sent to Fly and applied again to its answer.
+    pub async fn list(&self, app: &str, filter: &ListFilter) -> Result<Vec<Machine>, FlyApiError> {
+        self.list_within(app, filter, self.inner.retry.max_elapsed)
+            .await
+    }
+
+    /// The live Machine of `app` named `name`, if there is one.
+    pub async fn find_by_name(
+        &self,
+        app: &str,
+        name: &str,
+    ) -> Result<Option<Machine>, FlyApiError> {
+        let machines = self.list(app, &ListFilter::default()).await?;
+        Ok(machines
+            .into_iter()
+            .find(|m| m.name == name && m.state.is_alive()))
+    }
+
+    /// Waits until the Machine reaches `state`, for at most `timeout` (clamped to 1–60 s, what
+    /// Fly serves). [`FlyApiError::WaitTimedOut`] when it did not. A retried attempt asks Fly
+    /// only for the time that is left.
+    pub async fn wait(
+        &self,
+        app: &str,
+        id: MachineId,
+        state: WaitState,
+        timeout: Duration,
+    ) -> Result<(), FlyApiError> {
+        self.wait_inner(app, id, None, state, timeout).await
+    }
+
+    /// [`FlyApi::wait`] for one version of the Machine (its `instance_id`), which Fly needs to
+    /// wait for `stopped`.
+    pub async fn wait_for_instance(
+        &self,
+        app: &str,
+        id: MachineId,
+        instance_id: &str,
+        state: WaitState,
+        timeout: Duration,
+    ) -> Result<(), FlyApiError> {
+        self.wait_inner(app, id, Some(instance_id), state, timeout)
+            .await
+    }
+
+    /// Stops the Machine with its configured signal and grace time.
+    ///
+    /// Fly answers 409 for a Machine that is not started. When a first attempt stopped the
+    /// Machine but its answer was lost, the retry gets that 409: a caller that only needs the
+    /// Machine stopped can take [`FlyApiError::Api`] with status 409 as done.
+    pub async fn stop(&self, app: &str, id: MachineId) -> Result<(), FlyApiError> {
+        self.stop_with(app, id, &StopRequest::default()).await
+    }
+
+    /// Stops the Machine with this signal and grace time.
+    pub async fn stop_with(
+        &self,
+        app: &str,
+        id: MachineId,
+        request: &StopRequest,
+    ) -> Result<(), FlyApiError> {
+        let body = Bytes::from(serde_json::to_vec(request).expect("a stop body serializes"));
+        let url = self.machines_url(app, &[id.as_str(), "stop"]);
+        self.execute(
+            "stop",
+            Method::POST,
+            Some(&body),
+            self.inner.retry.max_elapsed,
+            |left| (url.clone(), self.attempt_timeout(left)),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Destroys the Machine; `force` kills it if it is running.
+    ///
+    /// A Machine that does not exist counts as destroyed (`Ok`): destroy is called on every
+    /// failure path and by several reapers at once, and a retried delete whose first attempt
+    /// succeeded sees a 404. The flip side: a wrong app name also answers 404, so a typo in the
+    /// app is not caught here (it is by `list` and `create`).
+    pub async fn delete(&self, app: &str, id: MachineId, force: bool) -> Result<(), FlyApiError> {
+        let mut url = self.machines_url(app, &[id.as_str()]);
+        if force {
+            url.query_pairs_mut().append_pair("force", "true");
+        }
+        let result = self
+            .execute(
+                "delete",
+                Method::DELETE,
+                None,
+                self.inner.retry.max_elapsed,
+                |left| (url.clone(), self.attempt_timeout(left)),
+            )
+            .await;
+        match result {
+            Ok(_) | Err(FlyApiError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    // --- internals --------------------------------------------------------------------------
+
+    async fn get_within(
+        &self,
+        app: &str,
+        id: MachineId,
+        budget: Duration,
+    ) -> Result<Machine, FlyApiError> {
+        let url = self.machines_url(app, &[id.as_str()]);
+        let body = self
+            .execute("get", Method::GET, None, budget, |left| {
+                (url.clone(), self.attempt_timeout(left))
+            })
+            .await?;
+        decode(&body)
+    }
+
+    async fn list_within(
+        &self,
+        app: &str,
+        filter: &ListFilter,
+        budget: Duration,
+    ) -> Result<Vec<Machine>, FlyApiError> {
+        let mut url = self.machines_url(app, &[]);
+        {
+            let mut query = url.query_pairs_mut();
+            if filter.include_deleted {
+                query.append_pair("include_deleted", "true");
+            }
+            if let Some(region) = filter.region {
+                query.append_pair("region", region.as_str());
+            }
+            for (key, value) in &filter.metadata {
+                query.append_pair(&format!("metadata.{key}"), value);
+            }
+        }
+        if url.query() == Some("") {
+            url.set_query(None);
+        }
+        let body = self
+            .execute("list", Method::GET, None, budget, |left| {
+                (url.clone(), self.attempt_timeout(left))
+            })
+            .await?;
+        // Fly's Go encoder writes an empty list as `null`.
+        let machines: Option<Vec<Machine>> = decode(&body)?;
+        Ok(machines
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|m| filter.matches(m))
+            .collect())
+    }
+
+    async fn wait_inner(
+        &self,
+        app: &str,
+        id: MachineId,
+        instance_id: Option<&str>,
+        state: WaitState,
+        timeout: Duration,
+    ) -> Result<(), FlyApiError> {
+        let timeout = timeout.clamp(Duration::from_secs(1), MAX_WAIT);
+        let base = self.machines_url(app, &[id.as_str(), "wait"]);
+        let margin = self.inner.wait_margin;
+        self.execute("wait", Method::GET, None, timeout, |left| {
+            // Fly takes whole seconds; round up so a retry never asks for 0.
+            let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+            let secs = secs.clamp(1, MAX_WAIT.as_secs());
+            let mut url = base.clone();
+            {
+                let mut query = url.query_pairs_mut();
+                query.append_pair("state", state.as_str());
+                query.append_pair("timeout", &secs.to_string());
+                if let Some(instance_id) = instance_id {
+                    query.append_pair("instance_id", instance_id);
+                }
+            }
+            (url, Duration::from_secs(secs) + margin)
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Runs an idempotent call: attempts until success, a final error, `max_attempts`, or
+    /// `budget`. `prepare` gives each attempt its URL and deadline from the time left.
+    async fn execute(
+        &self,
+        action: &'static str,
+        method: Method,
+        body: Option<&Bytes>,
+        budget: Duration,
+        mut prepare: impl FnMut(Duration) -> (Url, Duration),
+    ) -> Result<Bytes, FlyApiError> {
+        let started = Instant::now();
+        let ctx = Context { action, name: None };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let (url, timeout) = prepare(budget.saturating_sub(started.elapsed()));
+            let request = Request {
+                action,
+                method: method.clone(),
+                url,
+                body,
+            };
+            let Attempt {
+                outcome,
+                took,
+                request_id,
+                result,
+            } = self.attempt(&request, ctx, timeout).await;
+            let (result, retry_in) = match result {
+                Ok(bytes) => (Ok(bytes), None),
+                Err(e) => {
+                    let retry_in = self.retry_delay(&e, attempt, started, budget);
+                    (Err(e), retry_in)
+                }
+            };
+            self.record(
+                &request,
+                attempt,
+                outcome,
+                took,
+                retry_in,
+                request_id.as_deref(),
+            );
+            match (result, retry_in) {
+                (Ok(bytes), _) => return Ok(bytes),
+                (Err(e), None) => return Err(e),
+                (Err(_), Some(delay)) => tokio::time::sleep(delay).await,
+            }
+        }
+    }
+
+    /// The backoff before another attempt, or `None` when there must be none: the error is
+    /// final, the attempts are used up, or the backoff would end past the budget.
+    fn retry_delay(
+        &self,
+        err: &FlyApiError,
+        attempt: u32,
+        started: Instant,
+        budget: Duration,
+    ) -> Option<Duration> {
+        let policy = &self.inner.retry;
+        if !err.is_retryable() || attempt >= policy.max_attempts {
+            return None;
+        }
+        let delay = policy.random_backoff(attempt, err.retry_after());
+        (started.elapsed() + delay < budget).then_some(delay)
+    }
+
+    fn attempt_timeout(&self, left: Duration) -> Duration {
+        self.inner.call_timeout.min(left).max(MIN_ATTEMPT)
+    }
+
+    /// One HTTP exchange, with its deadline, classified.
+    async fn attempt(&self, request: &Request<'_>, ctx: Context<'_>, timeout: Duration) -> Attempt {
+        let started = Instant::now();
+        let mut builder = self
+            .inner
+            .http
+            .request(request.method.clone(), request.url.clone())
+            .header(header::AUTHORIZATION, self.inner.token.header().clone())
+            .header(header::ACCEPT, "application/json")
+            .timeout(timeout);
+        if let Some(body) = request.body {
+            builder = builder
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(body.clone());
+        }
+        let exchange = async {
+            let mut response = builder.send().await.map_err(transport_error)?;
+            let status = response.status();
+            let header_str = |name: &str| {
+                response
+                    .headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            };
+            let retry_after = header_str("retry-after")
+                .as_deref()
+                .and_then(retry::parse_retry_after);
+            let request_id = header_str("fly-request-id");
+            let mut body = Vec::new();
+            while let Some(chunk) = response.chunk().await.map_err(transport_error)? {
+                if body.len() + chunk.len() > MAX_BODY {
+                    return Ok((
+                        status,
+                        request_id,
+                        Err(FlyApiError::Decode {
+                            message: format!("response body over {MAX_BODY} bytes"),
+                        }),
+                    ));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            let result = if status.is_success() {
+                Ok(Bytes::from(body))
+            } else {
+                Err(from_response(ctx, status, retry_after, &body))
+            };
+            Ok::<_, FlyApiError>((status, request_id, result))
+        };
+        let (outcome, request_id, result) = match exchange.await {
+            Ok((status, request_id, result)) => {
+                (Outcome::Status(status.as_u16()), request_id, result)
+            }
+            Err(e) => {
+                let outcome = match e {
+                    FlyApiError::Timeout => Outcome::Timeout,
+                    _ => Outcome::Unavailable,
+                };
+                (outcome, None, Err(e))
+            }
+        };
+        Attempt {
+            outcome,
+            took: started.elapsed(),
+            request_id,
+            result,
+        }
+    }
+
+    fn record(
+        &self,
+        request: &Request<'_>,
+        attempt: u32,
+        outcome: Outcome,
+        took: Duration,
+        retry_in: Option<Duration>,
+        request_id: Option<&str>,
+    ) {
+        // The path names the app and the Machine; the query (filters, wait state) and the
+        // headers (the token) stay out of the log.
+        tracing::debug!(
+            action = request.action,
+            method = %request.method,
+            path = request.url.path(),
+            outcome = %outcome,
+            attempt,
+            duration_ms = took.as_millis() as u64,
+            retry_in_ms = retry_in.map(|d| d.as_millis() as u64),
+            fly_request_id = request_id,
+            "fly api call"
+        );
+        if let Some(observer) = &self.inner.observer {
+            observer(&CallRecord {
+                action: request.action,
+                outcome,
+                duration: took,
+                attempt,
+                retry_in,
+            });
+        }
+    }
+
+    /// `{base}/v1/apps/{app}/machines/{rest...}`, each segment percent-encoded, so an app name
+    /// cannot step out of its path.
+    fn machines_url(&self, app: &str, rest: &[&str]) -> Url {
+        let mut url = self.inner.base.clone();
+        url.path_segments_mut()
+            .expect("checked in FlyApi::new: an http(s) base")
+            .pop_if_empty()
+            .extend(["v1", "apps", app, "machines"])
+            .extend(rest);
+        url
+    }
+
+    /// After a create that may have happened: is there a Machine with its name, and is it
+    /// this request's? `hint` is the Machine Fly named as holding the name, if it did.
+    async fn look_up_created(
+        &self,
+        app: &str,
+        request: &CreateMachineRequest,
+        name: &str,
+        hint: Option<MachineId>,
+        budget: Duration,
+    ) -> Result<Found, FlyApiError> {
+        let candidates = match hint {
+            Some(id) => match self.get_within(app, id, budget).await {
+                Ok(machine) => vec![machine],
+                Err(FlyApiError::NotFound { .. }) => Vec::new(),
+                Err(e) => return Err(e),
+            },
+            None => {
+                self.list_within(app, &ListFilter::default(), budget)
+                    .await?
+            }
+        };
+        let Some(machine) = candidates
+            .into_iter()
+            .find(|m| m.name == name && m.state.is_alive())
+        else {
+            return Ok(Found::Absent);
+        };
+        let metadata = machine.metadata();
+        let ours = request
+            .config
+            .metadata
+            .iter()
+            .all(|(k, v)| metadata.get(k) == Some(v));
+        Ok(if ours {
+            Found::Ours(machine)
+        } else {
+            Found::Theirs(machine.id)
+        })
+    }
+}
+
+fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, FlyApiError> {
+    serde_json::from_slice(body).map_err(|e| FlyApiError::Decode {
+        message: one_line(&e.to_string()),
+    })
+}
+
+/// A request that got no (complete) answer. The message is the innermost cause ("connection
+/// refused", "connection closed before message completed"), which names neither the URL nor,
+/// of course, the token.
+fn transport_error(e: reqwest::Error) -> FlyApiError {
+    if e.is_timeout() {
+        return FlyApiError::Timeout;
+    }
+    let mut cause: &dyn std::error::Error = &e;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    let reason = if std::ptr::addr_eq(cause, &e) {
+        if e.is_connect() {
+            "connection failed".to_owned()
+        } else {
+            "no answer".to_owned()
+        }
+    } else {
+        one_line(&cause.to_string())
+    };
+    FlyApiError::Unavailable { reason }
+}
