@@ -53,6 +53,9 @@ pub const MACHINE_PORT: u16 = 8080;
 pub const METADATA_ROLE: (&str, &str) = ("flyby", "ephemeral");
 /// How long a launch may take from request to serving before it is abandoned.
 const LAUNCH_DEADLINE: Duration = Duration::from_secs(60);
+/// How long a launch waits out the Machines API's rate limit before telling the visitor the
+/// API is too busy.
+const RATE_LIMIT_PATIENCE: Duration = Duration::from_secs(15);
 /// How long the launch pin lives: a launch, and a little more for the hand-over.
 const PIN_LIFETIME: Duration = Duration::from_secs(90);
 /// How long a finished launch stays available to its watcher and hand-over.
@@ -422,6 +425,7 @@ impl Launcher {
     ) -> Result<super::fly_api::Machine, AppError> {
         let cap = self.settings.max_machines;
         let mut tried: Vec<String> = Vec::new();
+        let patience = Instant::now() + RATE_LIMIT_PATIENCE;
         loop {
             let Some(name) = self.reserve_slot(&tried) else {
                 return Err(AppError::CapacityReached { cap });
@@ -430,7 +434,7 @@ impl Launcher {
                 self.creates.take(|| step(Step::WaitingForSlot)).await;
                 request.name = Some(name.clone());
                 match self.api.create(&self.ephemeral_app, request).await {
-                    Err(FlyApiError::RateLimited { retry_after }) => {
+                    Err(FlyApiError::RateLimited { retry_after }) if Instant::now() < patience => {
                         step(Step::WaitingForSlot);
                         let jitter = Duration::from_millis(rand::random::<u64>() % 500);
                         tokio::time::sleep(retry_after.unwrap_or(Duration::from_secs(1)) + jitter).await;
