@@ -100,6 +100,9 @@ pub const DEFAULT_REPLAY_TIMEOUT: Duration = Duration::from_secs(5);
 /// backoff below, about 1.5 s before "could not find a good candidate". A replay with a
 /// `timeout` keeps trying until it runs out instead.
 pub const MAX_ROUNDS: u32 = 6;
+/// Caps a replay's `timeout` (Fly states no maximum; a request should not hang for hours
+/// because a Machine wrote `timeout=1000h`).
+pub const MAX_REPLAY_TIMEOUT: Duration = Duration::from_secs(300);
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// A JSON replay body is a few hundred bytes; more is a Machine's mistake (PA03).
@@ -356,7 +359,7 @@ impl Retry {
         match timeout {
             Some(timeout) => Retry {
                 rounds: u32::MAX,
-                deadline: timeout,
+                deadline: timeout.min(MAX_REPLAY_TIMEOUT),
                 wait_for_candidates: true,
             },
             None => Retry {
@@ -1179,7 +1182,14 @@ impl Proxy {
             }
             headers.remove(*name);
         }
-        headers.remove(FLY_REPLAY_CACHE);
+        // Directives for the proxy, not for the client.
+        for name in [
+            FLY_REPLAY_CACHE,
+            "fly-replay-cache-ttl-secs",
+            "fly-replay-cache-allow-bypass",
+        ] {
+            headers.remove(name);
+        }
         response.map(Either::Left)
     }
 
