@@ -5,7 +5,7 @@
 //!   a service on port 80 or 443 (plain HTTP locally). Any other Host: 404 `unknown_host`.
 //! - **Load balancing** (`--balance`): nearest region to the edge (fly-proxy's rule), random,
 //!   round-robin, or `wrong-first`, which sends each client request to a Machine the app will
-//!   have to replay away from (see [`balance`]). The edge region is `--edge-region`, or per
+//!   have to replay away from (see the `balance` module). The edge region is `--edge-region`, or per
 //!   request the header [`EDGE_REGION_HEADER`].
 //! - **Fly's request headers** (`Fly-Client-IP`, `Fly-Region`, `Fly-Forwarded-Port`,
 //!   `X-Forwarded-*`, `Via`), the response header `fly-request-id`, and the client routing
@@ -14,11 +14,11 @@
 //!   may tell a Machine where a request comes from.
 //! - **`fly-replay`** in header and JSON form with every field, `fly-replay-src`, fallbacks
 //!   with `fly-replay-failed`, the 10-replay limit, the 1 MB replay body limit, and the replay
-//!   cache (path- and session-based, see [`cache`]).
+//!   cache (path- and session-based, see the `cache` module).
 //! - **WebSockets**: an upgrade is forwarded like any request, replayed like any request, and
 //!   completed only with the final Machine's `101`.
 //!
-//! Error statuses (Fly documents codes, not statuses; see [`error`]): 404 unknown host or app,
+//! Error statuses (Fly documents codes, not statuses; see the `error` module): 404 unknown host or app,
 //! 400 invalid local or routing header, 503 PR01 no started Machine, 503 PR03 could not find a
 //! good candidate (unreachable target, no fallback), 413 PA01 body too large to replay, 502 PA02
 //! replay limit, 502 PA03 invalid replay (or a replay answering a fallback), 502 PA04 unknown
@@ -100,6 +100,9 @@ pub const DEFAULT_REPLAY_TIMEOUT: Duration = Duration::from_secs(5);
 /// backoff below, about 1.5 s before "could not find a good candidate". A replay with a
 /// `timeout` keeps trying until it runs out instead.
 pub const MAX_ROUNDS: u32 = 6;
+/// Caps a replay's `timeout` (Fly states no maximum; a request should not hang for hours
+/// because a Machine wrote `timeout=1000h`).
+pub const MAX_REPLAY_TIMEOUT: Duration = Duration::from_secs(300);
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// A JSON replay body is a few hundred bytes; more is a Machine's mistake (PA03).
@@ -356,7 +359,7 @@ impl Retry {
         match timeout {
             Some(timeout) => Retry {
                 rounds: u32::MAX,
-                deadline: timeout,
+                deadline: timeout.min(MAX_REPLAY_TIMEOUT),
                 wait_for_candidates: true,
             },
             None => Retry {
@@ -827,6 +830,8 @@ impl Proxy {
                 t_micros: micros_since_epoch(),
                 state: replay.state.clone(),
             };
+            // Fly: `miss` = "first hit another machine and got replayed here". Whether it is
+            // sent for apps that never use the cache is undocumented: always, here.
             let status = if exchange.bypassed { "bypass" } else { "miss" };
             let hop = vec![
                 (
@@ -1179,7 +1184,14 @@ impl Proxy {
             }
             headers.remove(*name);
         }
-        headers.remove(FLY_REPLAY_CACHE);
+        // Directives for the proxy, not for the client.
+        for name in [
+            FLY_REPLAY_CACHE,
+            "fly-replay-cache-ttl-secs",
+            "fly-replay-cache-allow-bypass",
+        ] {
+            headers.remove(name);
+        }
         response.map(Either::Left)
     }
 
