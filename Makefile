@@ -13,9 +13,9 @@ WASM := --lib --no-default-features --features hydrate --target wasm32-unknown-u
 
 .PHONY: run test setup-build setup-test build fmt-check lint unit e2e clean
 
-## Run the whole system locally.
+## Run the whole system locally: the local Fly platform with two launcher Machines.
 run: build
-	LEPTOS_SITE_ROOT=target/site FLYBY_ROLE=launcher target/release/flyby
+	target/release/flyby-local
 
 ## Every check CI runs: format, lints, Rust tests, browser tests.
 test: setup-test fmt-check lint build unit e2e

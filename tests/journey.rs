@@ -18,7 +18,11 @@ use std::time::Duration;
 use support::local::{self, frame, unframe, Api, Visitor};
 
 fn answered_by(response: &reqwest::Response) -> String {
-    response.headers().get("flyby-machine").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default()
+    response
+        .headers()
+        .get("flyby-machine")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default()
 }
 
 #[tokio::test]
@@ -31,36 +35,66 @@ async fn a_launch_creates_a_machine_with_its_whole_config_and_hands_it_over() {
     assert_eq!(progress.outcome, Some(Ok(())));
     let steps: Vec<_> = progress.steps.iter().map(|s| s.step.clone()).collect();
     assert_eq!(steps[0], Step::Requested);
-    assert!(matches!(&steps[1], Step::Created { region, city } if region == "ams" && city == "Amsterdam"), "{steps:?}");
+    assert!(
+        matches!(&steps[1], Step::Created { region, city } if region == "ams" && city == "Amsterdam"),
+        "{steps:?}"
+    );
     assert_eq!(&steps[2..], &[Step::Started, Step::Serving]);
-    assert!(progress.steps.windows(2).all(|w| w[0].at_ms <= w[1].at_ms), "times in order");
+    assert!(
+        progress.steps.windows(2).all(|w| w[0].at_ms <= w[1].at_ms),
+        "times in order"
+    );
 
     let machines = api.machines().await;
     assert_eq!(machines.len(), 1);
-    let m = &api.machine(flyby::fly::MachineId::parse(machines[0]["id"].as_str().unwrap()).unwrap()).await;
+    let m = &api
+        .machine(flyby::fly::MachineId::parse(machines[0]["id"].as_str().unwrap()).unwrap())
+        .await;
     let config = &m["config"];
     assert_eq!(m["region"], "ams", "the visitor's edge region");
     assert!(m["name"].as_str().unwrap().starts_with("flyby-slot-"));
-    assert_eq!(config["image"], "registry.fly.io/flyby:local", "the launcher's own image");
+    assert_eq!(
+        config["image"], "registry.fly.io/flyby:local",
+        "the launcher's own image"
+    );
     assert_eq!(config["env"]["FLYBY_ROLE"], "ephemeral");
-    assert_eq!(config["env"]["FLYBY_OWNER_HASH"].as_str().unwrap().len(), 64);
+    assert_eq!(
+        config["env"]["FLYBY_OWNER_HASH"].as_str().unwrap().len(),
+        64
+    );
     assert_eq!(config["env"]["FLYBY_TTL_SECS"], "120");
     assert_eq!(config["auto_destroy"], true);
     assert_eq!(config["restart"]["policy"], "no");
     assert_eq!(config["guest"]["memory_mb"], 256);
     assert_eq!(config["services"][0]["internal_port"], 8080);
     assert_eq!(config["services"][0]["autostart"], false);
-    assert_eq!(config["services"][0]["ports"][0]["http_options"]["replay_cache"][0]["name"], "flyby_owner");
+    assert_eq!(
+        config["services"][0]["ports"][0]["http_options"]["replay_cache"][0]["name"],
+        "flyby_owner"
+    );
     assert_eq!(config["checks"]["health"]["path"], "/health");
     assert_eq!(config["metadata"]["flyby"], "ephemeral");
     assert_eq!(config["metadata"]["flyby_launch"], launch.as_str());
 
     let handover = visitor.take_handover(&launch).await.unwrap();
-    assert!(handover.claim_url.starts_with(&visitor.machines("/m/")), "{}", handover.claim_url);
-    assert!(!handover.claim_url.contains(&handover.secret), "the secret is never in a URL");
-    assert!(!config.to_string().contains(&handover.secret), "the Machine knows only the hash");
+    assert!(
+        handover.claim_url.starts_with(&visitor.machines("/m/")),
+        "{}",
+        handover.claim_url
+    );
+    assert!(
+        !handover.claim_url.contains(&handover.secret),
+        "the secret is never in a URL"
+    );
+    assert!(
+        !config.to_string().contains(&handover.secret),
+        "the Machine knows only the hash"
+    );
     // The hand-over is given once.
-    assert!(matches!(visitor.take_handover(&launch).await, Err(AppError::BadRequest(_))));
+    assert!(matches!(
+        visitor.take_handover(&launch).await,
+        Err(AppError::BadRequest(_))
+    ));
     let machine = visitor.claim(&handover).await;
     assert_eq!(machine.as_str(), m["id"].as_str().unwrap());
     platform.shutdown().await;
@@ -78,29 +112,58 @@ async fn every_kind_of_request_of_the_owner_reaches_their_machine_and_nobody_els
     // first reached the wrong Machine's proxy route and still ended on the right one.
     let rerouted = |stats: serde_json::Value| {
         let c = &stats["counters"];
-        c["proxy.replays.delivered"].as_u64().unwrap_or(0) + c["proxy.replay_cache.hits"].as_u64().unwrap_or(0)
+        c["proxy.replays.delivered"].as_u64().unwrap_or(0)
+            + c["proxy.replay_cache.hits"].as_u64().unwrap_or(0)
     };
     let rerouted_before = rerouted(api.stats().await);
 
     for (visitor, mine, theirs) in [(&alice, a, b), (&bob, b, a)] {
-        let page = visitor.client().get(visitor.machines(&format!("/m/{mine}"))).send().await.unwrap();
+        let page = visitor
+            .client()
+            .get(visitor.machines(&format!("/m/{mine}")))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(page.status(), 200);
         assert_eq!(answered_by(&page), mine.as_str(), "page");
         let html = page.text().await.unwrap();
         assert!(html.contains(mine.as_str()) && !html.contains(theirs.as_str()));
 
-        let css = visitor.client().get(visitor.machines("/pkg/flyby.css")).send().await.unwrap();
-        assert_eq!((css.status(), answered_by(&css)), (StatusCode::OK, mine.to_string()), "static file");
+        let css = visitor
+            .client()
+            .get(visitor.machines("/pkg/flyby.css"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            (css.status(), answered_by(&css)),
+            (StatusCode::OK, mine.to_string()),
+            "static file"
+        );
 
-        let call = visitor.client().post(visitor.machines("/api/machine")).send().await.unwrap();
+        let call = visitor
+            .client()
+            .post(visitor.machines("/api/machine"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(call.status(), 200);
         assert_eq!(answered_by(&call), mine.as_str(), "server function");
         let about: serde_json::Value = call.json().await.unwrap();
         assert_eq!(about["id"], mine.as_str());
 
-        let (mut ws, handshake) = visitor.websocket_with_response(&visitor.machines("/api/channel")).await.unwrap();
-        assert_eq!(handshake.headers()["flyby-machine"], mine.as_str(), "WebSocket");
-        ws.send(frame(&ClientMessage::Ping { seq: 7 })).await.unwrap();
+        let (mut ws, handshake) = visitor
+            .websocket_with_response(&visitor.machines("/api/channel"))
+            .await
+            .unwrap();
+        assert_eq!(
+            handshake.headers()["flyby-machine"],
+            mine.as_str(),
+            "WebSocket"
+        );
+        ws.send(frame(&ClientMessage::Ping { seq: 7 }))
+            .await
+            .unwrap();
         let mut ponged = false;
         while let Some(Ok(message)) = ws.next().await {
             if let Some(ServerMessage::Pong { seq }) = unframe(message) {
@@ -112,27 +175,67 @@ async fn every_kind_of_request_of_the_owner_reaches_their_machine_and_nobody_els
         assert!(ponged, "the owner's WebSocket answers");
 
         // The other visitor's page, by its URL: refused, before any Leptos code.
-        let theirs_page = visitor.client().get(visitor.machines(&format!("/m/{theirs}"))).send().await.unwrap();
+        let theirs_page = visitor
+            .client()
+            .get(visitor.machines(&format!("/m/{theirs}")))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(theirs_page.status(), StatusCode::FORBIDDEN);
-        assert_eq!(answered_by(&theirs_page), theirs.as_str(), "refused by the Machine it names");
+        assert_eq!(
+            answered_by(&theirs_page),
+            theirs.as_str(),
+            "refused by the Machine it names"
+        );
     }
     let rerouted_after = rerouted(api.stats().await);
-    assert!(rerouted_after >= rerouted_before + 8, "wrong-first rerouted every request: {rerouted_before} -> {rerouted_after}");
+    assert!(
+        rerouted_after >= rerouted_before + 8,
+        "wrong-first rerouted every request: {rerouted_before} -> {rerouted_after}"
+    );
 
     // A stranger with no cookie: refused on each kind of request.
     let stranger = Visitor::new(&platform, "198.51.100.9");
-    for path in [format!("/m/{a}"), "/pkg/flyby.css".into(), "/".into(), "/favicon.ico".into()] {
-        let r = stranger.client().get(stranger.machines(&path)).send().await.unwrap();
+    for path in [
+        format!("/m/{a}"),
+        "/pkg/flyby.css".into(),
+        "/".into(),
+        "/favicon.ico".into(),
+    ] {
+        let r = stranger
+            .client()
+            .get(stranger.machines(&path))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::FORBIDDEN, "{path}");
     }
-    let call = stranger.client().post(stranger.machines("/api/machine")).send().await.unwrap();
+    let call = stranger
+        .client()
+        .post(stranger.machines("/api/machine"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(call.status(), StatusCode::FORBIDDEN);
-    assert!(stranger.try_websocket(&stranger.machines("/api/channel")).await.is_err(), "no WebSocket for strangers");
+    assert!(
+        stranger
+            .try_websocket(&stranger.machines("/api/channel"))
+            .await
+            .is_err(),
+        "no WebSocket for strangers"
+    );
     platform.shutdown().await;
 }
 
 /// Launches and claims a Machine for a visitor of a platform started with `env`.
-async fn owned_machine(env: &[&str]) -> (flyby::local::RunningPlatform, Api, Visitor, flyby::fly::MachineId) {
+async fn owned_machine(
+    env: &[&str],
+) -> (
+    flyby::local::RunningPlatform,
+    Api,
+    Visitor,
+    flyby::fly::MachineId,
+) {
     let args: Vec<String> = env.iter().map(|e| format!("--launcher-env={e}")).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let platform = local::start(&args).await;
@@ -153,10 +256,30 @@ async fn the_end_of_the_show_destroys_the_machine() {
         }
     }
     use flyby::app::ephemeral::{EndReason, PhaseView};
-    assert!(matches!(phases.first(), Some(PhaseView::Showing { .. })), "{phases:?}");
-    assert!(phases.contains(&PhaseView::SwitchingOff { reason: EndReason::ShowOver }), "{phases:?}");
-    assert_eq!(phases.last(), Some(&PhaseView::Ended { reason: EndReason::ShowOver }), "{phases:?}");
-    assert!(phases.iter().filter(|p| matches!(p, PhaseView::Ended { .. })).count() == 1);
+    assert!(
+        matches!(phases.first(), Some(PhaseView::Showing { .. })),
+        "{phases:?}"
+    );
+    assert!(
+        phases.contains(&PhaseView::SwitchingOff {
+            reason: EndReason::ShowOver
+        }),
+        "{phases:?}"
+    );
+    assert_eq!(
+        phases.last(),
+        Some(&PhaseView::Ended {
+            reason: EndReason::ShowOver
+        }),
+        "{phases:?}"
+    );
+    assert!(
+        phases
+            .iter()
+            .filter(|p| matches!(p, PhaseView::Ended { .. }))
+            .count()
+            == 1
+    );
     api.wait_destroyed(machine).await;
     assert!(api.machines().await.is_empty());
     platform.shutdown().await;
@@ -165,7 +288,12 @@ async fn the_end_of_the_show_destroys_the_machine() {
 #[tokio::test]
 async fn the_owners_button_destroys_the_machine() {
     let (platform, api, visitor, machine) = owned_machine(&[]).await;
-    let r = visitor.client().post(visitor.machines("/api/switch-off")).send().await.unwrap();
+    let r = visitor
+        .client()
+        .post(visitor.machines("/api/switch-off"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     api.wait_destroyed(machine).await;
     platform.shutdown().await;
@@ -173,7 +301,8 @@ async fn the_owners_button_destroys_the_machine() {
 
 #[tokio::test]
 async fn the_ttl_destroys_the_machine() {
-    let (platform, api, _visitor, machine) = owned_machine(&["FLYBY_TTL_SECS=10", "FLYBY_SHOW_SECS=600"]).await;
+    let (platform, api, _visitor, machine) =
+        owned_machine(&["FLYBY_TTL_SECS=10", "FLYBY_SHOW_SECS=600"]).await;
     api.wait_destroyed(machine).await;
     platform.shutdown().await;
 }
@@ -185,7 +314,8 @@ async fn a_machine_nobody_claims_destroys_itself() {
     let visitor = Visitor::new(&platform, "203.0.113.1");
     let launch = visitor.start_launch().await.unwrap();
     assert_eq!(visitor.follow_launch(&launch).await.outcome, Some(Ok(())));
-    let machine = flyby::fly::MachineId::parse(api.machines().await[0]["id"].as_str().unwrap()).unwrap();
+    let machine =
+        flyby::fly::MachineId::parse(api.machines().await[0]["id"].as_str().unwrap()).unwrap();
     api.wait_destroyed(machine).await;
     platform.shutdown().await;
 }
@@ -193,7 +323,12 @@ async fn a_machine_nobody_claims_destroys_itself() {
 #[tokio::test]
 async fn a_stop_signal_destroys_the_machine() {
     let (platform, api, _visitor, machine) = owned_machine(&[]).await;
-    let r = api.post(&format!("/v1/apps/flyby-machines/machines/{machine}/stop"), json!({"signal": "SIGTERM"})).await;
+    let r = api
+        .post(
+            &format!("/v1/apps/flyby-machines/machines/{machine}/stop"),
+            json!({"signal": "SIGTERM"}),
+        )
+        .await;
     assert!(r.status().is_success(), "{}", r.status());
     api.wait_destroyed(machine).await;
     platform.shutdown().await;
@@ -207,7 +342,12 @@ async fn a_stale_pin_ends_on_the_gone_page_not_a_5xx() {
     let bob = Visitor::new(&platform, "203.0.113.2");
     let a = alice.launch_and_claim().await;
     let _b = bob.launch_and_claim().await;
-    alice.client().post(alice.machines("/api/switch-off")).send().await.unwrap();
+    alice
+        .client()
+        .post(alice.machines("/api/switch-off"))
+        .send()
+        .await
+        .unwrap();
     api.wait_destroyed(a).await;
     // Alice reloads her page: Bob's Machine gets it, its replay to Alice's fails, and Alice is
     // sent to the launcher's "gone" page with her cookie cleared.
@@ -219,12 +359,25 @@ async fn a_stale_pin_ends_on_the_gone_page_not_a_5xx() {
         .await
         .unwrap();
     assert_eq!(page.status(), StatusCode::SEE_OTHER);
-    assert_eq!(page.headers()[header::LOCATION], alice.launcher("/gone").as_str());
-    let gone = alice.client().get(alice.launcher("/gone")).send().await.unwrap();
+    assert_eq!(
+        page.headers()[header::LOCATION],
+        alice.launcher("/gone").as_str()
+    );
+    let gone = alice
+        .client()
+        .get(alice.launcher("/gone"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(gone.status(), 200);
     assert!(gone.text().await.unwrap().contains("Your Machine is gone"));
     // Her server functions get a typed error.
-    let call = alice.client().post(alice.machines("/api/machine")).send().await.unwrap();
+    let call = alice
+        .client()
+        .post(alice.machines("/api/machine"))
+        .send()
+        .await
+        .unwrap();
     assert!(call.status().is_client_error(), "{}", call.status());
     platform.shutdown().await;
 }
@@ -247,12 +400,21 @@ async fn the_launcher_refuses_a_cross_site_launch() {
 
 #[tokio::test]
 async fn each_visitor_has_a_launch_budget() {
-    let platform = local::start(&["--launcher-env=FLYBY_LAUNCHES_PER_MINUTE=1", "--launchers=1"]).await;
+    let platform = local::start(&[
+        "--launcher-env=FLYBY_LAUNCHES_PER_MINUTE=1",
+        "--launchers=1",
+    ])
+    .await;
     let visitor = Visitor::new(&platform, "203.0.113.1");
     visitor.launch_and_claim().await;
-    assert!(matches!(visitor.start_launch().await, Err(AppError::TooManyLaunches { .. })));
+    assert!(matches!(
+        visitor.start_launch().await,
+        Err(AppError::TooManyLaunches { .. })
+    ));
     // Another visitor, another budget.
-    Visitor::new(&platform, "203.0.113.2").launch_and_claim().await;
+    Visitor::new(&platform, "203.0.113.2")
+        .launch_and_claim()
+        .await;
     platform.shutdown().await;
 }
 
@@ -263,21 +425,30 @@ async fn failed_launch(fault: serde_json::Value) -> AppError {
     api.fault(fault).await;
     let visitor = Visitor::new(&platform, "203.0.113.1");
     let launch = visitor.start_launch().await.unwrap();
-    let outcome = visitor.follow_launch(&launch).await.outcome.expect("an outcome");
-    assert!(api.machines().await.is_empty(), "a failed launch left a Machine behind");
+    let outcome = visitor
+        .follow_launch(&launch)
+        .await
+        .outcome
+        .expect("an outcome");
+    assert!(
+        api.machines().await.is_empty(),
+        "a failed launch left a Machine behind"
+    );
     platform.shutdown().await;
     outcome.unwrap_err()
 }
 
 #[tokio::test]
 async fn a_failing_create_is_reported_and_leaves_nothing() {
-    let error = failed_launch(json!({"kind": "api", "action": "create", "count": 50, "status": 500})).await;
+    let error =
+        failed_launch(json!({"kind": "api", "action": "create", "count": 50, "status": 500})).await;
     assert_eq!(error, AppError::FlyApiUnavailable);
 }
 
 #[tokio::test]
 async fn a_rate_limited_create_is_reported_and_leaves_nothing() {
-    let error = failed_launch(json!({"kind": "api", "action": "create", "count": 50, "status": 429})).await;
+    let error =
+        failed_launch(json!({"kind": "api", "action": "create", "count": 50, "status": 429})).await;
     assert_eq!(error, AppError::FlyApiUnavailable);
 }
 
@@ -321,7 +492,9 @@ async fn concurrent_launches_never_exceed_the_cap() {
         }
         peak
     });
-    let visitors: Vec<Visitor> = (0..20).map(|i| Visitor::new(&platform, &format!("203.0.113.{}", i + 10))).collect();
+    let visitors: Vec<Visitor> = (0..20)
+        .map(|i| Visitor::new(&platform, &format!("203.0.113.{}", i + 10)))
+        .collect();
     let outcomes = futures::future::join_all(visitors.iter().map(|v| async move {
         let id = v.start_launch().await?;
         v.follow_launch(&id).await.outcome.expect("an outcome")
@@ -329,7 +502,10 @@ async fn concurrent_launches_never_exceed_the_cap() {
     .await;
     println!("{outcomes:?}");
     let launched = outcomes.iter().filter(|o| o.is_ok()).count();
-    let capacity = outcomes.iter().filter(|o| matches!(o, Err(AppError::CapacityReached { cap: 8 }))).count();
+    let capacity = outcomes
+        .iter()
+        .filter(|o| matches!(o, Err(AppError::CapacityReached { cap: 8 })))
+        .count();
     println!("20 concurrent launches, cap 8: {launched} launched, {capacity} capacity reached");
     assert_eq!(launched, 8);
     assert_eq!(launched + capacity, 20, "{outcomes:?}");
@@ -342,7 +518,11 @@ async fn concurrent_launches_never_exceed_the_cap() {
 async fn the_reaper_destroys_an_over_age_machine() {
     let platform = local::start(&[]).await;
     let api = Api::new(&platform);
-    let long_ago = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() - 3600;
+    let long_ago = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 3600;
     let created = api
         .post(
             "/v1/apps/flyby-machines/machines",

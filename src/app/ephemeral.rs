@@ -279,6 +279,11 @@ mod live {
                             }
                             ended = matches!(p, PhaseView::Ended { .. });
                             phase.set(p);
+                            // Stop reading at the announced end: the close that follows would
+                            // only be logged as an error by the WebSocket client.
+                            if ended {
+                                break;
+                            }
                         }
                         Err(_) => break,
                     }

@@ -57,7 +57,10 @@ impl AppError {
 /// Leptos' blanket 500.
 #[cfg(feature = "ssr")]
 pub fn reply<T>(result: Result<T, AppError>) -> Result<T, AppError> {
-    if let (Err(error), Some(response)) = (&result, leptos::prelude::use_context::<leptos_axum::ResponseOptions>()) {
+    if let (Err(error), Some(response)) = (
+        &result,
+        leptos::prelude::use_context::<leptos_axum::ResponseOptions>(),
+    ) {
         if let Ok(status) = http::StatusCode::from_u16(error.status()) {
             response.set_status(status);
         }

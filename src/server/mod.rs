@@ -12,7 +12,7 @@
 //!   and the timeline that ends with the process exiting.
 //! - [`launcher`], [`fly_api`]: the launcher role: launches through the Machines API, the
 //!   tracker of Machines alive and its reaper, limits, metrics.
-//! - [`telemetry`]: logs.
+//! - [`telemetry`]: the logs, one line per request.
 
 pub mod affinity;
 pub mod config;
@@ -195,7 +195,10 @@ pub fn router(
     let gone_url = ephemeral.as_ref().and_then(|m| m.gone_url());
     // Which Machine answered: lets a visitor (and the tests) see affinity at work. A Machine id
     // is no secret; it is in every visitor's URL already.
-    let answered_by = config.fly.machine_id.and_then(|id| http::HeaderValue::from_str(id.as_str()).ok());
+    let answered_by = config
+        .fly
+        .machine_id
+        .and_then(|id| http::HeaderValue::from_str(id.as_str()).ok());
     router
         .leptos_routes_with_context(&options, routes, context, {
             let options = options.clone();
@@ -206,7 +209,10 @@ pub fn router(
         }))
         .with_state(options)
         .layer(AffinityLayer::new(here, gone_url.as_deref()))
-        .layer(SetResponseHeaderLayer::if_not_present(MACHINE_HEADER, answered_by))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            MACHINE_HEADER,
+            answered_by,
+        ))
         .layer(axum::middleware::from_fn(telemetry::log_request))
 }
 

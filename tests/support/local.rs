@@ -35,7 +35,9 @@ pub async fn start(extra: &[&str]) -> RunningPlatform {
         format!("--api-token={TOKEN}"),
     ];
     argv.extend(extra.iter().map(|s| s.to_string()));
-    local::start(Args::try_parse_from(argv).expect("flyby-local arguments")).await.expect("flyby-local starts")
+    local::start(Args::try_parse_from(argv).expect("flyby-local arguments"))
+        .await
+        .expect("flyby-local starts")
 }
 
 use clap::Parser;
@@ -48,7 +50,10 @@ pub struct Api {
 
 impl Api {
     pub fn new(platform: &RunningPlatform) -> Self {
-        Api { base: format!("http://{}", platform.api_addr()), http: reqwest::Client::new() }
+        Api {
+            base: format!("http://{}", platform.api_addr()),
+            http: reqwest::Client::new(),
+        }
     }
 
     /// The visitors' Machines that are not destroyed, from the admin endpoint (which is not
@@ -69,7 +74,10 @@ impl Api {
 
     pub async fn machine(&self, id: MachineId) -> serde_json::Value {
         self.http
-            .get(format!("{}/v1/apps/{EPHEMERAL_APP}/machines/{id}", self.base))
+            .get(format!(
+                "{}/v1/apps/{EPHEMERAL_APP}/machines/{id}",
+                self.base
+            ))
             .bearer_auth(TOKEN)
             .send()
             .await
@@ -83,7 +91,10 @@ impl Api {
     pub async fn wait_destroyed(&self, id: MachineId) {
         let status = self
             .http
-            .get(format!("{}/v1/apps/{EPHEMERAL_APP}/machines/{id}/wait?state=destroyed&timeout=60", self.base))
+            .get(format!(
+                "{}/v1/apps/{EPHEMERAL_APP}/machines/{id}/wait?state=destroyed&timeout=60",
+                self.base
+            ))
             .bearer_auth(TOKEN)
             .send()
             .await
@@ -93,16 +104,36 @@ impl Api {
     }
 
     pub async fn fault(&self, fault: serde_json::Value) {
-        let status = self.http.post(format!("{}/_local/faults", self.base)).json(&fault).send().await.unwrap().status();
+        let status = self
+            .http
+            .post(format!("{}/_local/faults", self.base))
+            .json(&fault)
+            .send()
+            .await
+            .unwrap()
+            .status();
         assert!(status.is_success(), "arming {fault}: {status}");
     }
 
     pub async fn stats(&self) -> serde_json::Value {
-        self.http.get(format!("{}/_local/stats", self.base)).send().await.unwrap().json().await.unwrap()
+        self.http
+            .get(format!("{}/_local/stats", self.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 
     pub async fn post(&self, path: &str, body: serde_json::Value) -> reqwest::Response {
-        self.http.post(format!("{}{path}", self.base)).bearer_auth(TOKEN).json(&body).send().await.unwrap()
+        self.http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
     }
 }
 
@@ -131,7 +162,12 @@ impl Visitor {
             .default_headers(headers)
             .build()
             .unwrap();
-        Visitor { http, jar, proxy, ip: ip.to_owned() }
+        Visitor {
+            http,
+            jar,
+            proxy,
+            ip: ip.to_owned(),
+        }
     }
 
     pub fn launcher(&self, path: &str) -> String {
@@ -139,7 +175,10 @@ impl Visitor {
     }
 
     pub fn machines(&self, path: &str) -> String {
-        format!("http://flyby-machines.localhost:{}{path}", self.proxy.port())
+        format!(
+            "http://flyby-machines.localhost:{}{path}",
+            self.proxy.port()
+        )
     }
 
     pub fn client(&self) -> &reqwest::Client {
@@ -147,7 +186,11 @@ impl Visitor {
     }
 
     /// Calls a server function of the launcher the way the page does (same-origin POST).
-    pub async fn call<T: DeserializeOwned>(&self, endpoint: &str, form: &impl Serialize) -> Called<T> {
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        endpoint: &str,
+        form: &impl Serialize,
+    ) -> Called<T> {
         let response = self
             .http
             .post(self.launcher(&format!("/api/{endpoint}")))
@@ -161,8 +204,12 @@ impl Visitor {
         if status.is_success() {
             Ok(serde_json::from_str(&body).unwrap_or_else(|e| panic!("{endpoint}: {e}: {body}")))
         } else {
-            assert!(status.is_client_error(), "{endpoint}: a server error is never an answer: {status} {body}");
-            Err(serde_json::from_str(&body).unwrap_or_else(|e| panic!("{endpoint}: {e}: {status} {body}")))
+            assert!(
+                status.is_client_error(),
+                "{endpoint}: a server error is never an answer: {status} {body}"
+            );
+            Err(serde_json::from_str(&body)
+                .unwrap_or_else(|e| panic!("{endpoint}: {e}: {status} {body}")))
         }
     }
 
@@ -179,8 +226,13 @@ impl Visitor {
         let mut ws = self.websocket(&self.launcher("/api/launch-progress")).await;
         ws.send(frame(&id)).await.unwrap();
         let mut last = None;
-        while let Some(message) = tokio::time::timeout(Duration::from_secs(90), ws.next()).await.expect("launch progress") {
-            let Some(progress) = unframe::<LaunchProgress>(message.unwrap()) else { continue };
+        while let Some(message) = tokio::time::timeout(Duration::from_secs(90), ws.next())
+            .await
+            .expect("launch progress")
+        {
+            let Some(progress) = unframe::<LaunchProgress>(message.unwrap()) else {
+                continue;
+            };
             let done = progress.outcome.is_some();
             last = Some(progress);
             if done {
@@ -197,7 +249,13 @@ impl Visitor {
     /// Posts the secret to the claim URL, as the launcher's page does; the owner cookie lands
     /// in the jar.
     pub async fn claim(&self, handover: &Handover) -> MachineId {
-        let response = self.http.post(&handover.claim_url).form(&[("secret", &handover.secret)]).send().await.unwrap();
+        let response = self
+            .http
+            .post(&handover.claim_url)
+            .form(&[("secret", &handover.secret)])
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), 303, "claim");
         let location = response.headers()[header::LOCATION].to_str().unwrap();
         MachineId::parse(location.trim_start_matches("/m/")).unwrap()
@@ -207,20 +265,32 @@ impl Visitor {
     pub async fn launch_and_claim(&self) -> MachineId {
         let id = self.start_launch().await.expect("launch accepted");
         let progress = self.follow_launch(&id).await;
-        assert_eq!(progress.outcome, Some(Ok(())), "launch failed: {progress:?}");
+        assert_eq!(
+            progress.outcome,
+            Some(Ok(())),
+            "launch failed: {progress:?}"
+        );
         let handover = self.take_handover(&id).await.expect("hand-over");
         self.claim(&handover).await
     }
 
     /// Opens a WebSocket with this visitor's cookies for that URL.
-    pub async fn websocket(&self, url: &str) -> WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>> {
-        self.try_websocket(url).await.unwrap_or_else(|e| panic!("WebSocket {url}: {e}"))
+    pub async fn websocket(
+        &self,
+        url: &str,
+    ) -> WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>> {
+        self.try_websocket(url)
+            .await
+            .unwrap_or_else(|e| panic!("WebSocket {url}: {e}"))
     }
 
     pub async fn try_websocket(
         &self,
         url: &str,
-    ) -> Result<WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>, tokio_tungstenite::tungstenite::Error> {
+    ) -> Result<
+        WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>,
+        tokio_tungstenite::tungstenite::Error,
+    > {
         let (ws, _) = self.websocket_with_response(url).await?;
         Ok(ws)
     }
@@ -230,7 +300,10 @@ impl Visitor {
         &self,
         url: &str,
     ) -> Result<
-        (WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>, tokio_tungstenite::tungstenite::handshake::client::Response),
+        (
+            WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>,
+            tokio_tungstenite::tungstenite::handshake::client::Response,
+        ),
         tokio_tungstenite::tungstenite::Error,
     > {
         let ws_url = url.replacen("http://", "ws://", 1);
@@ -238,7 +311,9 @@ impl Visitor {
         if let Some(cookies) = self.jar.cookies(&url.parse().unwrap()) {
             request.headers_mut().insert(header::COOKIE, cookies);
         }
-        request.headers_mut().insert("flyby-local-client-ip", self.ip.parse().unwrap());
+        request
+            .headers_mut()
+            .insert("flyby-local-client-ip", self.ip.parse().unwrap());
         let tcp = tokio::net::TcpStream::connect(self.proxy).await.unwrap();
         tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(tcp)).await
     }
@@ -253,7 +328,9 @@ pub fn frame(value: &impl Serialize) -> Message {
 
 /// The value of an Ok message of a Leptos WebSocket server function; `None` for other frames.
 pub fn unframe<T: DeserializeOwned>(message: Message) -> Option<T> {
-    let Message::Binary(bytes) = message else { return None };
+    let Message::Binary(bytes) = message else {
+        return None;
+    };
     let (tag, json) = bytes.split_first()?;
     assert_eq!(*tag, 0, "an error frame: {}", String::from_utf8_lossy(json));
     Some(serde_json::from_slice(json).unwrap())

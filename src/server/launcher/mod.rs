@@ -437,7 +437,8 @@ impl Launcher {
                     Err(FlyApiError::RateLimited { retry_after }) if Instant::now() < patience => {
                         step(Step::WaitingForSlot);
                         let jitter = Duration::from_millis(rand::random::<u64>() % 500);
-                        tokio::time::sleep(retry_after.unwrap_or(Duration::from_secs(1)) + jitter).await;
+                        tokio::time::sleep(retry_after.unwrap_or(Duration::from_secs(1)) + jitter)
+                            .await;
                     }
                     other => break other,
                 }
@@ -461,9 +462,13 @@ impl Launcher {
         let mut reserved = self.reserved.lock().expect("reserved lock");
         let free: Vec<String> = (0..self.settings.max_machines)
             .map(slot_name)
-            .filter(|n| !tried.contains(n) && !reserved.contains(n) && !alive.iter().any(|m| &m.name == n))
+            .filter(|n| {
+                !tried.contains(n) && !reserved.contains(n) && !alive.iter().any(|m| &m.name == n)
+            })
             .collect();
-        let name = free.get(rand::random::<u32>() as usize % free.len().max(1))?.clone();
+        let name = free
+            .get(rand::random::<u32>() as usize % free.len().max(1))?
+            .clone();
         reserved.insert(name.clone());
         Some(name)
     }
