@@ -11,7 +11,7 @@ export LEPTOS_OUTPUT_NAME := flyby
 SSR := --no-default-features --features ssr
 WASM := --lib --no-default-features --features hydrate --target wasm32-unknown-unknown
 
-.PHONY: run test setup-build setup-test build fmt-check lint unit e2e clean
+.PHONY: run test soak setup-build setup-test build fmt-check lint unit e2e clean
 
 ## Run the whole system locally: the local Fly platform with two launcher Machines.
 run: build
@@ -19,6 +19,10 @@ run: build
 
 ## Every check CI runs: format, lints, Rust tests, browser tests.
 test: setup-test fmt-check lint build unit e2e
+
+## The heavy load test (50 visitors, 200 launches, cap 8), kept out of `make test`.
+soak: build
+	cargo test --release $(SSR) --test soak -- --ignored --nocapture
 
 setup-build:
 	scripts/setup build

@@ -46,14 +46,45 @@ use clap::Parser;
 pub struct Api {
     base: String,
     http: reqwest::Client,
+    /// The bearer token of the `/v1` calls.
+    token: String,
 }
 
 impl Api {
     pub fn new(platform: &RunningPlatform) -> Self {
+        Self::at(platform.api_addr())
+    }
+
+    pub fn at(api: SocketAddr) -> Self {
+        Self::with_token(api, TOKEN)
+    }
+
+    pub fn with_token(api: SocketAddr, token: &str) -> Self {
         Api {
-            base: format!("http://{}", platform.api_addr()),
+            base: format!("http://{api}"),
             http: reqwest::Client::new(),
+            token: token.to_owned(),
         }
+    }
+
+    /// Waits until no visitor Machine is left (bounded: a broken build fails instead of
+    /// hanging). Each Machine found is awaited with the API's event-driven `wait`; the list is
+    /// read again in case one appeared meanwhile.
+    pub async fn until_no_machines(&self) {
+        for _ in 0..10 {
+            let machines = self.machines().await;
+            if machines.is_empty() {
+                return;
+            }
+            for m in machines {
+                self.wait_destroyed(MachineId::parse(m["id"].as_str().unwrap()).unwrap())
+                    .await;
+            }
+        }
+        panic!(
+            "visitor Machines keep appearing: {:?}",
+            self.machines().await
+        );
     }
 
     /// The visitors' Machines that are not destroyed, from the admin endpoint (which is not
@@ -78,7 +109,7 @@ impl Api {
                 "{}/v1/apps/{EPHEMERAL_APP}/machines/{id}",
                 self.base
             ))
-            .bearer_auth(TOKEN)
+            .bearer_auth(&self.token)
             .send()
             .await
             .unwrap()
@@ -95,7 +126,7 @@ impl Api {
                 "{}/v1/apps/{EPHEMERAL_APP}/machines/{id}/wait?state=destroyed&timeout=60",
                 self.base
             ))
-            .bearer_auth(TOKEN)
+            .bearer_auth(&self.token)
             .send()
             .await
             .unwrap()
@@ -115,6 +146,18 @@ impl Api {
         assert!(status.is_success(), "arming {fault}: {status}");
     }
 
+    /// Disarms every fault.
+    pub async fn clear_faults(&self) {
+        let status = self
+            .http
+            .delete(format!("{}/_local/faults", self.base))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert!(status.is_success(), "clearing faults: {status}");
+    }
+
     pub async fn stats(&self) -> serde_json::Value {
         self.http
             .get(format!("{}/_local/stats", self.base))
@@ -129,7 +172,7 @@ impl Api {
     pub async fn post(&self, path: &str, body: serde_json::Value) -> reqwest::Response {
         self.http
             .post(format!("{}{path}", self.base))
-            .bearer_auth(TOKEN)
+            .bearer_auth(&self.token)
             .json(&body)
             .send()
             .await
@@ -150,7 +193,11 @@ pub type Called<T> = Result<T, AppError>;
 
 impl Visitor {
     pub fn new(platform: &RunningPlatform, ip: &str) -> Self {
-        let proxy = platform.proxy_addr();
+        Self::at(platform.proxy_addr(), ip)
+    }
+
+    /// A visitor of the proxy at `proxy` (for a platform running as a separate process).
+    pub fn at(proxy: SocketAddr, ip: &str) -> Self {
         let jar = Arc::new(reqwest::cookie::Jar::default());
         let mut headers = header::HeaderMap::new();
         headers.insert("flyby-local-client-ip", ip.parse().unwrap());
@@ -183,6 +230,16 @@ impl Visitor {
 
     pub fn client(&self) -> &reqwest::Client {
         &self.http
+    }
+
+    /// The value of one of this visitor's cookies for `url`, as the browser holds it.
+    pub fn cookie(&self, url: &str, name: &str) -> Option<String> {
+        let header = self.jar.cookies(&url.parse().unwrap())?;
+        header
+            .to_str()
+            .unwrap()
+            .split("; ")
+            .find_map(|pair| pair.strip_prefix(&format!("{name}=")).map(str::to_owned))
     }
 
     /// Calls a server function of the launcher the way the page does (same-origin POST).

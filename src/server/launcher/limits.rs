@@ -40,6 +40,13 @@ impl TokenBucket {
         }
     }
 
+    /// Makes every taker wait `pause` longer: the API said (429) that callers sharing its
+    /// limit, such as other launcher Machines, used the budget this bucket thought it had.
+    pub fn pause(&self, pause: Duration) {
+        let mut state = self.state.lock().expect("bucket lock");
+        state.0 = state.0.min(0.0) - pause.as_secs_f64() * self.rate;
+    }
+
     /// Waits for a token; `on_wait` runs once if the caller has to wait.
     pub async fn take(&self, on_wait: impl FnOnce()) {
         let mut on_wait = Some(on_wait);
@@ -113,6 +120,14 @@ mod tests {
         bucket.take(|| waited = true).await;
         assert!(waited);
         assert!(Instant::now() - before >= Duration::from_millis(999));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_holds_every_taker_back() {
+        let bucket = TokenBucket::new(1.0, 3);
+        bucket.pause(Duration::from_secs(2));
+        let wait = bucket.try_take().unwrap_err();
+        assert_eq!(wait, Duration::from_secs(3));
     }
 
     #[tokio::test(start_paused = true)]

@@ -55,7 +55,7 @@ pub const METADATA_ROLE: (&str, &str) = ("flyby", "ephemeral");
 const LAUNCH_DEADLINE: Duration = Duration::from_secs(60);
 /// How long a launch waits out the Machines API's rate limit before telling the visitor the
 /// API is too busy.
-const RATE_LIMIT_PATIENCE: Duration = Duration::from_secs(15);
+const RATE_LIMIT_PATIENCE: Duration = Duration::from_secs(45);
 /// How long the launch pin lives: a launch, and a little more for the hand-over.
 const PIN_LIFETIME: Duration = Duration::from_secs(90);
 /// How long a finished launch stays available to its watcher and hand-over.
@@ -435,10 +435,11 @@ impl Launcher {
                 request.name = Some(name.clone());
                 match self.api.create(&self.ephemeral_app, request).await {
                     Err(FlyApiError::RateLimited { retry_after }) if Instant::now() < patience => {
+                        // Other launchers spent the app's budget: hold back every launch of
+                        // this one, not just this launch, then queue again.
                         step(Step::WaitingForSlot);
-                        let jitter = Duration::from_millis(rand::random::<u64>() % 500);
-                        tokio::time::sleep(retry_after.unwrap_or(Duration::from_secs(1)) + jitter)
-                            .await;
+                        self.creates
+                            .pause(retry_after.unwrap_or(Duration::from_secs(1)));
                     }
                     other => break other,
                 }

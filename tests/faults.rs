@@ -1,0 +1,158 @@
+//! The platform failing under a visitor: the Machines API slow or refusing connections, a
+//! Machine crashing mid-visit, a launcher killed mid-launch, the proxy losing a Machine. For
+//! each, what the visitor gets (a specific message or page, never a raw 5xx), and no Machine
+//! left behind.
+#![cfg(feature = "ssr")]
+
+mod support;
+
+use flyby::app::AppError;
+use reqwest::{header, StatusCode};
+use serde_json::json;
+use support::local::{self, Api, Visitor};
+
+async fn failed_launch(extra: &[&str], fault: serde_json::Value) -> AppError {
+    let platform = local::start(extra).await;
+    let api = Api::new(&platform);
+    api.fault(fault).await;
+    let visitor = Visitor::new(&platform, "203.0.113.1");
+    let launch = visitor.start_launch().await.unwrap();
+    let outcome = visitor
+        .follow_launch(&launch)
+        .await
+        .outcome
+        .expect("an outcome");
+    assert!(
+        api.machines().await.is_empty(),
+        "a failed launch left a Machine behind"
+    );
+    // Once the API recovers, the launcher works for the next visitor.
+    api.clear_faults().await;
+    Visitor::new(&platform, "203.0.113.2")
+        .launch_and_claim()
+        .await;
+    platform.shutdown().await;
+    outcome.unwrap_err()
+}
+
+#[tokio::test]
+async fn a_machines_api_slower_than_its_timeout_is_reported_and_leaves_nothing() {
+    // Every `wait` hangs for longer than the launcher will wait for it.
+    let error = failed_launch(
+        &[],
+        json!({"kind": "api", "action": "wait", "count": 20, "delay_ms": 120_000}),
+    )
+    .await;
+    assert_eq!(error, AppError::FlyApiUnavailable);
+}
+
+#[tokio::test]
+async fn a_machines_api_refusing_connections_is_reported_and_leaves_nothing() {
+    let error = failed_launch(
+        &[],
+        json!({"kind": "api", "action": "create", "count": 50, "refuse": true}),
+    )
+    .await;
+    assert_eq!(error, AppError::FlyApiUnavailable);
+}
+
+/// Two visitors with a Machine each; the second keeps the ephemeral app answering.
+async fn two_owners(
+    extra: &[&str],
+) -> (
+    flyby::local::RunningPlatform,
+    Api,
+    Visitor,
+    flyby::fly::MachineId,
+) {
+    let platform = local::start(extra).await;
+    let api = Api::new(&platform);
+    let alice = Visitor::new(&platform, "203.0.113.1");
+    let bob = Visitor::new(&platform, "203.0.113.2");
+    let a = alice.launch_and_claim().await;
+    bob.launch_and_claim().await;
+    (platform, api, alice, a)
+}
+
+#[tokio::test]
+async fn a_machine_crashing_mid_visit_ends_on_the_gone_page_and_is_destroyed() {
+    let (platform, api, alice, a) = two_owners(&[]).await;
+    api.fault(json!({"kind": "crash", "machine": a.to_string()}))
+        .await;
+    api.wait_destroyed(a).await;
+    // Her page's server function gets a typed error (and her cookie is cleared)...
+    let call = alice
+        .client()
+        .post(alice.machines("/api/machine"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(call.status(), StatusCode::GONE);
+    assert_eq!(call.text().await.unwrap(), "\"MachineGone\"");
+    // ... and reloading her page ends on the launcher's "gone" page.
+    let page = alice
+        .client()
+        .get(alice.machines(&format!("/m/{a}")))
+        .header(header::ACCEPT, "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        page.headers()[header::LOCATION],
+        alice.launcher("/gone").as_str()
+    );
+    platform.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_proxy_losing_a_machines_listener_ends_on_the_gone_page() {
+    let (platform, api, alice, a) = two_owners(&["--launcher-env=FLYBY_TTL_SECS=15"]).await;
+    api.fault(json!({"kind": "drop_listener", "machine": a.to_string()}))
+        .await;
+    let page = alice
+        .client()
+        .get(alice.machines(&format!("/m/{a}")))
+        .header(header::ACCEPT, "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::SEE_OTHER, "not a 5xx");
+    assert_eq!(
+        page.headers()[header::LOCATION],
+        alice.launcher("/gone").as_str()
+    );
+    // The unreachable Machine still ends by itself at its TTL.
+    api.wait_destroyed(a).await;
+    platform.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_launcher_killed_mid_launch_leaves_no_machine_and_the_launcher_still_works() {
+    let platform = local::start(&["--launcher-env=FLYBY_CLAIM_SECS=5"]).await;
+    let api = Api::new(&platform);
+    let visitor = Visitor::new(&platform, "203.0.113.1");
+    // Slow the start down so the launch is surely in the middle when its launcher dies.
+    api.fault(json!({"kind": "api", "action": "wait", "count": 1, "delay_ms": 3_000}))
+        .await;
+    visitor.start_launch().await.unwrap();
+    let pinned = visitor
+        .cookie(&visitor.launcher("/"), "flyby_launch")
+        .expect("the launch pin");
+    api.fault(json!({"kind": "crash", "machine": pinned})).await;
+    // The Machine it may have created switches itself off when nobody claims it.
+    api.until_no_machines().await;
+    // The visitor's pin names a launcher that is gone (or restarted without the launch): the
+    // launcher still serves them, and a new launch works.
+    let page = visitor
+        .client()
+        .get(visitor.launcher("/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    Visitor::new(&platform, "203.0.113.2")
+        .launch_and_claim()
+        .await;
+    platform.shutdown().await;
+}

@@ -1,0 +1,115 @@
+//! Load: 50 visitors at once make 200 launch attempts against a cap of 8, with Fly-like API
+//! rate limits. Alive Machines, sampled every 50 ms, never exceed the cap; every attempt ends
+//! in a defined outcome; nothing answers 5xx; nothing is left at the end. Heavy: `make soak`
+//! runs it (`cargo test --release --features ssr --test soak -- --ignored --nocapture`).
+#![cfg(feature = "ssr")]
+
+mod support;
+
+use flyby::app::AppError;
+use std::{
+    collections::BTreeMap,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+use support::local::{self, Api, Visitor};
+
+const VISITORS: usize = 50;
+const ATTEMPTS_EACH: usize = 4;
+const CAP: usize = 8;
+
+#[tokio::test]
+#[ignore = "heavy: run by make soak"]
+async fn fifty_visitors_two_hundred_launches_never_exceed_the_cap_and_leave_nothing() {
+    let platform = local::start(&[
+        "--launcher-env=FLYBY_MAX_MACHINES=8",
+        "--launcher-env=FLYBY_SHOW_SECS=3",
+    ])
+    .await;
+    let api = Api::new(&platform);
+    let view = platform.platform();
+    let done = Arc::new(AtomicBool::new(false));
+    let sampling = {
+        let done = done.clone();
+        tokio::spawn(async move {
+            let (mut peak, mut samples) = (0, 0u64);
+            let mut ticks = tokio::time::interval(Duration::from_millis(50));
+            while !done.load(Ordering::Relaxed) {
+                ticks.tick().await;
+                let alive = view
+                    .registry
+                    .list("flyby-machines")
+                    .iter()
+                    .filter(|m| m.state != flyby::local::registry::MachineState::Destroyed)
+                    .count();
+                peak = peak.max(alive);
+                samples += 1;
+            }
+            (peak, samples)
+        })
+    };
+    let started = Instant::now();
+    let visitors: Vec<Visitor> = (0..VISITORS)
+        .map(|i| Visitor::new(&platform, &format!("10.9.{}.{}", i / 200, i % 200 + 1)))
+        .collect();
+    let outcomes: Vec<Vec<&'static str>> =
+        futures::future::join_all(visitors.iter().map(|v| async move {
+            let mut outcomes = Vec::new();
+            for _ in 0..ATTEMPTS_EACH {
+                let outcome = match v.start_launch().await {
+                    Err(AppError::TooManyLaunches { .. }) => "rate-limited",
+                    Err(other) => panic!("launch refused with {other:?}"),
+                    Ok(id) => match v.follow_launch(&id).await.outcome.expect("an outcome") {
+                        Ok(()) => {
+                            let handover = v.take_handover(&id).await.expect("hand-over");
+                            v.claim(&handover).await;
+                            // The owner is done at once: the slot frees for the next visitor.
+                            let off = v
+                                .client()
+                                .post(v.machines("/api/switch-off"))
+                                .send()
+                                .await
+                                .unwrap();
+                            assert!(off.status().is_success(), "switch-off: {}", off.status());
+                            "launched"
+                        }
+                        Err(AppError::CapacityReached { .. }) => "capacity",
+                        Err(other) => panic!("a launch ended with {other:?}"),
+                    },
+                };
+                outcomes.push(outcome);
+            }
+            outcomes
+        }))
+        .await;
+    let elapsed = started.elapsed();
+    api.until_no_machines().await;
+    done.store(true, Ordering::Relaxed);
+    let (peak, samples) = sampling.await.unwrap();
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for o in outcomes.iter().flatten() {
+        *counts.entry(o).or_default() += 1;
+    }
+    let stats = api.stats().await;
+    println!(
+        "soak: {VISITORS} visitors x {ATTEMPTS_EACH} attempts in {:.1} s: {counts:?}",
+        elapsed.as_secs_f64()
+    );
+    println!("soak: peak alive {peak} (cap {CAP}) over {samples} samples every 50 ms");
+    println!("soak: Machines API calls: {}", stats["counters"]);
+    assert_eq!(
+        counts.values().sum::<usize>(),
+        VISITORS * ATTEMPTS_EACH,
+        "every attempt has an outcome"
+    );
+    assert!(peak <= CAP, "peak {peak} > cap {CAP}");
+    assert!(
+        counts.get("launched").copied().unwrap_or(0) >= CAP,
+        "{counts:?}"
+    );
+    assert!(api.machines().await.is_empty());
+    platform.shutdown().await;
+}
