@@ -28,14 +28,14 @@ COPY end2end/package.json end2end/package-lock.json end2end/
 RUN --mount=type=cache,target=/root/.cache/cargo-install \
     CARGO_TARGET_DIR=/root/.cache/cargo-install scripts/setup build
 
-# Skeleton: the manifests plus an empty stand-in for every target's root file, the style file
-# and the assets folder, so that the dependency layer below is rebuilt only when the manifests
-# change, not on every edit of the sources.
+# Skeleton: the manifests and the Makefile, plus an empty stand-in for every target's root
+# file, the style file and the assets folder, so that the dependency layer below is rebuilt
+# only when those change, not on every edit of the sources.
 FROM tools AS skeleton
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 COPY . .
 RUN mkdir /skeleton \
-    && cp Cargo.toml Cargo.lock /skeleton/ \
+    && cp Cargo.toml Cargo.lock Makefile /skeleton/ \
     && cargo metadata --no-deps --format-version 1 | node -e ' \
         const path = require("path"); \
         const meta = JSON.parse(require("fs").readFileSync(0, "utf8")); \
