@@ -11,14 +11,14 @@ export LEPTOS_OUTPUT_NAME := flyby
 SSR := --no-default-features --features ssr
 WASM := --lib --no-default-features --features hydrate --target wasm32-unknown-unknown
 
-.PHONY: run test soak setup-build setup-test build fmt-check lint unit e2e clean
+.PHONY: run test soak setup-build setup-test build fmt-check lint deploy-check unit e2e clean
 
 ## Run the whole system locally: the local Fly platform with two launcher Machines.
 run: build
 	target/release/flyby-local
 
 ## Every check CI runs: format, lints, Rust tests, browser tests.
-test: setup-test fmt-check lint build unit e2e
+test: setup-test fmt-check lint build deploy-check unit e2e
 
 ## The heavy load test (50 visitors, 200 launches, cap 8), kept out of `make test`.
 soak: build
@@ -42,6 +42,11 @@ fmt-check:
 lint: setup-build
 	cargo clippy $(SSR) --all-targets -- -D warnings
 	cargo clippy $(WASM) -- -D warnings
+
+## The deploy recipe without Docker: hadolint on the Dockerfile, fly.toml against the real flyby,
+## the image against make build (scripts/deploy-check).
+deploy-check: build
+	scripts/deploy-check
 
 unit: build
 	cargo test --release $(SSR)
