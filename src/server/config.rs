@@ -401,7 +401,7 @@ impl fmt::Display for Help {
                 Some("") => "unset".to_owned(),
                 Some(d) => format!("default {d}"),
             };
-            writeln!(f, "  {:<22} {} ({default}; {})", v.name, v.help, v.expected)?;
+            writeln!(f, "  {:<26} {} ({default}; {})", v.name, v.help, v.expected)?;
         }
         Ok(())
     }
