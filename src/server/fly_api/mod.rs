@@ -23,7 +23,7 @@
 
 mod auth;
 mod error;
-mod model;
+pub(crate) mod model;
 mod retry;
 #[cfg(test)]
 mod tests;

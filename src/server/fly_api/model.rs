@@ -632,7 +632,7 @@ fn lenient_time<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::json;
 
@@ -982,7 +982,7 @@ pub(super) mod tests {
     /// become `$defs` and their `$ref`s are rewritten to match. With `strict`, every object
     /// schema also refuses properties it does not declare, which catches a misspelt field (the
     /// plain schema allows anything extra).
-    fn create_machine_schema(strict: bool) -> Value {
+    pub(crate) fn create_machine_schema(strict: bool) -> Value {
         let yaml = std::fs::read_to_string(OPENAPI).expect("tests/data/fly-machines-openapi.yaml");
         let openapi: Value = serde_yaml::from_str(&yaml).expect("valid YAML");
         let mut defs = openapi["components"]["schemas"].clone();
@@ -1043,7 +1043,7 @@ pub(super) mod tests {
         }
     }
 
-    fn schema_errors(schema: &Value, body: &Value) -> Vec<String> {
+    pub(crate) fn schema_errors(schema: &Value, body: &Value) -> Vec<String> {
         let validator = jsonschema::validator_for(schema).expect("a valid JSON Schema");
         validator
             .iter_errors(body)

@@ -699,6 +699,53 @@ mod tests {
             .collect()
     }
 
+    #[tokio::test]
+    async fn the_create_body_the_launcher_sends_validates_against_fly_openapi() {
+        use crate::server::{
+            config::Config,
+            fly_api::model::tests::{create_machine_schema, schema_errors},
+        };
+        let vars = [
+            ("FLYBY_ROLE", "launcher"),
+            ("FLY_API_TOKEN", "t"),
+            ("FLYBY_MACHINES_API", "http://127.0.0.1:9"),
+            ("FLYBY_METRICS_PORT", "0"),
+            ("FLY_MACHINE_ID", "0123456789abcd"),
+            (
+                "FLY_IMAGE_REF",
+                "registry.fly.io/flyby:deployment-01J0000000000000000000000",
+            ),
+        ];
+        let config = Config::from_lookup(|name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        })
+        .unwrap();
+        let launcher = Launcher::start(&config).unwrap().unwrap();
+        let mut request = CreateMachineRequest {
+            name: Some(slot_name(3)),
+            region: RegionCode::parse("ams").ok(),
+            config: launcher.machine_config(
+                config.fly.image_ref.clone().unwrap(),
+                "launch-id",
+                &OwnerSecret::mint(),
+                "https://flyby.fly.dev",
+            ),
+            ..CreateMachineRequest::default()
+        };
+        let body = serde_json::to_value(&request).unwrap();
+        for strict in [false, true] {
+            let errors = schema_errors(&create_machine_schema(strict), &body);
+            assert!(errors.is_empty(), "strict={strict}: {errors:#?}\n{body:#}");
+        }
+        // And the check can fail on this very body.
+        request.config.guest.as_mut().unwrap().memory_mb = 0;
+        let mut broken = serde_json::to_value(&request).unwrap();
+        broken["config"]["restart"]["policy"] = serde_json::json!("sometimes");
+        assert!(!schema_errors(&create_machine_schema(false), &broken).is_empty());
+    }
+
     #[test]
     fn the_ephemeral_origin_swaps_the_app_name() {
         assert_eq!(
