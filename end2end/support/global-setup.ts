@@ -39,12 +39,17 @@ async function summary(platform: LocalPlatform): Promise<string> {
     const launched = Object.entries(c)
       .filter(([k]) => /^api\.create\.2\d\d$/.test(k))
       .reduce((n, [, v]) => n + v, 0);
+    const rerouted = (c['proxy.replays.delivered'] ?? 0) + (c['proxy.replay_cache.hits'] ?? 0);
+    const warning =
+      platform.name === 'wrong-first' && launched > 0 && rerouted === 0
+        ? '\nWARNING: the wrong-first platform launched Machines but replayed nothing: fly-replay was not exercised'
+        : '';
     return (
       `flyby-local (${platform.name}): ${c['proxy.requests'] ?? 0} requests, ` +
       `proxy.replays.delivered=${c['proxy.replays.delivered'] ?? 0}, ` +
       `proxy.replay_cache.hits=${c['proxy.replay_cache.hits'] ?? 0}, ` +
-      `${c['proxy.websockets'] ?? 0} WebSockets, ${launched} Machines created ` +
-      `(log: ${path.relative(process.cwd(), platform.log)})`
+      `${c['proxy.websockets'] ?? 0} WebSockets, visitor Machines created: ${launched} ` +
+      `(log: ${path.relative(process.cwd(), platform.log)})${warning}`
     );
   } catch (e) {
     return `flyby-local (${platform.name}): counters unavailable: ${(e as Error).message}`;

@@ -96,6 +96,8 @@ test.describe('the Fly API fails', () => {
         await expect(steps.nth(1)).toHaveText('Waiting for a slot');
         // One launch per visitor at a time: the button waits with them.
         await expect(launchButton(page)).toBeDisabled();
+        await expect(page.locator('.progress .timer')).toHaveText(/^\d+\.\d s$/);
+        await expectAccessible(page, 'the launcher during a launch');
       }
       const error = page.locator('.error[role=alert]');
       await expect(error).toHaveText(apiDown, { timeout: 45_000 });
