@@ -31,5 +31,13 @@ export default defineConfig({
       args: chromiumArgs,
     },
   },
-  projects: [{ name: 'chromium', use: { browserName: 'chromium' } }],
+  // One local Fly platform per project, started by the global setup (support/platforms.ts):
+  // every scenario runs with fly-proxy's nearest-Machine balancing and again with every
+  // request reaching a wrong Machine first; the capacity scenario has a platform of its own.
+  projects: [
+    { name: 'nearest', use: { browserName: 'chromium' }, testIgnore: /capacity\.spec\.ts/ },
+    // The harness check (the visitor's address header) is about the browser: once is enough.
+    { name: 'wrong-first', use: { browserName: 'chromium' }, testIgnore: /(capacity|harness)\.spec\.ts/ },
+    { name: 'capacity', use: { browserName: 'chromium' }, testMatch: /capacity\.spec\.ts/ },
+  ],
 });

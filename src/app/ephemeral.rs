@@ -157,6 +157,20 @@ fn MachineView(info: MachineInfo) -> impl IntoView {
         (None, Some(edge)) => Some(format!("Your edge region is {edge}.")),
         _ => None,
     };
+    // At the end the switch-off button goes away; if it had the focus, the focus goes to the
+    // news that replaced it rather than back to the top of the page.
+    let no_more = NodeRef::<leptos::html::H2>::new();
+    #[cfg(feature = "hydrate")]
+    Effect::new(move |_| {
+        if let (true, Some(heading)) = (ended.get(), no_more.get()) {
+            let lost = document()
+                .active_element()
+                .is_none_or(|e| e.tag_name().eq_ignore_ascii_case("body"));
+            if lost {
+                let _ = heading.focus();
+            }
+        }
+    });
     let launcher = info.launcher_url.clone().unwrap_or_default();
     let back = format!("{launcher}/");
 
@@ -201,7 +215,7 @@ fn MachineView(info: MachineInfo) -> impl IntoView {
             }
         >
             <section class="no-more" aria-live="polite">
-                <h2>"This Machine is no more"</h2>
+                <h2 node_ref=no_more tabindex="-1">"This Machine is no more"</h2>
                 <p>
                     {move || if lost.get() {
                         "It stopped unexpectedly and was destroyed: your Machine is gone."

@@ -188,7 +188,10 @@ pub fn LauncherPage() -> impl IntoView {
         </button>
         <Show when=move || progress.with(Option::is_some)>
             <section class="progress" aria-live="polite" aria-label="Launch progress">
-                <p class="timer">{move || format!("{:.1} s", elapsed_ms.get() as f64 / 1000.0)}</p>
+                // A timer is not announced on every tick (role=timer is not live by itself).
+                <p class="timer" role="timer" aria-live="off">
+                    {move || format!("{:.1} s", elapsed_ms.get() as f64 / 1000.0)}
+                </p>
                 <ol class="steps">
                     <For
                         each=move || progress.get().map(|p| p.steps).unwrap_or_default()

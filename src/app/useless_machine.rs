@@ -37,7 +37,7 @@ pub fn UselessMachine(#[prop(into)] state: Signal<SwitchState>) -> impl IntoView
             <svg viewBox="0 0 220 170" role="img" aria-labelledby="useless-title">
                 <title id="useless-title">"A box with a switch on top, and a hand inside it"</title>
                 <g class="hand">
-                    <rect class="arm" x="92" y="70" width="16" height="70" rx="6"/>
+                    <rect class="arm" x="92" y="70" width="16" height="50" rx="6"/>
                     <circle class="fist" cx="100" cy="68" r="13"/>
                     <rect class="finger" x="104" y="52" width="24" height="9" rx="4"/>
                 </g>

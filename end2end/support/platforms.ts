@@ -1,0 +1,36 @@
+import type { PlatformInfo } from './flyby-local';
+
+// Short lives keep the scenarios short: a show of 20 s leaves every scenario time to look
+// around before the Machine switches itself off, and a Machine a failed test leaves behind
+// is gone within a minute at most.
+const short = [
+  '--launcher-env', 'FLYBY_SHOW_SECS=20',
+  '--launcher-env', 'FLYBY_CLAIM_SECS=20',
+  '--launcher-env', 'FLYBY_TTL_SECS=60',
+];
+
+/**
+ * One local Fly platform per Playwright project, each started by the global setup on free
+ * ports. The project of a test picks its platform (`testInfo.project.name`).
+ */
+export const PLATFORMS: Record<string, string[]> = {
+  // fly-proxy's own rule: the Machine nearest the visitor's edge region.
+  nearest: ['--balance', 'nearest', ...short],
+  // Every request reaches a wrong Machine first whenever there is one, so every request of
+  // a journey goes through the affinity layer's fly-replay.
+  'wrong-first': ['--balance', 'wrong-first', ...short],
+  // Room for one visitor's Machine only. One launcher, so that the map a visitor watches is
+  // the very view the launch checks its capacity against.
+  capacity: ['--balance', 'wrong-first', '--launchers', '1', '--launcher-env', 'FLYBY_MAX_MACHINES=1', ...short],
+};
+
+/** The environment variable the global setup hands the platforms to the workers in. */
+export const PLATFORMS_ENV = 'FLYBY_E2E_PLATFORMS';
+
+/** The platform of a project, as the global setup started it. */
+export function platformFor(project: string): PlatformInfo {
+  const all = JSON.parse(process.env[PLATFORMS_ENV] ?? '{}') as Record<string, PlatformInfo>;
+  const platform = all[project];
+  if (!platform) throw new Error(`no local platform for project ${project} (is the global setup in use?)`);
+  return platform;
+}
