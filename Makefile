@@ -11,7 +11,7 @@ export LEPTOS_OUTPUT_NAME := flyby
 SSR := --no-default-features --features ssr
 WASM := --lib --no-default-features --features hydrate --target wasm32-unknown-unknown
 
-.PHONY: run test soak setup-build setup-test build fmt-check lint deploy-check unit e2e clean
+.PHONY: run test soak fuzz setup-build setup-test build fmt-check lint deploy-check unit e2e clean
 
 ## Run the whole system locally: the local Fly platform with two launcher Machines.
 run: build
@@ -23,6 +23,16 @@ test: setup-test fmt-check lint build deploy-check unit e2e
 ## The heavy load test (50 visitors, 200 launches, cap 8), kept out of `make test`.
 soak: build
 	cargo test --release $(SSR) --test soak -- --ignored --nocapture
+
+## Coverage-guided fuzzing of the affinity decision and the parsers (FUZZ_SECONDS each, default
+## 600). Needs cargo-fuzz (installed when missing); libFuzzer's flags need nightly features,
+## which RUSTC_BOOTSTRAP=1 unlocks on the stable toolchain. New corpus entries land in fuzz/corpus.
+FUZZ_SECONDS ?= 600
+fuzz:
+	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	cd fuzz && for target in affinity parsers; do \
+		RUSTC_BOOTSTRAP=1 cargo fuzz run -O $$target -- -max_total_time=$(FUZZ_SECONDS) -max_len=4096; \
+	done
 
 setup-build:
 	scripts/setup build
