@@ -121,3 +121,28 @@ test.describe('the Fly API fails', () => {
     });
   }
 });
+
+test.describe('a visitor who launches too often', () => {
+  // The launch server function refuses with 429 and its typed error.
+  test.use({ expectedFailures: [/\b429\b.*\/api\/launch\b/] });
+
+  test('is told to slow down, and launches nothing', async ({ page, platform, api }) => {
+    await openLauncher(page, platform);
+    // Three launches a minute per visitor (FLYBY_LAUNCHES_PER_MINUTE): failing ones count too,
+    // and they fail fast.
+    await api.fault({ kind: 'api', action: 'create', count: 100, status: 500 });
+    const error = page.locator('.error[role=alert]');
+    for (let i = 0; i < 3; i++) {
+      await launchButton(page).click();
+      await expect(error).toHaveText(apiDown, { timeout: 30_000 });
+      await expect(launchButton(page)).toBeEnabled();
+    }
+    await api.clearFaults();
+    const before = (await api.machines()).length;
+    await launchButton(page).click();
+    await expect(error).toHaveText(/^slow down: you can launch again in \d+ s$/);
+    await expect(launchButton(page)).toBeEnabled();
+    await expectAccessible(page, 'the launcher saying slow down');
+    expect((await api.machines()).length, 'nothing created').toBe(before);
+  });
+});
