@@ -10,9 +10,10 @@
 # against.
 
 # Tools: what `make setup-build` installs (cargo-leptos, wasm-bindgen-cli, the wasm32 target,
-# wasm-opt from npm). This layer changes only with scripts/setup, Cargo.lock (wasm-bindgen's
-# version) and end2end's npm lock; cargo-install's build directory is a cache mount, so a
-# Cargo.lock change rebuilds nothing that did not change.
+# wasm-opt from npm), by running its recipe, `scripts/setup build`, without the Makefile: this
+# layer changes only with scripts/setup, Cargo.lock (wasm-bindgen's version) and end2end's npm
+# lock. cargo-install's build directory is a cache mount: after a Cargo.lock change, the tools
+# are relinked, not recompiled.
 FROM rust:1.95-trixie AS tools
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # Debian's current nodejs 20 and npm: unpinned on purpose, a pinned Debian revision disappears

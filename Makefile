@@ -11,7 +11,7 @@ export LEPTOS_OUTPUT_NAME := flyby
 SSR := --no-default-features --features ssr
 WASM := --lib --no-default-features --features hydrate --target wasm32-unknown-unknown
 
-.PHONY: run test soak fuzz setup-build setup-test build fmt-check lint deploy-check unit e2e clean
+.PHONY: run test soak fuzz setup-build setup-test build fmt-check lint deploy-check unit e2e bench clean
 
 ## Run the whole system locally: the local Fly platform with two launcher Machines.
 run: build
@@ -44,6 +44,7 @@ setup-test:
 ## The Dockerfile's build stage runs this same target.
 build: setup-build
 	cargo leptos build --release
+	scripts/precompress target/site target/release
 	cargo build --release $(SSR) --bin flyby-local
 
 fmt-check:
@@ -63,6 +64,11 @@ unit: build
 
 e2e: build setup-test
 	cd end2end && npx playwright test
+
+## Every figure of BENCHMARKS.md in one table (criterion, wrk, Playwright): scripts/bench.
+bench: build
+	scripts/setup bench
+	scripts/bench
 
 clean:
 	cargo clean

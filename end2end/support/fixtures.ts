@@ -30,6 +30,13 @@ interface Fixtures {
   newVisitor: (options?: { expectedFailures?: RegExp[] }) => Promise<Visitor>;
   /** Problems seen on any page of the test so far. */
   problems: string[];
+  /**
+   * On the `wrong-first` platform, another visitor's Machine runs during the test (option,
+   * default on), so that the visitor's own Machine is never the only one and every request
+   * of theirs reaches the wrong Machine first there too.
+   */
+  bystander: boolean;
+  bystanderMachine: void;
   /** After each test: faults disarmed, and no visitor's Machine left alive. */
   leavesNothingBehind: void;
 }
@@ -114,6 +121,16 @@ export const test = base.extend<Fixtures>({
     noProblems(problems);
     await Promise.all(contexts.map((c) => c.close()));
   },
+  bystander: [true, { option: true }],
+  bystanderMachine: [
+    async ({ platform, api, bystander }, use) => {
+      if (platform.name !== 'wrong-first' || !bystander) return use();
+      const id = await api.startBystander(platform.launcher);
+      await use();
+      await api.crash(id).catch(() => {});
+    },
+    { auto: true },
+  ],
   leavesNothingBehind: [
     async ({ api, platform }, use, testInfo) => {
       const logStart = fileSize(platform.log);

@@ -48,7 +48,7 @@ async function summary(platform: LocalPlatform): Promise<string> {
       `flyby-local (${platform.name}): ${c['proxy.requests'] ?? 0} requests, ` +
       `proxy.replays.delivered=${c['proxy.replays.delivered'] ?? 0}, ` +
       `proxy.replay_cache.hits=${c['proxy.replay_cache.hits'] ?? 0}, ` +
-      `${c['proxy.websockets'] ?? 0} WebSockets, visitor Machines created: ${launched} ` +
+      `${c['proxy.websockets'] ?? 0} WebSockets, ${launched} Machines created in flyby-machines ` +
       `(log: ${path.relative(process.cwd(), platform.log)})${warning}`
     );
   } catch (e) {

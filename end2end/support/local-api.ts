@@ -11,6 +11,10 @@ export interface LocalMachine {
 
 /** The app visitors' Machines run in. */
 export const EPHEMERAL_APP = 'flyby-machines';
+/** The name of the Machines the suite itself creates as other visitors' (see `bystander`). */
+export const BYSTANDER_PREFIX = 'e2e-bystander-';
+/** The token flyby-local expects by default (the suite starts it without FLY_API_TOKEN). */
+const API_TOKEN = 'flyby-local-token';
 
 /**
  * The local platform's admin endpoint (on the Machines API address, see
@@ -20,9 +24,11 @@ export class LocalApi {
   constructor(readonly base: string) {}
 
   private async call(method: string, path: string, body?: unknown): Promise<unknown> {
+    const headers: Record<string, string> = path.startsWith('/v1/') ? { authorization: `Bearer ${API_TOKEN}` } : {};
+    if (body !== undefined) headers['content-type'] = 'application/json';
     const response = await fetch(`${this.base}${path}`, {
       method,
-      headers: body === undefined ? {} : { 'content-type': 'application/json' },
+      headers,
       body: body === undefined ? undefined : JSON.stringify(body),
       signal: AbortSignal.timeout(10_000),
     });
@@ -36,9 +42,39 @@ export class LocalApi {
     return (await this.call('GET', '/_local/machines')) as LocalMachine[];
   }
 
-  /** Visitors' Machines not destroyed yet. */
+  /** Visitors' Machines not destroyed yet (the suite's bystanders aside). */
   async alive(): Promise<LocalMachine[]> {
-    return (await this.machines()).filter((m) => m.app === EPHEMERAL_APP && m.state !== 'destroyed');
+    return (await this.machines()).filter(
+      (m) => m.app === EPHEMERAL_APP && m.state !== 'destroyed' && !m.name.startsWith(BYSTANDER_PREFIX),
+    );
+  }
+
+  /**
+   * Starts a Machine in the visitors' app that belongs to nobody: another visitor's Machine,
+   * as far as the proxy and the affinity layer can tell. Created through the Machines API
+   * with no flyby metadata, so the launchers' tracker (map, capacity, reaper) ignores it.
+   */
+  async startBystander(launcher: string): Promise<string> {
+    const created = (await this.call('POST', `/v1/apps/${EPHEMERAL_APP}/machines`, {
+      name: `${BYSTANDER_PREFIX}${Date.now().toString(36)}`,
+      region: 'ams',
+      config: {
+        image: 'registry.fly.io/flyby:local',
+        env: {
+          FLYBY_ROLE: 'ephemeral',
+          FLYBY_OWNER_HASH: '0'.repeat(64),
+          FLYBY_CLAIM_SECS: '600',
+          FLYBY_TTL_SECS: '3600',
+          FLYBY_LAUNCHER_URL: launcher,
+          LEPTOS_SITE_ADDR: '0.0.0.0:8080',
+        },
+        services: [{ protocol: 'tcp', internal_port: 8080, ports: [{ port: 80, handlers: ['http'] }] }],
+        auto_destroy: true,
+        restart: { policy: 'no' },
+      },
+    })) as { id: string };
+    await this.call('GET', `/v1/apps/${EPHEMERAL_APP}/machines/${created.id}/wait?state=started&timeout=30`);
+    return created.id;
   }
 
   /** A Machine's state; `absent` if the platform never had it. */

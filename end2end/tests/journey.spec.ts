@@ -12,10 +12,15 @@ import {
   recordProgress,
 } from '../support/journey';
 
-test('the whole journey: button, progress, own Machine, RTT, the show, no more, back', async ({ page, platform, api }) => {
+test('the whole journey: button, progress, own Machine, RTT, the show, no more, back', async ({
+  page,
+  platform,
+  api,
+}, testInfo) => {
   const progress = await recordProgress(page);
   await openLauncher(page, platform);
   await expectAccessible(page, 'the launcher');
+  const reroutedBefore = await api.rerouted();
 
   await launchButton(page).click();
   const id = await arriveOnMachine(page);
@@ -26,6 +31,12 @@ test('the whole journey: button, progress, own Machine, RTT, the show, no more, 
   await expectRttUpdates(page);
   await expectCountdown(page);
   await expectAccessible(page, 'the Machine page');
+  if (testInfo.project.name === 'wrong-first') {
+    // The launch (pinned to its launcher) and the Machine's page, bundle, server function and
+    // live channel each reached a wrong Machine first and were replayed (or, once a replay had
+    // taught it, sent straight on by the proxy's replay cache).
+    expect(await api.rerouted(), 'requests rerouted by fly-replay').toBeGreaterThanOrEqual(reroutedBefore + 6);
+  }
 
   // The show runs its course by itself: the hand comes out, the switch goes off.
   await expectShowEnds(page, api, id);

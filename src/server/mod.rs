@@ -12,9 +12,11 @@
 //!   and the timeline that ends with the process exiting.
 //! - [`launcher`], [`fly_api`]: the launcher role: launches through the Machines API, the
 //!   tracker of Machines alive and its reaper, limits, metrics.
+//! - [`assets`]: the JS/WASM/CSS bundle under `/pkg`, precompressed and cached by content hash.
 //! - [`telemetry`]: the logs, one line per request.
 
 pub mod affinity;
+pub mod assets;
 pub mod config;
 pub mod cookies;
 pub mod ephemeral;
@@ -163,8 +165,23 @@ pub fn router(
     ephemeral: Option<Arc<EphemeralMachine>>,
     launcher: Option<Arc<Launcher>>,
 ) -> Router {
+    router_with(config, ephemeral, launcher, true)
+}
+
+/// [`router`], with the affinity layer left out when `affinity` is false: the same routes,
+/// state and outer layers, so that the benchmarks (`benches/`) can measure what the layer
+/// costs against the very same router. Never serve it without the layer: the layer is what
+/// keeps strangers off a visitor's Machine.
+#[doc(hidden)]
+pub fn router_with(
+    config: &Config,
+    ephemeral: Option<Arc<EphemeralMachine>>,
+    launcher: Option<Arc<Launcher>>,
+    affinity: bool,
+) -> Router {
     let role = config.role;
-    let options = config.leptos.clone();
+    let bundle = assets::Bundle::find(&config.leptos);
+    let options = bundle.options(config.leptos.clone());
     let routes = generate_route_list(App)
         .into_iter()
         .filter(|route| belongs_to(role, route.path()))
@@ -199,7 +216,9 @@ pub fn router(
         .fly
         .machine_id
         .and_then(|id| http::HeaderValue::from_str(id.as_str()).ok());
-    router
+    let pkg = format!("/{}", options.site_pkg_dir);
+    let router = router
+        .nest_service(&pkg, assets::service(&options, bundle))
         .leptos_routes_with_context(&options, routes, context, {
             let options = options.clone();
             move || shell(options.clone(), role)
@@ -207,8 +226,13 @@ pub fn router(
         .fallback(leptos_axum::file_and_error_handler(move |options| {
             shell(options, role)
         }))
-        .with_state(options)
-        .layer(AffinityLayer::new(here, gone_url.as_deref()))
+        .with_state(options);
+    let router = if affinity {
+        router.layer(AffinityLayer::new(here, gone_url.as_deref()))
+    } else {
+        router
+    };
+    router
         .layer(SetResponseHeaderLayer::if_not_present(
             MACHINE_HEADER,
             answered_by,

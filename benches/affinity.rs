@@ -1,0 +1,350 @@
+//! The affinity decision and the affinity layer (issue 4; issue 9 items 1 and 2, in process).
+//!
+//! - `decide/*`: ns per decision for each kind of request the layer sees, and `decide/mix`, a
+//!   realistic mix (per element = per request). Budget: < 1 µs per decision.
+//! - `layer/*`: the launcher's SSR home page through the whole router, with and without
+//!   `AffinityLayer` (`server::router_with`), in process (no sockets), so the layer is all
+//!   that differs. Budget: < 3 % throughput cost.
+//!
+//! After criterion, an interleaved A/B run (alternating blocks of requests with and without
+//! the layer, so that other load on the machine hits both alike) prints the ratio. Lines
+//! starting `ROW|` are the rows `scripts/bench` puts in BENCHMARKS.md.
+//!
+//! Run: `cargo bench --no-default-features --features ssr --bench affinity`
+//! (the layer part needs the built site: `make build`; without it, it is skipped).
+
+use axum::{body::Body, Router};
+use criterion::{black_box, criterion_group, BenchmarkId, Criterion, Throughput};
+use flyby::{
+    app::Role,
+    fly::MachineId,
+    server::{
+        affinity::{decide, Here, RequestFacts, LAUNCH_COOKIE, OWNER_COOKIE},
+        config::Config,
+        ephemeral::EphemeralMachine,
+        launcher::Launcher,
+        ownership::OwnerSecret,
+        router_with,
+    },
+};
+use http::{Method, Request};
+use http_body_util::BodyExt;
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+use tower::ServiceExt;
+
+const ME: &str = "0123456789abcd";
+const OTHER: &str = "fedcba98765432";
+/// What a browser typically sends besides ours.
+const OTHER_COOKIES: &str = "_ga=GA1.1.123456789.1700000000; theme=dark";
+
+struct Case {
+    name: &'static str,
+    method: Method,
+    path: String,
+    cookies: Option<String>,
+    replay_src: Option<&'static str>,
+    ephemeral: bool,
+}
+
+fn cases(secret: &OwnerSecret) -> Vec<Case> {
+    let owner = format!("{OWNER_COOKIE}={ME}.{}", secret.expose());
+    let case = |name, method, path: String, cookies: Option<String>, ephemeral| Case {
+        name,
+        method,
+        path,
+        cookies,
+        replay_src: None,
+        ephemeral,
+    };
+    let mut cases = vec![
+        case(
+            "ephemeral_owner_page",
+            Method::GET,
+            format!("/m/{ME}"),
+            Some(format!("{OTHER_COOKIES}; {owner}")),
+            true,
+        ),
+        case(
+            "ephemeral_owner_static",
+            Method::GET,
+            "/pkg/flyby.wasm".into(),
+            Some(format!("{OTHER_COOKIES}; {owner}")),
+            true,
+        ),
+        case(
+            "ephemeral_wrong_machine_replay",
+            Method::GET,
+            format!("/m/{OTHER}"),
+            Some(format!("{OWNER_COOKIE}={OTHER}.{}", secret.expose())),
+            true,
+        ),
+        case(
+            "ephemeral_stranger_refused",
+            Method::GET,
+            format!("/m/{ME}"),
+            Some(OTHER_COOKIES.into()),
+            true,
+        ),
+        case(
+            "ephemeral_health",
+            Method::GET,
+            "/health".into(),
+            None,
+            true,
+        ),
+        case(
+            "launcher_pinned_here",
+            Method::POST,
+            "/api/launch_progress".into(),
+            Some(format!("{OTHER_COOKIES}; {LAUNCH_COOKIE}={ME}")),
+            false,
+        ),
+        case(
+            "launcher_pinned_elsewhere_replay",
+            Method::POST,
+            "/api/handover".into(),
+            Some(format!("{LAUNCH_COOKIE}={OTHER}")),
+            false,
+        ),
+        case(
+            "launcher_unpinned",
+            Method::GET,
+            "/".into(),
+            Some(OTHER_COOKIES.into()),
+            false,
+        ),
+    ];
+    // A request fly-proxy already replayed to us (loop guard).
+    cases.push(Case {
+        replay_src: Some("instance=fedcba98765432;app=flyby-machines"),
+        ..case(
+            "ephemeral_replayed_misdirected",
+            Method::GET,
+            format!("/m/{OTHER}"),
+            Some(format!("{OWNER_COOKIE}={OTHER}.{}", secret.expose())),
+            true,
+        )
+    });
+    cases
+}
+
+fn facts(case: &Case) -> RequestFacts<'_> {
+    RequestFacts {
+        method: &case.method,
+        path: &case.path,
+        cookies: case.cookies.as_deref(),
+        replay_src: case.replay_src,
+        replay_failed: None,
+    }
+}
+
+fn bench_decide(c: &mut Criterion) {
+    let secret = OwnerSecret::mint();
+    let me = MachineId::parse(ME).unwrap();
+    let ephemeral = Here {
+        role: Role::Ephemeral,
+        id: Some(me),
+        owner: Some(secret.hash()),
+    };
+    let launcher = Here {
+        role: Role::Launcher,
+        id: Some(me),
+        owner: None,
+    };
+    let cases = cases(&secret);
+    let here = |case: &Case| {
+        if case.ephemeral {
+            &ephemeral
+        } else {
+            &launcher
+        }
+    };
+    let mut group = c.benchmark_group("decide");
+    for case in &cases {
+        group.bench_with_input(BenchmarkId::from_parameter(case.name), case, |b, case| {
+            let here = here(case);
+            b.iter(|| decide(black_box(&facts(case)), black_box(here)))
+        });
+    }
+    // The mix a Machine sees: mostly its owner (page, static files, server functions), some
+    // health checks, the odd stranger and replay; the launcher, mostly unpinned visitors.
+    let mix: Vec<&Case> = [0, 1, 1, 1, 0, 4, 2, 3, 5, 6, 7, 7, 8]
+        .iter()
+        .map(|&i| &cases[i])
+        .collect();
+    group.throughput(Throughput::Elements(mix.len() as u64));
+    group.bench_function("mix", |b| {
+        b.iter(|| {
+            for case in &mix {
+                black_box(decide(black_box(&facts(case)), here(case)));
+            }
+        })
+    });
+    group.finish();
+
+    // The per-decision figure of the mix, for BENCHMARKS.md.
+    let rounds = 200_000u32;
+    let mut best = f64::MAX;
+    for _ in 0..5 {
+        let start = Instant::now();
+        for _ in 0..rounds {
+            for case in &mix {
+                black_box(decide(black_box(&facts(case)), here(case)));
+            }
+        }
+        let ns = start.elapsed().as_nanos() as f64 / (rounds as f64 * mix.len() as f64);
+        best = best.min(ns);
+    }
+    println!(
+        "ROW|1|Affinity decision: ns per request, a realistic mix of {} (owner page and static \
+         files, wrong Machine -> replay, stranger, health, launcher pinned and unpinned, a \
+         misdirected replay); criterion per kind in target/criterion/decide|{best:.0} ns|< 1 µs|{}",
+        mix.len(),
+        verdict(best < 1000.0)
+    );
+}
+
+/// The site `make build` wrote, next to the binaries of this target dir.
+fn site_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_flyby"))
+        .parent()
+        .and_then(|p| p.parent())
+        .expect("target dir")
+        .join("site")
+}
+
+/// The launcher role's routers, with and without the layer, as `main` would build them.
+fn launcher_routers(rt: &tokio::runtime::Runtime) -> Option<(Router, Router)> {
+    let site = site_root();
+    if !site.join("pkg").is_dir() {
+        eprintln!(
+            "no site at {} (make build): layer benchmark skipped",
+            site.display()
+        );
+        return None;
+    }
+    let env = [
+        ("FLYBY_ROLE", "launcher".to_owned()),
+        ("FLY_API_TOKEN", "bench-token".into()),
+        // Nothing listens there: the tracker's polls fail at once and keep an empty map.
+        ("FLYBY_MACHINES_API", "http://127.0.0.1:9".into()),
+        ("FLY_MACHINE_ID", ME.into()),
+        ("FLY_REGION", "ams".into()),
+        ("LEPTOS_SITE_ADDR", "127.0.0.1:0".into()),
+        ("LEPTOS_SITE_ROOT", site.display().to_string()),
+    ];
+    let config =
+        Config::from_lookup(|name| env.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone()))
+            .expect("bench config");
+    let _guard = rt.enter();
+    let launcher = Launcher::start(&config).expect("launcher");
+    let ephemeral: Option<std::sync::Arc<EphemeralMachine>> = None;
+    Some((
+        router_with(&config, ephemeral.clone(), launcher.clone(), true),
+        router_with(&config, ephemeral, launcher, false),
+    ))
+}
+
+fn home_request() -> Request<Body> {
+    Request::get("/")
+        .header("host", "flyby.localhost")
+        .header("accept", "text/html")
+        .header("cookie", format!("{OTHER_COOKIES}; {LAUNCH_COOKIE}={ME}"))
+        .body(Body::empty())
+        .unwrap()
+}
+
+async fn serve_home(router: &Router) -> usize {
+    let response = router.clone().oneshot(home_request()).await.unwrap();
+    assert_eq!(response.status(), 200);
+    response
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes()
+        .len()
+}
+
+fn bench_layer(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let Some((with, without)) = launcher_routers(&rt) else {
+        return;
+    };
+    let mut group = c.benchmark_group("layer");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("ssr_home_with_affinity", |b| {
+        b.iter(|| rt.block_on(serve_home(&with)))
+    });
+    group.bench_function("ssr_home_without_affinity", |b| {
+        b.iter(|| rt.block_on(serve_home(&without)))
+    });
+    group.finish();
+
+    // Interleaved A/B: blocks of `n` requests, alternating; the median of the block ratios.
+    let n = 200;
+    let mut ratios = Vec::new();
+    rt.block_on(async {
+        for _ in 0..n {
+            serve_home(&with).await;
+            serve_home(&without).await;
+        }
+        for round in 0..30 {
+            let time = |router: &Router| {
+                let router = router.clone();
+                async move {
+                    let start = Instant::now();
+                    for _ in 0..n {
+                        serve_home(&router).await;
+                    }
+                    start.elapsed()
+                }
+            };
+            let (a, b) = if round % 2 == 0 {
+                let a = time(&with).await;
+                (a, time(&without).await)
+            } else {
+                let b = time(&without).await;
+                (time(&with).await, b)
+            };
+            ratios.push(a.as_secs_f64() / b.as_secs_f64());
+        }
+    });
+    ratios.sort_by(f64::total_cmp);
+    let median = ratios[ratios.len() / 2];
+    let cost = (median - 1.0) * 100.0;
+    println!(
+        "ROW|2a|Affinity layer cost, in process: SSR home page through the whole router with vs \
+         without the layer (median of {} alternating blocks of {n} requests; criterion in \
+         target/criterion/layer)|{cost:+.2} % time per request|< 3 %|{}",
+        ratios.len(),
+        verdict(cost < 3.0)
+    );
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met {
+        "met"
+    } else {
+        "NOT met"
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    targets = bench_decide, bench_layer
+}
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
