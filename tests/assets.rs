@@ -34,7 +34,7 @@ async fn the_pages_link_hashed_names_served_precompressed_and_immutable() {
         .await
         .unwrap();
     let links = pkg_links(&html);
-    for ext in [".js", ".wasm"] {
+    for ext in [".css", ".js", ".wasm"] {
         let link = links
             .iter()
             .find(|l| l.ends_with(ext))

@@ -55,7 +55,7 @@ impl Role {
 #[cfg(feature = "ssr")]
 pub fn shell(options: LeptosOptions, role: Role) -> impl IntoView {
     use leptos::hydration::{AutoReload, HydrationScripts};
-    use leptos_meta::MetaTags;
+    use leptos_meta::{HashedStylesheet, MetaTags};
     view! {
         <!DOCTYPE html>
         <html lang="en">
@@ -64,8 +64,8 @@ pub fn shell(options: LeptosOptions, role: Role) -> impl IntoView {
                 <meta name="viewport" content="width=device-width, initial-scale=1"/>
                 <link rel="icon" href="/favicon.ico"/>
                 <AutoReload options=options.clone()/>
+                <HashedStylesheet options=options.clone() id="leptos"/>
                 <HydrationScripts options/>
-                <link rel="stylesheet" id="leptos" href="/pkg/flyby.css"/>
                 <MetaTags/>
             </head>
             <body data-role=role.as_str()>

@@ -201,6 +201,11 @@ pub fn router_with(
     if let Some(machine) = &ephemeral {
         router = router.merge(ephemeral::routes(machine.clone()));
     }
+    if role == Role::Launcher {
+        // The visitor's page exists in the shared component tree, but never on the launcher:
+        // without this, the fallback would render it (and its server function's refusal).
+        router = router.route("/m/{*rest}", axum::routing::any(not_here));
+    }
     let here = Here {
         role,
         id: config.fly.machine_id,
@@ -251,6 +256,14 @@ pub const MACHINE_HEADER: http::HeaderName = http::HeaderName::from_static("flyb
 /// everything else on the launcher.
 fn belongs_to(role: Role, path: &str) -> bool {
     path.starts_with(affinity::MACHINE_PREFIX) == (role == Role::Ephemeral)
+}
+
+/// A path of the other role's pages.
+async fn not_here() -> (http::StatusCode, &'static str) {
+    (
+        http::StatusCode::NOT_FOUND,
+        "Nothing here: visitors' Machines live on their own app.\n",
+    )
 }
 
 /// The headers of the request a server function is answering.
