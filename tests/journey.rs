@@ -476,7 +476,10 @@ async fn concurrent_launches_never_exceed_the_cap() {
                 .registry
                 .list("flyby-machines")
                 .iter()
-                .filter(|m| m.state != flyby::local::registry::MachineState::Destroyed)
+                .filter(|m| {
+                    m.state != flyby::local::registry::MachineState::Destroyed
+                        && m.name.starts_with("flyby-slot-")
+                })
                 .count();
             peak = peak.max(alive);
             tokio::select! {
@@ -541,5 +544,57 @@ async fn the_reaper_destroys_an_over_age_machine() {
     let id: serde_json::Value = created.json().await.unwrap();
     let id = flyby::fly::MachineId::parse(id["id"].as_str().unwrap()).unwrap();
     api.wait_destroyed(id).await;
+    platform.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_later_visit_after_the_last_machine_is_gone_still_ends_on_the_gone_page() {
+    let platform = local::start(&[]).await;
+    let api = Api::new(&platform);
+    let alice = Visitor::new(&platform, "203.0.113.1");
+    let a = alice.launch_and_claim().await;
+    // The launch made sure the visitors' app has its concierge.
+    let concierge = api
+        .machine_ids("flyby-machines")
+        .await
+        .into_iter()
+        .find(|id| *id != a)
+        .expect("a concierge");
+    alice
+        .client()
+        .post(alice.machines("/api/switch-off"))
+        .send()
+        .await
+        .unwrap();
+    api.wait_destroyed(a).await;
+    assert!(
+        api.machines().await.is_empty(),
+        "no visitor's Machine is left"
+    );
+    let page = alice
+        .client()
+        .get(alice.machines(&format!("/m/{a}")))
+        .header(header::ACCEPT, "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        answered_by(&page),
+        concierge.as_str(),
+        "the concierge answered"
+    );
+    assert_eq!(page.status(), StatusCode::SEE_OTHER, "not a 5xx");
+    assert_eq!(
+        page.headers()[header::LOCATION],
+        alice.launcher("/gone").as_str()
+    );
+    // The concierge serves nobody itself.
+    let own = alice
+        .client()
+        .get(alice.machines(&format!("/m/{concierge}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(own.status(), StatusCode::FORBIDDEN);
     platform.shutdown().await;
 }

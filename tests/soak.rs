@@ -43,7 +43,10 @@ async fn fifty_visitors_two_hundred_launches_never_exceed_the_cap_and_leave_noth
                     .registry
                     .list("flyby-machines")
                     .iter()
-                    .filter(|m| m.state != flyby::local::registry::MachineState::Destroyed)
+                    .filter(|m| {
+                        m.state != flyby::local::registry::MachineState::Destroyed
+                            && m.name.starts_with("flyby-slot-")
+                    })
                     .count();
                 peak = peak.max(alive);
                 samples += 1;

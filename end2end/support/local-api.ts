@@ -13,6 +13,8 @@ export interface LocalMachine {
 export const EPHEMERAL_APP = 'flyby-machines';
 /** The name of the Machines the suite itself creates as other visitors' (see `bystander`). */
 export const BYSTANDER_PREFIX = 'e2e-bystander-';
+/** The visitors' app's concierge: belongs to nobody, never ends (see src/server/launcher). */
+export const CONCIERGE_NAME = 'flyby-concierge';
 /** The token flyby-local expects by default (the suite starts it without FLY_API_TOKEN). */
 const API_TOKEN = 'flyby-local-token';
 
@@ -45,7 +47,11 @@ export class LocalApi {
   /** Visitors' Machines not destroyed yet (the suite's bystanders aside). */
   async alive(): Promise<LocalMachine[]> {
     return (await this.machines()).filter(
-      (m) => m.app === EPHEMERAL_APP && m.state !== 'destroyed' && !m.name.startsWith(BYSTANDER_PREFIX),
+      (m) =>
+        m.app === EPHEMERAL_APP &&
+        m.state !== 'destroyed' &&
+        !m.name.startsWith(BYSTANDER_PREFIX) &&
+        m.name !== CONCIERGE_NAME,
     );
   }
 
@@ -75,6 +81,11 @@ export class LocalApi {
     })) as { id: string };
     await this.call('GET', `/v1/apps/${EPHEMERAL_APP}/machines/${created.id}/wait?state=started&timeout=30`);
     return created.id;
+  }
+
+  /** How many Machines were ever created for visitors (the concierge, made once, aside). */
+  async created(): Promise<number> {
+    return (await this.machines()).filter((m) => m.name !== CONCIERGE_NAME).length;
   }
 
   /** A Machine's state; `absent` if the platform never had it. */

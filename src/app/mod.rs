@@ -26,11 +26,14 @@ pub enum Role {
     Launcher,
     /// A Machine launched for one visitor.
     Ephemeral,
+    /// A Machine of the visitors' app that belongs to nobody and never ends: it answers the
+    /// requests for Machines that are gone when no visitor's Machine is left to do it.
+    Concierge,
 }
 
-/// A role name that is neither `launcher` nor `ephemeral`.
+/// A role name that is not one of the three.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("expected `launcher` or `ephemeral`")]
+#[error("expected `launcher`, `ephemeral` or `concierge`")]
 pub struct UnknownRole;
 
 impl Role {
@@ -39,6 +42,7 @@ impl Role {
         match self {
             Role::Launcher => "launcher",
             Role::Ephemeral => "ephemeral",
+            Role::Concierge => "concierge",
         }
     }
 
@@ -46,6 +50,7 @@ impl Role {
         match name {
             "launcher" => Ok(Role::Launcher),
             "ephemeral" => Ok(Role::Ephemeral),
+            "concierge" => Ok(Role::Concierge),
             _ => Err(UnknownRole),
         }
     }

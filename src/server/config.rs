@@ -54,14 +54,14 @@ const fn secret(name: &'static str, expected: &'static str, help: &'static str) 
 /// Every variable, in the order `--help` lists them.
 #[rustfmt::skip]
 pub const VARIABLES: &[Variable] = &[
-    var("FLYBY_ROLE", None, "`launcher` or `ephemeral`", "which of the two Fly apps this process serves"),
+    var("FLYBY_ROLE", None, "`launcher`, `ephemeral` or `concierge`", "what this process is: the launcher, a visitor's Machine, or the visitors' app's concierge"),
     var("FLYBY_LOG_FORMAT", Some("human"), "`human` or `json`", "log line format"),
     var("FLYBY_EPHEMERAL_APP", Some("flyby-machines"), "a Fly app name", "the app the launcher creates visitors' Machines in"),
     var("FLYBY_TTL_SECS", Some("120"), "whole seconds, 10 to 3600", "how long a visitor's Machine may live at most"),
     var("FLYBY_CLAIM_SECS", Some("60"), "whole seconds, 5 to 600", "how long a new Machine waits for its owner before it switches itself off"),
     var("FLYBY_SHOW_SECS", Some("30"), "whole seconds, 3 to 600", "how long the owner's show lasts before the Machine switches itself off"),
     var("FLYBY_OWNER_HASH", Some(""), "64 lowercase hex characters", "ephemeral: SHA-256 of the owner's secret (required for the ephemeral role)"),
-    var("FLYBY_LAUNCHER_URL", Some(""), "an http(s) origin like https://flyby.fly.dev", "ephemeral: where the launcher is, for the way back"),
+    var("FLYBY_LAUNCHER_URL", Some(""), "an http(s) origin like https://flyby.fly.dev", "ephemeral, concierge: where the launcher is, for the way back"),
     secret("FLY_API_TOKEN", "a Fly API token", "launcher: token for the Machines API (required for the launcher role)"),
     var("FLYBY_MACHINES_API", Some("http://_api.internal:4280"), "an http(s) URL", "launcher: the Machines API base URL"),
     var("FLYBY_EPHEMERAL_ORIGIN", Some(""), "an http(s) origin", "launcher: public origin of the ephemeral app (default: the launcher's host with the app name swapped)"),
@@ -135,6 +135,10 @@ pub struct Timings {
 pub enum RoleConfig {
     Launcher(LauncherConfig),
     Ephemeral(EphemeralConfig),
+    Concierge {
+        /// The launcher's origin, for the "gone" page.
+        launcher_url: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -315,6 +319,14 @@ impl Config {
                     .parse("FLYBY_LAUNCHES_PER_MINUTE", |s| number(s, 1..=600))?,
                 metrics_port: r.parse("FLYBY_METRICS_PORT", |s| s.parse().ok())?,
             }),
+            Role::Concierge => {
+                if fly.machine_id.is_none() {
+                    return Err(missing("FLY_MACHINE_ID"));
+                }
+                RoleConfig::Concierge {
+                    launcher_url: r.parse_optional("FLYBY_LAUNCHER_URL", http_url)?,
+                }
+            }
             Role::Ephemeral => {
                 if fly.machine_id.is_none() {
                     return Err(missing("FLY_MACHINE_ID"));
@@ -456,7 +468,7 @@ mod tests {
         let err = config(&[]).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "FLYBY_ROLE is not set: expected `launcher` or `ephemeral`"
+            "FLYBY_ROLE is not set: expected `launcher`, `ephemeral` or `concierge`"
         );
     }
 
@@ -465,7 +477,7 @@ mod tests {
         let err = config(&[("FLYBY_ROLE", "admin")]).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "FLYBY_ROLE is invalid (\"admin\"): expected `launcher` or `ephemeral`"
+            "FLYBY_ROLE is invalid (\"admin\"): expected `launcher`, `ephemeral` or `concierge`"
         );
     }
 

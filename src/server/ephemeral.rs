@@ -53,11 +53,6 @@ impl EphemeralMachine {
         }))
     }
 
-    /// The launcher's "your Machine is gone" page.
-    pub fn gone_url(&self) -> Option<String> {
-        self.launcher_url.as_ref().map(|url| format!("{url}/gone"))
-    }
-
     pub fn phase_view(&self, phase: Phase) -> PhaseView {
         match phase {
             Phase::AwaitingOwner => PhaseView::AwaitingOwner,

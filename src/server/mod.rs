@@ -211,10 +211,16 @@ pub fn router_with(
         id: config.fly.machine_id,
         owner: match &config.role_config {
             RoleConfig::Ephemeral(e) => Some(e.owner_hash),
-            RoleConfig::Launcher(_) => None,
+            RoleConfig::Launcher(_) | RoleConfig::Concierge { .. } => None,
         },
     };
-    let gone_url = ephemeral.as_ref().and_then(|m| m.gone_url());
+    // Where visitors of the visitors' app go when their Machine is gone.
+    let gone_url = match &config.role_config {
+        RoleConfig::Ephemeral(e) => e.launcher_url.as_deref(),
+        RoleConfig::Concierge { launcher_url } => launcher_url.as_deref(),
+        RoleConfig::Launcher(_) => None,
+    }
+    .map(|launcher| format!("{launcher}/gone"));
     // Which Machine answered: lets a visitor (and the tests) see affinity at work. A Machine id
     // is no secret; it is in every visitor's URL already.
     let answered_by = config
@@ -255,7 +261,13 @@ pub const MACHINE_HEADER: http::HeaderName = http::HeaderName::from_static("flyb
 /// Which pages each role serves: the visitor's page lives under `/m/` on the ephemeral app,
 /// everything else on the launcher.
 fn belongs_to(role: Role, path: &str) -> bool {
-    path.starts_with(affinity::MACHINE_PREFIX) == (role == Role::Ephemeral)
+    let visitor_page = path.starts_with(affinity::MACHINE_PREFIX);
+    match role {
+        Role::Launcher => !visitor_page,
+        Role::Ephemeral => visitor_page,
+        // It serves no page: every request it gets is replayed, or refused.
+        Role::Concierge => false,
+    }
 }
 
 /// A path of the other role's pages.

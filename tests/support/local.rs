@@ -100,6 +100,12 @@ impl Api {
             .unwrap()
             .into_iter()
             .filter(|m| m["app"] == EPHEMERAL_APP && m["state"] != "destroyed")
+            // Visitors' Machines only: not the concierge, which never ends.
+            .filter(|m| {
+                m["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("flyby-slot-"))
+            })
             .collect()
     }
 
@@ -144,6 +150,23 @@ impl Api {
             .unwrap()
             .status();
         assert!(status.is_success(), "arming {fault}: {status}");
+    }
+
+    /// The Machines of `app` that are not destroyed, from the admin endpoint.
+    pub async fn machine_ids(&self, app: &str) -> Vec<MachineId> {
+        let all: Vec<serde_json::Value> = self
+            .http
+            .get(format!("{}/_local/machines", self.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        all.iter()
+            .filter(|m| m["app"] == app && m["state"] != "destroyed")
+            .map(|m| MachineId::parse(m["id"].as_str().unwrap()).unwrap())
+            .collect()
     }
 
     /// Disarms every fault.

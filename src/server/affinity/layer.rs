@@ -135,9 +135,15 @@ where
                 self.inner.call(request),
                 Some(cookies::clear(LAUNCH_COOKIE)),
             ),
-            Decision::Replay(target) => AffinityFuture::ready(replay(target)),
-            Decision::Gone(target) => AffinityFuture::ready(self.gone(&request, target)),
-            Decision::Refuse(refusal) => AffinityFuture::ready(self.refuse(&request, refusal)),
+            Decision::Replay(target) => AffinityFuture::ready(answered(request, replay(target))),
+            Decision::Gone(target) => {
+                let response = self.gone(&request, target);
+                AffinityFuture::ready(answered(request, response))
+            }
+            Decision::Refuse(refusal) => {
+                let response = self.refuse(&request, refusal);
+                AffinityFuture::ready(answered(request, response))
+            }
         }
     }
 }
@@ -146,7 +152,7 @@ impl<S> Affinity<S> {
     fn pin_cookie(&self) -> &'static str {
         match self.shared.here.role {
             Role::Launcher => LAUNCH_COOKIE,
-            Role::Ephemeral => OWNER_COOKIE,
+            Role::Ephemeral | Role::Concierge => OWNER_COOKIE,
         }
     }
 
@@ -206,6 +212,31 @@ impl<S> Affinity<S> {
         }
         response
     }
+}
+
+/// How much of a request body an answer made here still reads. A body the proxy could not
+/// buffer for a replay (over 1 MB) is still arriving when the answer goes out; closing the
+/// connection on it would reset it and lose the answer, so it is read (and dropped) up to
+/// this much, past which the connection may close.
+const DRAIN_LIMIT: usize = 4 << 20;
+
+/// Returns `response` for `request`, reading whatever body it has in the background.
+fn answered(request: Request<Body>, response: Response) -> Response {
+    use axum::body::HttpBody as _;
+    let body = request.into_body();
+    if !body.is_end_stream() {
+        tokio::spawn(async move {
+            let mut stream = body.into_data_stream();
+            let mut read = 0;
+            while let Some(Ok(chunk)) = futures::StreamExt::next(&mut stream).await {
+                read += chunk.len();
+                if read > DRAIN_LIMIT {
+                    break;
+                }
+            }
+        });
+    }
+    response
 }
 
 fn replay(target: MachineId) -> Response {

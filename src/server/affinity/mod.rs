@@ -105,7 +105,8 @@ pub fn decide(request: &RequestFacts<'_>, here: &Here) -> Decision {
     }
     match here.role {
         Role::Launcher => decide_launcher(request, here),
-        Role::Ephemeral => decide_ephemeral(request, here),
+        // The concierge is a Machine of the visitors' app whose owner nobody is.
+        Role::Ephemeral | Role::Concierge => decide_ephemeral(request, here),
     }
 }
 
@@ -151,7 +152,8 @@ fn decide_ephemeral(request: &RequestFacts<'_>, here: &Here) -> Decision {
             Decision::Replay(target)
         };
     }
-    if request.method == Method::POST && is_claim_path(request.path, me) {
+    // Only a Machine with an owner can be claimed (the concierge has none).
+    if request.method == Method::POST && is_claim_path(request.path, me) && here.owner.is_some() {
         return Decision::Serve;
     }
     match (presented, here.owner) {

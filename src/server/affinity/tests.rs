@@ -367,6 +367,40 @@ fn paths_for_the_hand_over_and_the_page() {
     assert_eq!(owner_cookie_value(id(ME), "s"), "0123456789abcd.s");
 }
 
+// --- concierge ---
+
+#[test]
+fn the_concierge_replays_for_every_machine_and_serves_nobody() {
+    let here = Here {
+        role: Role::Concierge,
+        id: Some(id(ME)),
+        owner: None,
+    };
+    let c = format!("flyby_owner={OTHER}.s");
+    assert_eq!(
+        decide(&facts(GET, "/", Some(&c)), &here),
+        Decision::Replay(id(OTHER))
+    );
+    let other_page = format!("/m/{OTHER}");
+    let mut failed = facts(GET, &other_page, None);
+    failed.replay_failed = Some("instance=fedcba98765432;reason=no_candidate");
+    assert_eq!(decide(&failed, &here), Decision::Gone(id(OTHER)));
+    let mine = format!("flyby_owner={ME}.{}", OwnerSecret::mint().expose());
+    assert_eq!(
+        decide(&facts(GET, &format!("/m/{ME}"), Some(&mine)), &here),
+        Decision::Refuse(Refusal::NotOwner)
+    );
+    assert_eq!(
+        decide(&facts(POST, &format!("/m/{ME}/claim"), None), &here),
+        Decision::Refuse(Refusal::NotOwner)
+    );
+    assert_eq!(decide(&facts(GET, "/health", None), &here), Decision::Pass);
+    assert_eq!(
+        decide(&facts(GET, "/", None), &here),
+        Decision::Refuse(Refusal::NoMachine)
+    );
+}
+
 // --- properties ---
 
 fn any_here() -> impl Strategy<Value = (Here, OwnerSecret)> {

@@ -51,6 +51,10 @@ pub use tracker::Tracked;
 pub const MACHINE_PORT: u16 = 8080;
 /// Metadata that marks a Machine as a visitor's Machine launched by flyby.
 pub const METADATA_ROLE: (&str, &str) = ("flyby", "ephemeral");
+/// Metadata that marks the visitors' app's concierge.
+pub const CONCIERGE_ROLE: (&str, &str) = ("flyby", "concierge");
+/// The concierge's name: one per app, whichever launcher creates it first.
+pub const CONCIERGE_NAME: &str = "flyby-concierge";
 /// How long a launch may take from request to serving before it is abandoned.
 const LAUNCH_DEADLINE: Duration = Duration::from_secs(60);
 /// How long a launch waits out the Machines API's rate limit before telling the visitor the
@@ -96,7 +100,18 @@ pub struct Launcher {
     /// One visitor, one launch at a time: visitor -> launch id.
     active: Mutex<HashMap<String, String>>,
     alive: watch::Receiver<Vec<Tracked>>,
+    /// Whether the visitors' app has its concierge, and whether this launcher is creating it.
+    concierge: Concierge,
     pub metrics: Arc<Metrics>,
+}
+
+/// What the launcher knows of the concierge.
+#[derive(Default)]
+struct Concierge {
+    /// The tracker saw it alive at its last poll.
+    seen: std::sync::atomic::AtomicBool,
+    /// A create is under way here, so concurrent launches don't start another.
+    creating: std::sync::atomic::AtomicBool,
 }
 
 /// The launcher of this process, for server functions.
@@ -152,6 +167,7 @@ impl Launcher {
             launches: Mutex::default(),
             active: Mutex::default(),
             alive,
+            concierge: Concierge::default(),
             metrics,
         });
         tracker::spawn(launcher.clone(), alive_tx);
@@ -214,8 +230,13 @@ impl Launcher {
         let this = self.clone();
         let launch_id = id.clone();
         tokio::spawn(async move {
-            this.run(&launch_id, &launch, region, &origin, &ephemeral_origin)
-                .await;
+            if this
+                .run(&launch_id, &launch, region, &origin, &ephemeral_origin)
+                .await
+            {
+                // There is a visitor's Machine now, one that may vanish under its visitor.
+                this.ensure_concierge(&origin);
+            }
             this.active
                 .lock()
                 .expect("active lock")
@@ -280,6 +301,76 @@ impl Launcher {
         handover.ok_or_else(|| AppError::BadRequest("no hand-over for this launch".into()))
     }
 
+    /// Makes sure the visitors' app has its concierge: a Machine that belongs to nobody and
+    /// never ends, so that a request for a Machine that is gone always reaches flyby code (which
+    /// sends the visitor to the "gone" page) even when no visitor's Machine is left. On Fly it
+    /// is stopped while idle and started by fly-proxy on demand (autostop/autostart).
+    fn ensure_concierge(self: &Arc<Self>, origin: &str) {
+        use std::sync::atomic::Ordering;
+        let Some(image) = self.image.clone() else {
+            return;
+        };
+        if self.concierge.seen.load(Ordering::Relaxed)
+            || self.concierge.creating.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let this = self.clone();
+        let origin = origin.to_owned();
+        tokio::spawn(async move {
+            this.creates.take(|| ()).await;
+            let request = CreateMachineRequest {
+                name: Some(CONCIERGE_NAME.to_owned()),
+                config: this.concierge_config(image, &origin),
+                ..CreateMachineRequest::default()
+            };
+            match this.api.create(&this.ephemeral_app, &request).await {
+                Ok(machine) => {
+                    tracing::info!(machine = %machine.id, "created the concierge");
+                    this.concierge.seen.store(true, Ordering::Relaxed);
+                }
+                Err(FlyApiError::NameTaken { .. }) => {
+                    this.concierge.seen.store(true, Ordering::Relaxed)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not create the concierge; next launch retries")
+                }
+            }
+            this.concierge.creating.store(false, Ordering::Release);
+        });
+    }
+
+    /// The concierge's whole config: the same image and service as a visitor's Machine, but no
+    /// owner, no end, and started by fly-proxy only when it is needed.
+    fn concierge_config(&self, image: String, origin: &str) -> MachineConfig {
+        let mut config = self.machine_config(image, "", &OwnerSecret::mint(), origin);
+        config.env = BTreeMap::from([
+            ("FLYBY_ROLE".to_owned(), "concierge".to_owned()),
+            ("FLYBY_LAUNCHER_URL".to_owned(), origin.to_owned()),
+            ("FLYBY_LOG_FORMAT".to_owned(), self.log_format.to_owned()),
+            (
+                "LEPTOS_SITE_ADDR".to_owned(),
+                format!("0.0.0.0:{MACHINE_PORT}"),
+            ),
+            ("LEPTOS_SITE_ROOT".to_owned(), self.site_root.clone()),
+        ]);
+        config.metadata =
+            BTreeMap::from([(CONCIERGE_ROLE.0.to_owned(), CONCIERGE_ROLE.1.to_owned())]);
+        config.auto_destroy = false;
+        config.restart = Some(Restart {
+            policy: RestartPolicy::Always,
+            max_retries: None,
+        });
+        for service in &mut config.services {
+            service.autostart = Some(true);
+            service.autostop = Some(Autostop::Stop);
+            for port in &mut service.ports {
+                port.http_options = None;
+            }
+        }
+        config
+    }
+
     /// The Machines alive, streamed on every change of the tracker's view.
     pub fn watch_machines(
         self: Arc<Self>,
@@ -308,7 +399,8 @@ impl Launcher {
         rx.into()
     }
 
-    /// One launch, from request to hand-over. Whatever it created is destroyed if it fails.
+    /// One launch, from request to hand-over; whether it launched. Whatever it created is
+    /// destroyed if it fails.
     async fn run(
         &self,
         id: &str,
@@ -316,7 +408,7 @@ impl Launcher {
         region: Option<RegionCode>,
         origin: &str,
         ephemeral_origin: &str,
-    ) {
+    ) -> bool {
         let started = Instant::now();
         let step = |step: Step| {
             let at_ms = started.elapsed().as_millis() as u64;
@@ -351,7 +443,9 @@ impl Launcher {
                 Err(error)
             }
         };
+        let launched = outcome.is_ok();
         launch.progress.send_modify(|p| p.outcome = Some(outcome));
+        launched
     }
 
     /// The steps of a launch; on failure, the error and the Machine to destroy, if any.

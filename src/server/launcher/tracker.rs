@@ -2,7 +2,7 @@
 //! the Machines alive that every open page's map follows, that the launch uses to pick a free
 //! slot, and that the reaper acts on.
 
-use super::{Launcher, METADATA_ROLE};
+use super::{Launcher, CONCIERGE_ROLE, METADATA_ROLE};
 use crate::{
     app::launcher::AliveMachine,
     fly::MachineId,
@@ -61,10 +61,8 @@ impl Tracked {
 /// Runs the tracker (and the reaper) for as long as the process lives.
 pub fn spawn(launcher: Arc<Launcher>, alive: watch::Sender<Vec<Tracked>>) {
     tokio::spawn(async move {
-        let filter = ListFilter {
-            metadata: vec![(METADATA_ROLE.0.to_owned(), METADATA_ROLE.1.to_owned())],
-            ..ListFilter::default()
-        };
+        // All of the app's Machines: the visitors' and the concierge.
+        let filter = ListFilter::default();
         let mut ticks = tokio::time::interval(POLL);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -76,11 +74,26 @@ pub fn spawn(launcher: Arc<Launcher>, alive: watch::Sender<Vec<Tracked>>) {
                     continue;
                 }
             };
+            let living = |m: &&Machine| {
+                !matches!(m.state, MachineState::Destroyed | MachineState::Destroying)
+            };
+            let labelled = |m: &Machine, role: (&str, &str)| {
+                m.metadata().get(role.0).map(String::as_str) == Some(role.1)
+            };
             let now_alive: Vec<Tracked> = machines
                 .iter()
-                .filter(|m| !matches!(m.state, MachineState::Destroyed | MachineState::Destroying))
+                .filter(living)
+                .filter(|m| labelled(m, METADATA_ROLE))
                 .map(Tracked::from_machine)
                 .collect();
+            let concierge = machines
+                .iter()
+                .filter(living)
+                .any(|m| labelled(m, CONCIERGE_ROLE));
+            launcher
+                .concierge
+                .seen
+                .store(concierge, std::sync::atomic::Ordering::Relaxed);
             launcher.metrics.machines_alive(now_alive.len());
             reap(&launcher, &now_alive);
             alive.send_if_modified(|seen| {
