@@ -50,7 +50,7 @@ RUN mkdir /skeleton \
     | while read -r kind file; do \
         mkdir -p "/skeleton/$(dirname "$file")"; \
         case "$kind" in \
-          rs) echo 'fn main() {}' > "/skeleton/$file" ;; \
+          rs) printf '%s\n' '#![allow(dead_code)]' 'fn main() {}' > "/skeleton/$file" ;; \
           file) : > "/skeleton/$file" ;; \
           dir) mkdir -p "/skeleton/$file" ;; \
         esac; \
