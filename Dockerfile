@@ -16,11 +16,11 @@
 # are relinked, not recompiled.
 FROM rust:1.95-trixie AS tools
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
-# Debian's current nodejs 20 and npm: unpinned on purpose, a pinned Debian revision disappears
-# from the archive at the next security update.
+# Debian's current nodejs 20 and npm, and brotli (scripts/precompress): unpinned on purpose, a
+# pinned Debian revision disappears from the archive at the next security update.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends nodejs npm \
+    && apt-get install -y --no-install-recommends nodejs npm brotli \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY scripts/setup scripts/setup
@@ -29,14 +29,14 @@ COPY end2end/package.json end2end/package-lock.json end2end/
 RUN --mount=type=cache,target=/root/.cache/cargo-install \
     CARGO_TARGET_DIR=/root/.cache/cargo-install scripts/setup build
 
-# Skeleton: the manifests and the Makefile, plus an empty stand-in for every target's root
-# file, the style file and the assets folder, so that the dependency layer below is rebuilt
-# only when those change, not on every edit of the sources.
+# Skeleton: the manifests, the Makefile and the scripts its build runs, plus an empty stand-in
+# for every target's root file, the style file and the assets folder, so that the dependency
+# layer below is rebuilt only when those change, not on every edit of the sources.
 FROM tools AS skeleton
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 COPY . .
 RUN mkdir /skeleton \
-    && cp Cargo.toml Cargo.lock Makefile /skeleton/ \
+    && cp -r Cargo.toml Cargo.lock Makefile scripts /skeleton/ \
     && cargo metadata --no-deps --format-version 1 | node -e ' \
         const path = require("path"); \
         const meta = JSON.parse(require("fs").readFileSync(0, "utf8")); \
@@ -50,7 +50,7 @@ RUN mkdir /skeleton \
     | while read -r kind file; do \
         mkdir -p "/skeleton/$(dirname "$file")"; \
         case "$kind" in \
-          rs) echo 'fn main() {}' > "/skeleton/$file" ;; \
+          rs) printf '%s\n' '#![allow(dead_code)]' 'fn main() {}' > "/skeleton/$file" ;; \
           file) : > "/skeleton/$file" ;; \
           dir) mkdir -p "/skeleton/$file" ;; \
         esac; \
@@ -60,19 +60,19 @@ RUN mkdir /skeleton \
 FROM tools AS build
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 COPY --from=skeleton /skeleton/ ./
-# The stand-ins' own artifacts are removed (cargo-leptos builds the WASM in target/front), so
-# the real build below cannot take them for up to date: cargo compares modification times, and
-# COPY keeps the checkout's, older than this layer.
+# The stand-ins' own artifacts are removed (cargo-leptos builds the WASM in target/front, and
+# lists the bundle's hashes in target/release/hash.txt), so the real build below cannot take
+# them for up to date: cargo compares modification times, and COPY keeps the checkout's.
 RUN make build \
     && cargo clean --release --package flyby \
     && cargo clean --target-dir target/front --profile wasm-release \
         --target wasm32-unknown-unknown --package flyby \
-    && rm -rf target/site
+    && rm -rf target/site target/release/hash.txt
 COPY . .
 # The guards prove the server and the WASM bundle are the real ones, not the skeleton's stand-ins.
 RUN make build \
     && target/release/flyby --help | grep -q FLYBY_ROLE \
-    && grep -q 'export function hydrate' target/site/pkg/flyby.js
+    && grep -q 'export function hydrate' target/site/pkg/*.js
 
 # Runtime: no toolchain and no flyby-local; only the server and its site, run by a user
 # without privileges. The binary needs only glibc and libgcc (TLS roots are compiled in).
