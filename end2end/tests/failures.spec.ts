@@ -51,16 +51,15 @@ test.describe('the Machine dies under the visitor', () => {
   // With no visitor's Machine left, the visitors' app's concierge (created by the launcher
   // after the first launch) takes the request and sends the visitor to the "gone" page.
   test("a later visit lands on the launcher's gone page even when no visitor Machine is left", async ({
-      page,
-      platform,
-      api,
-    }) => {
-      await openLauncher(page, platform);
-      const id = await launch(page);
-      await api.crash(id);
-      await expectNoMore(page, api, id, crashed);
-      await expectGonePage(page, platform, id);
-    });
+    page,
+    platform,
+    api,
+  }) => {
+    await openLauncher(page, platform);
+    const id = await launch(page);
+    await api.crash(id);
+    await expectNoMore(page, api, id, crashed);
+    await expectGonePage(page, platform, id);
   });
 });
 
