@@ -23,10 +23,24 @@ pub mod local;
 #[cfg(feature = "ssr")]
 pub mod server;
 
-/// Entry point of the WASM bundle: attaches the UI to the HTML the server rendered.
+/// Entry point of the WASM bundle. The pages are islands: the HTML the server rendered stays as
+/// it is, and Leptos's loader script hydrates each `<leptos-island>` after this returns (see
+/// [`app`]). A page without an island is complete as soon as the bundle runs.
 #[cfg(feature = "hydrate")]
 #[wasm_bindgen::prelude::wasm_bindgen]
 pub fn hydrate() {
+    // Panic messages in the console are for development: in a release bundle the hook would
+    // keep all of the panic formatting alive.
+    #[cfg(debug_assertions)]
     console_error_panic_hook::set_once();
-    leptos::mount::hydrate_body(app::App);
+    leptos::mount::hydrate_islands();
+    let page = leptos::prelude::document();
+    if page
+        .query_selector("leptos-island")
+        .ok()
+        .flatten()
+        .is_none()
+    {
+        app::mark_hydrated();
+    }
 }

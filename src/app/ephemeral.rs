@@ -121,8 +121,8 @@ pub fn MachinePage() -> impl IntoView {
     }
 }
 
-/// The live part of the page.
-#[component]
+/// The live part of the page: an island, the only part of it the browser hydrates.
+#[island]
 fn MachineView(info: MachineInfo) -> impl IntoView {
     let phase = RwSignal::new(info.phase);
     let rtt_ms = RwSignal::new(None::<f64>);
@@ -136,6 +136,7 @@ fn MachineView(info: MachineInfo) -> impl IntoView {
 
     #[cfg(feature = "hydrate")]
     live::connect(phase, rtt_ms, lost, seconds_left);
+    super::mark_hydrated_after_render();
 
     let switching = Action::new(|_: &()| switch_off());
     let switch_state = Signal::derive(move || match phase.get() {
@@ -186,7 +187,7 @@ fn MachineView(info: MachineInfo) -> impl IntoView {
                         <dt>"Round trip to this Machine"</dt>
                         <dd class="rtt" aria-live="off">
                             {move || match rtt_ms.get() {
-                                Some(ms) => format!("{ms:.1} ms"),
+                                Some(ms) => format!("{} ms", super::fixed(ms, 1)),
                                 None => "measuring…".to_owned(),
                             }}
                         </dd>
@@ -234,7 +235,7 @@ fn MachineView(info: MachineInfo) -> impl IntoView {
 mod live {
     use super::*;
     use futures::{channel::mpsc, StreamExt};
-    use std::{cell::RefCell, collections::HashMap, rc::Rc, time::Duration};
+    use std::{cell::RefCell, rc::Rc, time::Duration};
 
     fn now_ms() -> f64 {
         window().performance().map(|p| p.now()).unwrap_or_default()
@@ -247,7 +248,8 @@ mod live {
         seconds_left: RwSignal<Option<u64>>,
     ) {
         let (tx, rx) = mpsc::channel::<Result<ClientMessage, AppError>>(4);
-        let sent: Rc<RefCell<HashMap<u32, f64>>> = Rc::default();
+        // Pings in flight (sequence number, when sent): a handful at most, so a list.
+        let sent: Rc<RefCell<Vec<(u32, f64)>>> = Rc::default();
         let countdown_to = Rc::new(RefCell::new(None::<f64>));
 
         let ticker = {
@@ -258,7 +260,7 @@ mod live {
             set_interval_with_handle(
                 move || {
                     seq.set(seq.get().wrapping_add(1));
-                    sent.borrow_mut().insert(seq.get(), now_ms());
+                    sent.borrow_mut().push((seq.get(), now_ms()));
                     let _ = tx
                         .borrow_mut()
                         .try_send(Ok(ClientMessage::Ping { seq: seq.get() }));
@@ -275,16 +277,20 @@ mod live {
         leptos::task::spawn_local(async move {
             // The first ping goes out at once, so the round trip shows without waiting a second.
             let mut first = tx;
-            sent.borrow_mut().insert(0, now_ms());
+            sent.borrow_mut().push((0, now_ms()));
             let _ = first.try_send(Ok(ClientMessage::Ping { seq: 0 }));
             let mut ended = false;
             if let Ok(mut messages) = machine_channel(rx.into()).await {
                 while let Some(message) = messages.next().await {
                     match message {
                         Ok(ServerMessage::Pong { seq }) => {
-                            if let Some(at) = sent.borrow_mut().remove(&seq) {
+                            let mut sent = sent.borrow_mut();
+                            if let Some(i) = sent.iter().position(|(s, _)| *s == seq) {
+                                let (_, at) = sent.swap_remove(i);
                                 rtt_ms.set(Some(now_ms() - at));
                             }
+                            // Pongs come in order: a ping older than this one lost its pong.
+                            sent.retain(|(s, _)| s.wrapping_sub(seq) < 1 << 31);
                         }
                         Ok(ServerMessage::Phase(p)) => {
                             if let PhaseView::Showing { seconds_left: s } = p {

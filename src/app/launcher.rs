@@ -111,9 +111,27 @@ pub async fn watch_machines(
     reply(crate::server::launcher::current().map(|l| l.watch_machines(input)))
 }
 
+/// The launcher's home page: the frame, rendered on the server, around the [`LaunchPanel`] island.
 #[component]
 pub fn LauncherPage() -> impl IntoView {
     let info = Resource::new(|| (), |_| about_launcher());
+    view! {
+        <h1>"flyby"</h1>
+        <p class="lede">
+            "Push the button and a brand-new Fly Machine starts in the region nearest to you. "
+            "It is yours alone for a minute, then it switches itself off and is gone for good."
+        </p>
+        <Suspense fallback=|| ()>
+            {move || Suspend::new(async move { view! { <LaunchPanel info=info.await.ok()/> } })}
+        </Suspense>
+    }
+}
+
+/// Everything on the launcher's page that moves: the live map, the button, the launch's
+/// progress and the hand-over. `info` is `None` when the launcher could not describe itself;
+/// the button still works then.
+#[island]
+fn LaunchPanel(info: Option<LauncherInfo>) -> impl IntoView {
     let alive = RwSignal::new(Vec::<AliveMachine>::new());
     let progress = RwSignal::new(None::<LaunchProgress>);
     let handover = RwSignal::new(None::<Handover>);
@@ -126,6 +144,7 @@ pub fn LauncherPage() -> impl IntoView {
 
     #[cfg(feature = "hydrate")]
     live::follow_map(alive);
+    super::mark_hydrated_after_render();
 
     let launch = Action::new(move |_: &()| async move {
         error.set(None);
@@ -159,23 +178,16 @@ pub fn LauncherPage() -> impl IntoView {
         }
     });
 
+    let map = info.map(|info| {
+        let edge = info.edge_city.clone().unwrap_or_else(|| "unknown".into());
+        view! {
+            <p class="edge">"Your edge region is " <strong>{edge}</strong> "."</p>
+            <RegionMap alive=alive.into() edge=info.edge_region cap=info.cap/>
+        }
+    });
+
     view! {
-        <h1>"flyby"</h1>
-        <p class="lede">
-            "Push the button and a brand-new Fly Machine starts in the region nearest to you. "
-            "It is yours alone for a minute, then it switches itself off and is gone for good."
-        </p>
-        <Suspense fallback=|| ()>
-            {move || Suspend::new(async move {
-                info.await.ok().map(|info| {
-                    let edge = info.edge_city.clone().unwrap_or_else(|| "unknown".into());
-                    view! {
-                        <p class="edge">"Your edge region is " <strong>{edge}</strong> "."</p>
-                        <RegionMap alive=alive.into() edge=info.edge_region.clone() cap=info.cap/>
-                    }
-                })
-            })}
-        </Suspense>
+        {map}
         <button
             type="button"
             class="launch"
@@ -190,21 +202,27 @@ pub fn LauncherPage() -> impl IntoView {
             <section class="progress" aria-live="polite" aria-label="Launch progress">
                 // A timer is not announced on every tick (role=timer is not live by itself).
                 <p class="timer" role="timer" aria-live="off">
-                    {move || format!("{:.1} s", elapsed_ms.get() as f64 / 1000.0)}
+                    {move || format!("{} s", super::fixed(elapsed_ms.get() as f64 / 1000.0, 1))}
                 </p>
+                // At most six steps: redrawn whole on each change (a keyed <For> would add its
+                // diffing to the WASM bundle for nothing).
                 <ol class="steps">
-                    <For
-                        each=move || progress.get().map(|p| p.steps).unwrap_or_default()
-                        key=|s| s.step.label()
-                        children=|s| {
-                            view! {
-                                <li class="step">
-                                    <span class="label">{s.step.label()}</span>
-                                    <span class="at">{format!("{:.2} s", s.at_ms as f64 / 1000.0)}</span>
-                                </li>
-                            }
-                        }
-                    />
+                    {move || {
+                        progress
+                            .get()
+                            .map(|p| p.steps)
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|s| {
+                                view! {
+                                    <li class="step">
+                                        <span class="label">{s.step.label()}</span>
+                                        <span class="at">{format!("{} s", super::fixed(s.at_ms as f64 / 1000.0, 2))}</span>
+                                    </li>
+                                }
+                            })
+                            .collect_view()
+                    }}
                 </ol>
             </section>
         </Show>

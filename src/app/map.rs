@@ -1,7 +1,7 @@
 //! A map of Fly's regions with the Machines alive now: an equirectangular projection drawn in
 //! SVG, one dot per region, lit where Machines run, ringed where the visitor is.
 
-use super::launcher::AliveMachine;
+use super::{fixed, launcher::AliveMachine};
 use crate::fly::REGIONS;
 use leptos::prelude::*;
 
@@ -21,13 +21,16 @@ pub fn RegionMap(
     // Machines in regions flyby does not know still count, and are listed by code.
     let unknown = move || {
         alive.with(|a| {
-            let mut codes: Vec<String> = a
+            // In the order the launcher lists them (no sort: it would only add to the bundle).
+            let mut codes: Vec<String> = Vec::new();
+            for m in a
                 .iter()
                 .filter(|m| !REGIONS.iter().any(|r| r.code == m.region))
-                .map(|m| m.region.clone())
-                .collect();
-            codes.sort();
-            codes.dedup();
+            {
+                if !codes.contains(&m.region) {
+                    codes.push(m.region.clone());
+                }
+            }
             codes
         })
     };
@@ -42,6 +45,8 @@ pub fn RegionMap(
                     .iter()
                     .map(|r| {
                         let (x, y) = project(r.lat, r.lon);
+                        let label_y = fixed(y - 6.0, 1);
+                        let (x, y) = (fixed(x, 1), fixed(y, 1));
                         let is_edge = edge.as_deref() == Some(r.code);
                         let code = r.code;
                         view! {
@@ -54,9 +59,9 @@ pub fn RegionMap(
                                 }
                                 data-region=code
                             >
-                                <circle cx=x cy=y r="3"/>
-                                {is_edge.then(|| view! { <circle class="ring" cx=x cy=y r="7"/> })}
-                                <text x=x y={y - 6.0}>{move || match count(code) {
+                                <circle cx=x.clone() cy=y.clone() r="3"/>
+                                {is_edge.then(|| view! { <circle class="ring" cx=x.clone() cy=y r="7"/> })}
+                                <text x=x y=label_y>{move || match count(code) {
                                     0 => code.to_owned(),
                                     n => format!("{code} {n}"),
                                 }}</text>

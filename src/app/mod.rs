@@ -2,6 +2,11 @@
 //!
 //! One component tree serves both roles; each server mounts only its role's routes, and writes
 //! its role on `<body data-role>` for styles and tests.
+//!
+//! The pages are Leptos islands: the server renders the whole page, and the browser hydrates
+//! only the `#[island]` components (the launcher's panel, the visitor's Machine view). The router,
+//! the static pages and the page frames never reach the WASM bundle, which is what keeps it
+//! small enough for a visitor waiting on a cold Machine (issue 9, BENCHMARKS.md).
 
 pub mod ephemeral;
 mod error;
@@ -70,7 +75,7 @@ pub fn shell(options: LeptosOptions, role: Role) -> impl IntoView {
                 <link rel="icon" href="/favicon.ico"/>
                 <AutoReload options=options.clone()/>
                 <HashedStylesheet options=options.clone() id="leptos"/>
-                <HydrationScripts options/>
+                <HydrationScripts options islands=true/>
                 <MetaTags/>
             </head>
             <body data-role=role.as_str()>
@@ -80,18 +85,11 @@ pub fn shell(options: LeptosOptions, role: Role) -> impl IntoView {
     }
 }
 
-/// The root component. Every route exists in both roles' trees, so the browser and the server
-/// agree on them; the server mounts only its role's (see `server::router`). Marks
-/// `<body data-hydrated>` once it runs in the browser, so that tests
-/// (and anyone curious) can tell a hydrated page from server-rendered HTML.
+/// The root component, rendered on the server only (islands: the browser hydrates the islands
+/// alone). The server mounts only its role's routes (see `server::router`).
 #[component]
 pub fn App() -> impl IntoView {
     provide_meta_context();
-    Effect::new(move |_| {
-        if let Some(body) = document().body() {
-            let _ = body.set_attribute("data-hydrated", "");
-        }
-    });
     view! {
         <Title text="flyby: a Fly Machine of your own"/>
         <Router>
@@ -120,6 +118,33 @@ fn NotFound() -> impl IntoView {
     }
 }
 
+/// `value` written with `places` decimals (rounded half up), by integer arithmetic: the WASM
+/// bundle then carries none of Rust's float formatting, a sizeable part of it (issue 9).
+pub fn fixed(value: f64, places: u32) -> String {
+    let scale = 10u64.pow(places);
+    let scaled = (value.abs() * scale as f64 + 0.5).floor() as u64;
+    let sign = if value < 0.0 && scaled != 0 { "-" } else { "" };
+    let (whole, fraction) = (scaled / scale, scaled % scale);
+    match places {
+        0 => format!("{sign}{whole}"),
+        _ => format!("{sign}{whole}.{fraction:0width$}", width = places as usize),
+    }
+}
+
+/// Marks `<body data-hydrated>`, so that tests (and anyone curious) can tell a page whose
+/// interactive parts run from server-rendered HTML. Each island calls it once it is hydrated; a
+/// page without an island gets it from the bundle's entry point.
+pub fn mark_hydrated() {
+    if let Some(body) = document().body() {
+        let _ = body.set_attribute("data-hydrated", "");
+    }
+}
+
+/// Runs [`mark_hydrated`] once the calling island's first render is in place.
+fn mark_hydrated_after_render() {
+    Effect::new(move |_| mark_hydrated());
+}
+
 /// A disclosure that explains what happens behind the page. Both roles use it, and it is the
 /// simplest proof that a page is interactive.
 #[component]
@@ -140,5 +165,34 @@ fn Explainer(children: ChildrenFn) -> impl IntoView {
                 <div id="explainer-body" class="explainer-body">{children()}</div>
             </Show>
         </section>
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixed;
+
+    #[test]
+    fn fixed_writes_what_float_formatting_would() {
+        for (value, places, expected) in [
+            (0.0, 1, "0.0"),
+            (12.345, 1, "12.3"),
+            (12.35, 2, "12.35"),
+            (0.05, 1, "0.1"),
+            (9.96, 1, "10.0"),
+            (1.0, 2, "1.00"),
+            (0.007, 2, "0.01"),
+            (3.4, 0, "3"),
+            (-0.24, 1, "-0.2"),
+            (-0.04, 1, "0.0"),
+            (359.9, 1, "359.9"),
+            (1234.5678, 3, "1234.568"),
+        ] {
+            assert_eq!(
+                fixed(value, places),
+                expected,
+                "{value} with {places} places"
+            );
+        }
     }
 }
