@@ -3,6 +3,11 @@
 use flyby::server::{config, shutdown_signal, telemetry, Application};
 use std::process::ExitCode;
 
+/// glibc's malloc was about a quarter of the samples of a profile of the SSR home page under
+/// load (BENCHMARKS.md, row 3); mimalloc is faster for many small, short-lived allocations.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     if std::env::args().skip(1).any(|a| a == "--help" || a == "-h") {

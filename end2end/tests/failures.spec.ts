@@ -99,7 +99,9 @@ test.describe('the Fly API fails', () => {
         await expectAccessible(page, 'the launcher during a launch');
       }
       const error = page.locator('.error[role=alert]');
-      await expect(error).toHaveText(apiDown, { timeout: 45_000 });
+      // A 429 is retried for 45 s from the first attempt (RATE_LIMIT_PATIENCE), plus the last
+      // back-off: the message comes about 47 s after the click.
+      await expect(error).toHaveText(apiDown, { timeout: 60_000 });
       await expect(steps).not.toContainText(['Started']);
       await expect(launchButton(page)).toBeEnabled();
       await expect(page).toHaveURL(`${platform.launcher}/`);

@@ -18,7 +18,8 @@ test('each visitor’s address header goes with every kind of request', async ({
         <img alt="" src="http://other.localhost:${port()}/image">
         <form method="post" action="http://other.localhost:${port()}/form"><input name="a" value="b"></form>
         <script>
-          fetch('/fetch').then(() => {
+          // The body is read before the form navigates away, else Chromium aborts the fetch.
+          fetch('/fetch').then((r) => r.text()).then(() => {
             const ws = new WebSocket('ws://' + location.host + '/socket');
             ws.onmessage = () => { ws.close(); document.forms[0].submit(); };
           });
