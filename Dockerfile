@@ -36,7 +36,7 @@ FROM tools AS skeleton
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 COPY . .
 RUN mkdir /skeleton \
-    && cp -r Cargo.toml Cargo.lock Makefile scripts /skeleton/ \
+    && cp -r .cargo Cargo.toml Cargo.lock Makefile scripts /skeleton/ \
     && cargo metadata --no-deps --format-version 1 | node -e ' \
         const path = require("path"); \
         const meta = JSON.parse(require("fs").readFileSync(0, "utf8")); \
