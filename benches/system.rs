@@ -535,16 +535,19 @@ async fn launcher_http(site: &Path, payload: &mut Vec<(String, String)>) {
         );
     }
 
-    // 6: the launcher's pages.
+    // 6: the launcher's pages (the home page's bytes were fetched above).
     for page in ["/", "/gone"] {
-        let html = client
-            .get(format!("{base}{page}"))
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
+        let html = match page {
+            "/" => home.clone(),
+            _ => client
+                .get(format!("{base}{page}"))
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap(),
+        };
         payload.push((
             format!("launcher {page}"),
             first_load(&client, &base, &html, &reqwest::header::HeaderMap::new()).await,

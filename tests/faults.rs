@@ -7,39 +7,27 @@
 mod support;
 
 use flyby::app::AppError;
-use reqwest::{header, StatusCode};
+use reqwest::StatusCode;
 use serde_json::json;
 use support::local::{self, Api, Visitor};
 
-async fn failed_launch(extra: &[&str], fault: serde_json::Value) -> AppError {
-    let platform = local::start(extra).await;
-    let api = Api::new(&platform);
-    api.fault(fault).await;
-    let visitor = Visitor::new(&platform, "203.0.113.1");
-    let launch = visitor.start_launch().await.unwrap();
-    let outcome = visitor
-        .follow_launch(&launch)
-        .await
-        .outcome
-        .expect("an outcome");
-    assert!(
-        api.machines().await.is_empty(),
-        "a failed launch left a Machine behind"
-    );
-    // Once the API recovers, the launcher works for the next visitor.
-    api.clear_faults().await;
+/// A launch `fault` makes fail (see `local::failed_launch`); then, once the API recovers, the
+/// launcher works for the next visitor.
+async fn failed_then_recovered(fault: serde_json::Value) -> AppError {
+    let platform = local::start(&[]).await;
+    let error = local::failed_launch(&platform, fault).await;
+    Api::new(&platform).clear_faults().await;
     Visitor::new(&platform, "203.0.113.2")
         .launch_and_claim()
         .await;
     platform.shutdown().await;
-    outcome.unwrap_err()
+    error
 }
 
 #[tokio::test]
 async fn a_machines_api_slower_than_its_timeout_is_reported_and_leaves_nothing() {
     // Every `wait` hangs for longer than the launcher will wait for it.
-    let error = failed_launch(
-        &[],
+    let error = failed_then_recovered(
         json!({"kind": "api", "action": "wait", "count": 20, "delay_ms": 120_000}),
     )
     .await;
@@ -48,8 +36,7 @@ async fn a_machines_api_slower_than_its_timeout_is_reported_and_leaves_nothing()
 
 #[tokio::test]
 async fn a_machines_api_refusing_connections_is_reported_and_leaves_nothing() {
-    let error = failed_launch(
-        &[],
+    let error = failed_then_recovered(
         json!({"kind": "api", "action": "create", "count": 50, "refuse": true}),
     )
     .await;
@@ -90,18 +77,8 @@ async fn a_machine_crashing_mid_visit_ends_on_the_gone_page_and_is_destroyed() {
     assert_eq!(call.status(), StatusCode::GONE);
     assert_eq!(call.text().await.unwrap(), "\"MachineGone\"");
     // ... and reloading her page ends on the launcher's "gone" page.
-    let page = alice
-        .client()
-        .get(alice.machines(&format!("/m/{a}")))
-        .header(header::ACCEPT, "text/html")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(page.status(), StatusCode::SEE_OTHER);
-    assert_eq!(
-        page.headers()[header::LOCATION],
-        alice.launcher("/gone").as_str()
-    );
+    let page = alice.machine_page(a).await;
+    alice.assert_sent_to_gone_page(&page);
     platform.shutdown().await;
 }
 
@@ -110,18 +87,8 @@ async fn the_proxy_losing_a_machines_listener_ends_on_the_gone_page() {
     let (platform, api, alice, a) = two_owners(&["--launcher-env=FLYBY_TTL_SECS=15"]).await;
     api.fault(json!({"kind": "drop_listener", "machine": a.to_string()}))
         .await;
-    let page = alice
-        .client()
-        .get(alice.machines(&format!("/m/{a}")))
-        .header(header::ACCEPT, "text/html")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(page.status(), StatusCode::SEE_OTHER, "not a 5xx");
-    assert_eq!(
-        page.headers()[header::LOCATION],
-        alice.launcher("/gone").as_str()
-    );
+    let page = alice.machine_page(a).await;
+    alice.assert_sent_to_gone_page(&page);
     // The unreachable Machine still ends by itself at its TTL.
     api.wait_destroyed(a).await;
     platform.shutdown().await;

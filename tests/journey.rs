@@ -14,7 +14,6 @@ use flyby::app::{
 use futures::{SinkExt, StreamExt};
 use reqwest::{header, StatusCode};
 use serde_json::json;
-use std::time::Duration;
 use support::local::{self, frame, unframe, Api, Visitor};
 
 fn answered_by(response: &reqwest::Response) -> String {
@@ -351,18 +350,8 @@ async fn a_stale_pin_ends_on_the_gone_page_not_a_5xx() {
     api.wait_destroyed(a).await;
     // Alice reloads her page: Bob's Machine gets it, its replay to Alice's fails, and Alice is
     // sent to the launcher's "gone" page with her cookie cleared.
-    let page = alice
-        .client()
-        .get(alice.machines(&format!("/m/{a}")))
-        .header(header::ACCEPT, "text/html")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(page.status(), StatusCode::SEE_OTHER);
-    assert_eq!(
-        page.headers()[header::LOCATION],
-        alice.launcher("/gone").as_str()
-    );
+    let page = alice.machine_page(a).await;
+    alice.assert_sent_to_gone_page(&page);
     let gone = alice
         .client()
         .get(alice.launcher("/gone"))
@@ -421,21 +410,9 @@ async fn each_visitor_has_a_launch_budget() {
 /// A launch the platform makes fail: the visitor's message, and nothing left behind.
 async fn failed_launch(fault: serde_json::Value) -> AppError {
     let platform = local::start(&[]).await;
-    let api = Api::new(&platform);
-    api.fault(fault).await;
-    let visitor = Visitor::new(&platform, "203.0.113.1");
-    let launch = visitor.start_launch().await.unwrap();
-    let outcome = visitor
-        .follow_launch(&launch)
-        .await
-        .outcome
-        .expect("an outcome");
-    assert!(
-        api.machines().await.is_empty(),
-        "a failed launch left a Machine behind"
-    );
+    let error = local::failed_launch(&platform, fault).await;
     platform.shutdown().await;
-    outcome.unwrap_err()
+    error
 }
 
 #[tokio::test]
@@ -468,33 +445,7 @@ async fn a_machine_that_never_serves_is_destroyed() {
 async fn concurrent_launches_never_exceed_the_cap() {
     let platform = local::start(&["--launcher-env=FLYBY_MAX_MACHINES=8"]).await;
     let api = Api::new(&platform);
-    let registry_view = platform.platform();
-    let sampler = tokio::spawn(async move {
-        let mut peak = 0;
-        loop {
-            let alive = registry_view
-                .registry
-                .list("flyby-machines")
-                .iter()
-                .filter(|m| {
-                    m.state != flyby::local::registry::MachineState::Destroyed
-                        && m.name.starts_with("flyby-slot-")
-                })
-                .count();
-            peak = peak.max(alive);
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-                _ = tokio::signal::ctrl_c() => break,
-            }
-            if peak > 8 {
-                break;
-            }
-            if alive == usize::MAX {
-                break;
-            }
-        }
-        peak
-    });
+    let sampler = local::AliveSampler::start(&platform);
     let visitors: Vec<Visitor> = (0..20)
         .map(|i| Visitor::new(&platform, &format!("203.0.113.{}", i + 10)))
         .collect();
@@ -509,11 +460,15 @@ async fn concurrent_launches_never_exceed_the_cap() {
         .iter()
         .filter(|o| matches!(o, Err(AppError::CapacityReached { cap: 8 })))
         .count();
-    println!("20 concurrent launches, cap 8: {launched} launched, {capacity} capacity reached");
+    let (peak, samples) = sampler.stop().await;
+    println!(
+        "20 concurrent launches, cap 8: {launched} launched, {capacity} capacity reached; \
+         peak {peak} alive over {samples} samples"
+    );
     assert_eq!(launched, 8);
     assert_eq!(launched + capacity, 20, "{outcomes:?}");
     assert_eq!(api.machines().await.len(), 8);
-    sampler.abort();
+    assert!(peak <= 8, "{peak} Machines alive at once (cap 8)");
     platform.shutdown().await;
 }
 
@@ -571,23 +526,13 @@ async fn a_later_visit_after_the_last_machine_is_gone_still_ends_on_the_gone_pag
         api.machines().await.is_empty(),
         "no visitor's Machine is left"
     );
-    let page = alice
-        .client()
-        .get(alice.machines(&format!("/m/{a}")))
-        .header(header::ACCEPT, "text/html")
-        .send()
-        .await
-        .unwrap();
+    let page = alice.machine_page(a).await;
     assert_eq!(
         answered_by(&page),
         concierge.as_str(),
         "the concierge answered"
     );
-    assert_eq!(page.status(), StatusCode::SEE_OTHER, "not a 5xx");
-    assert_eq!(
-        page.headers()[header::LOCATION],
-        alice.launcher("/gone").as_str()
-    );
+    alice.assert_sent_to_gone_page(&page);
     // The concierge serves nobody itself.
     let own = alice
         .client()

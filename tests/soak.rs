@@ -7,14 +7,7 @@
 mod support;
 
 use flyby::app::AppError;
-use std::{
-    collections::BTreeMap,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeMap, time::Instant};
 use support::local::{self, Api, Visitor};
 
 const VISITORS: usize = 50;
@@ -30,30 +23,7 @@ async fn fifty_visitors_two_hundred_launches_never_exceed_the_cap_and_leave_noth
     ])
     .await;
     let api = Api::new(&platform);
-    let view = platform.platform();
-    let done = Arc::new(AtomicBool::new(false));
-    let sampling = {
-        let done = done.clone();
-        tokio::spawn(async move {
-            let (mut peak, mut samples) = (0, 0u64);
-            let mut ticks = tokio::time::interval(Duration::from_millis(50));
-            while !done.load(Ordering::Relaxed) {
-                ticks.tick().await;
-                let alive = view
-                    .registry
-                    .list("flyby-machines")
-                    .iter()
-                    .filter(|m| {
-                        m.state != flyby::local::registry::MachineState::Destroyed
-                            && m.name.starts_with("flyby-slot-")
-                    })
-                    .count();
-                peak = peak.max(alive);
-                samples += 1;
-            }
-            (peak, samples)
-        })
-    };
+    let sampler = local::AliveSampler::start(&platform);
     let started = Instant::now();
     let visitors: Vec<Visitor> = (0..VISITORS)
         .map(|i| Visitor::new(&platform, &format!("10.9.{}.{}", i / 200, i % 200 + 1)))
@@ -90,8 +60,7 @@ async fn fifty_visitors_two_hundred_launches_never_exceed_the_cap_and_leave_noth
         .await;
     let elapsed = started.elapsed();
     api.until_no_machines().await;
-    done.store(true, Ordering::Relaxed);
-    let (peak, samples) = sampling.await.unwrap();
+    let (peak, samples) = sampler.stop().await;
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
     for o in outcomes.iter().flatten() {
         *counts.entry(o).or_default() += 1;

@@ -42,6 +42,66 @@ pub async fn start(extra: &[&str]) -> RunningPlatform {
 
 use clap::Parser;
 
+/// Samples, every 50 ms, how many visitor Machines are alive (in a `flyby-slot-N`, not
+/// destroyed), from the platform's registry, until stopped: the peak checks the cap.
+pub struct AliveSampler {
+    done: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<(usize, u64)>,
+}
+
+impl AliveSampler {
+    pub fn start(platform: &RunningPlatform) -> Self {
+        use std::sync::atomic::Ordering;
+        let view = platform.platform();
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = done.clone();
+        let task = tokio::spawn(async move {
+            let (mut peak, mut samples) = (0, 0u64);
+            let mut ticks = tokio::time::interval(Duration::from_millis(50));
+            while !stop.load(Ordering::Relaxed) {
+                ticks.tick().await;
+                let alive = view
+                    .registry
+                    .list("flyby-machines")
+                    .iter()
+                    .filter(|m| {
+                        m.state != flyby::local::registry::MachineState::Destroyed
+                            && m.name.starts_with("flyby-slot-")
+                    })
+                    .count();
+                peak = peak.max(alive);
+                samples += 1;
+            }
+            (peak, samples)
+        });
+        AliveSampler { done, task }
+    }
+
+    /// Stops sampling: (peak alive, number of samples).
+    pub async fn stop(self) -> (usize, u64) {
+        self.done.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task.await.expect("the sampler ran")
+    }
+}
+
+/// A launch that `fault` makes fail: asserts nothing is left behind, returns the visitor's error.
+pub async fn failed_launch(platform: &RunningPlatform, fault: serde_json::Value) -> AppError {
+    let api = Api::new(platform);
+    api.fault(fault).await;
+    let visitor = Visitor::new(platform, "203.0.113.1");
+    let launch = visitor.start_launch().await.unwrap();
+    let outcome = visitor
+        .follow_launch(&launch)
+        .await
+        .outcome
+        .expect("an outcome");
+    assert!(
+        api.machines().await.is_empty(),
+        "a failed launch left a Machine behind"
+    );
+    outcome.unwrap_err()
+}
+
 /// The Machines API of a platform, as an operator (or a test) uses it.
 pub struct Api {
     base: String,
@@ -352,6 +412,29 @@ impl Visitor {
         );
         let handover = self.take_handover(&id).await.expect("hand-over");
         self.claim(&handover).await
+    }
+
+    /// Loads the page of Machine `id` as a browser does (`Accept: text/html`).
+    pub async fn machine_page(&self, id: MachineId) -> reqwest::Response {
+        self.http
+            .get(self.machines(&format!("/m/{id}")))
+            .header(header::ACCEPT, "text/html")
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Asserts `response` sends this visitor to the launcher's "your Machine is gone" page.
+    pub fn assert_sent_to_gone_page(&self, response: &reqwest::Response) {
+        assert_eq!(
+            response.status(),
+            reqwest::StatusCode::SEE_OTHER,
+            "a redirect to the gone page, not a 5xx"
+        );
+        assert_eq!(
+            response.headers()[header::LOCATION],
+            self.launcher("/gone").as_str()
+        );
     }
 
     /// Opens a WebSocket with this visitor's cookies for that URL.

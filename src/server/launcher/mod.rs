@@ -29,7 +29,7 @@ use crate::{
         launcher::{
             AliveMachine, Handover, LaunchProgress, LaunchTicket, LauncherInfo, Step, StepView,
         },
-        AppError,
+        AppError, Role,
     },
     fly::{MachineId, RegionCode},
 };
@@ -344,16 +344,7 @@ impl Launcher {
     /// owner, no end, and started by fly-proxy only when it is needed.
     fn concierge_config(&self, image: String, origin: &str) -> MachineConfig {
         let mut config = self.machine_config(image, "", &OwnerSecret::mint(), origin);
-        config.env = BTreeMap::from([
-            ("FLYBY_ROLE".to_owned(), "concierge".to_owned()),
-            ("FLYBY_LAUNCHER_URL".to_owned(), origin.to_owned()),
-            ("FLYBY_LOG_FORMAT".to_owned(), self.log_format.to_owned()),
-            (
-                "LEPTOS_SITE_ADDR".to_owned(),
-                format!("0.0.0.0:{MACHINE_PORT}"),
-            ),
-            ("LEPTOS_SITE_ROOT".to_owned(), self.site_root.clone()),
-        ]);
+        config.env = self.server_env(Role::Concierge, origin);
         config.metadata =
             BTreeMap::from([(CONCIERGE_ROLE.0.to_owned(), CONCIERGE_ROLE.1.to_owned())]);
         config.auto_destroy = false;
@@ -596,6 +587,20 @@ impl Launcher {
     }
 
     /// The whole config of a visitor's Machine, from code.
+    /// What every Machine of the visitors' app needs to run `flyby` in `role`.
+    fn server_env(&self, role: Role, origin: &str) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("FLYBY_ROLE".to_owned(), role.as_str().to_owned()),
+            ("FLYBY_LAUNCHER_URL".to_owned(), origin.to_owned()),
+            ("FLYBY_LOG_FORMAT".to_owned(), self.log_format.to_owned()),
+            (
+                "LEPTOS_SITE_ADDR".to_owned(),
+                format!("0.0.0.0:{MACHINE_PORT}"),
+            ),
+            ("LEPTOS_SITE_ROOT".to_owned(), self.site_root.clone()),
+        ])
+    }
+
     fn machine_config(
         &self,
         image: String,
@@ -604,8 +609,8 @@ impl Launcher {
         origin: &str,
     ) -> MachineConfig {
         let t = self.timings;
-        let env = BTreeMap::from([
-            ("FLYBY_ROLE".to_owned(), "ephemeral".to_owned()),
+        let mut env = self.server_env(Role::Ephemeral, origin);
+        env.extend([
             ("FLYBY_OWNER_HASH".to_owned(), secret.hash().to_hex()),
             ("FLYBY_TTL_SECS".to_owned(), t.ttl.as_secs().to_string()),
             (
@@ -613,13 +618,6 @@ impl Launcher {
                 t.claim_window.as_secs().to_string(),
             ),
             ("FLYBY_SHOW_SECS".to_owned(), t.show.as_secs().to_string()),
-            ("FLYBY_LAUNCHER_URL".to_owned(), origin.to_owned()),
-            ("FLYBY_LOG_FORMAT".to_owned(), self.log_format.to_owned()),
-            (
-                "LEPTOS_SITE_ADDR".to_owned(),
-                format!("0.0.0.0:{MACHINE_PORT}"),
-            ),
-            ("LEPTOS_SITE_ROOT".to_owned(), self.site_root.clone()),
         ]);
         let launched_at = SystemTime::now()
             .duration_since(UNIX_EPOCH)
