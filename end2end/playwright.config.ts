@@ -1,16 +1,5 @@
 import { defineConfig } from '@playwright/test';
-
-// Debian's chromium, never a downloaded browser. The flags keep it from reaching out to
-// Google's services, which this machine's closed network refuses.
-const chromiumArgs = [
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--no-first-run',
-  '--disable-quic',
-];
+import { chromiumLaunchOptions } from './support/chromium';
 
 export default defineConfig({
   testDir: './tests',
@@ -26,10 +15,7 @@ export default defineConfig({
     headless: true,
     trace: 'retain-on-failure',
     screenshot: 'only-on-failure',
-    launchOptions: {
-      executablePath: process.env.CHROMIUM_PATH ?? '/usr/bin/chromium',
-      args: chromiumArgs,
-    },
+    launchOptions: chromiumLaunchOptions,
   },
   // One local Fly platform per project, started by the global setup (support/platforms.ts):
   // every scenario runs with fly-proxy's nearest-Machine balancing and again with every
