@@ -7,6 +7,8 @@
 //! own `wait` and bounded awaits do.
 #![cfg(feature = "ssr")]
 
+mod support;
+
 use flyby::{
     fly::{MachineId, RegionCode},
     server::fly_api::{
@@ -24,6 +26,7 @@ use std::{
     sync::{Arc, Mutex, OnceLock},
     time::Duration,
 };
+use support::local::Api;
 
 const TOKEN: &str = "fly-api-test-token";
 const APP: &str = "flyby-machines";
@@ -151,31 +154,26 @@ impl Local {
         (FlyApi::new(config).unwrap(), records)
     }
 
+    /// The platform's admin endpoints (faults, stats), as the other suites reach them.
+    fn admin(&self) -> Api {
+        Api::at(
+            self.api
+                .trim_start_matches("http://")
+                .parse()
+                .expect("api= is an http://address"),
+        )
+    }
+
     /// Arms a fault through the admin endpoint.
     async fn arm(&self, fault: Value) {
-        let response = admin()
-            .post(format!("{}/_local/faults", self.api))
-            .json(&fault)
-            .send()
-            .await
-            .unwrap();
-        assert!(
-            response.status().is_success(),
-            "arming {fault}: {response:?}"
-        );
+        self.admin().fault(fault).await;
     }
 
     /// A counter of `/_local/stats` (`api.<action>.<status>`).
     async fn counter(&self, name: &str) -> u64 {
-        let stats: Value = admin()
-            .get(format!("{}/_local/stats", self.api))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        stats["counters"][name].as_u64().unwrap_or(0)
+        self.admin().stats().await["counters"][name]
+            .as_u64()
+            .unwrap_or(0)
     }
 }
 
@@ -196,10 +194,6 @@ impl Drop for Local {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn admin() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().unwrap()
 }
 
 /// What the client's observer saw.
