@@ -24,7 +24,7 @@ pub mod local;
 pub mod server;
 
 /// Entry point of the WASM bundle. The pages are islands: the HTML the server rendered stays as
-/// it is, and Leptos's loader script hydrates each `<leptos-island>` after this returns (see
+/// it is, and the island loader (`app/island_loader.js`) hydrates each `<leptos-island>` after this returns (see
 /// [`app`]). A page without an island is complete as soon as the bundle runs.
 #[cfg(feature = "hydrate")]
 #[wasm_bindgen::prelude::wasm_bindgen]

@@ -61,10 +61,18 @@ impl Role {
     }
 }
 
+/// Where pages find the WASM bundle and its JS glue: the hashed names when the build has them.
+#[cfg(feature = "ssr")]
+#[derive(Debug, Clone)]
+pub struct BundleUrls {
+    pub js: String,
+    pub wasm: String,
+}
+
 /// The whole HTML document, rendered on the server only.
 #[cfg(feature = "ssr")]
-pub fn shell(options: LeptosOptions, role: Role) -> impl IntoView {
-    use leptos::hydration::{AutoReload, HydrationScripts};
+pub fn shell(options: LeptosOptions, role: Role, bundle: BundleUrls) -> impl IntoView {
+    use leptos::hydration::AutoReload;
     use leptos_meta::{HashedStylesheet, MetaTags};
     view! {
         <!DOCTYPE html>
@@ -74,8 +82,9 @@ pub fn shell(options: LeptosOptions, role: Role) -> impl IntoView {
                 <meta name="viewport" content="width=device-width, initial-scale=1"/>
                 <link rel="icon" href="/favicon.ico"/>
                 <AutoReload options=options.clone()/>
-                <HashedStylesheet options=options.clone() id="leptos"/>
-                <HydrationScripts options islands=true/>
+                // Before the stylesheet: a script after it would wait for the CSS.
+                <IslandLoader bundle/>
+                <HashedStylesheet options id="leptos"/>
                 <MetaTags/>
             </head>
             <body data-role=role.as_str()>
@@ -83,6 +92,25 @@ pub fn shell(options: LeptosOptions, role: Role) -> impl IntoView {
             </body>
         </html>
     }
+}
+
+/// Starts loading the bundle while the page is parsed and hydrates the islands (see
+/// `island_loader.js`); takes the place of Leptos's `HydrationScripts`.
+#[cfg(feature = "ssr")]
+#[component]
+fn IslandLoader(bundle: BundleUrls) -> impl IntoView {
+    // As `HydrationScripts` does in islands mode: only islands are hydrated, so the rest of the
+    // page is rendered without hydration markers.
+    if let Some(context) = Owner::current_shared_context() {
+        context.set_is_hydrating(false);
+    }
+    let script = format!(
+        "{}({:?}, {:?});",
+        include_str!("island_loader.js").trim_end(),
+        bundle.js,
+        bundle.wasm
+    );
+    view! { <script>{script}</script> }
 }
 
 /// The root component, rendered on the server only (islands: the browser hydrates the islands

@@ -103,7 +103,7 @@ impl Bundle {
     }
 
     /// `options` with `hash_files` on and the hash file found when the bundle is hashed, so
-    /// that `HydrationScripts` links the hashed names (it joins `hash_file` to the executable's
+    /// that `HashedStylesheet` links the hashed name (it joins `hash_file` to the executable's
     /// directory, which an absolute path replaces). No `LEPTOS_HASH_FILES` is needed in every
     /// Machine's environment.
     pub fn options(&self, mut options: LeptosOptions) -> LeptosOptions {
@@ -112,6 +112,19 @@ impl Bundle {
             options.hash_file = file.display().to_string().into();
         }
         options
+    }
+
+    /// The URLs pages load the WASM bundle and its JS glue from.
+    pub fn urls(&self, options: &LeptosOptions) -> crate::app::BundleUrls {
+        let url = |ext: &str| {
+            let name = format!("{}.{ext}", options.output_name);
+            let name = self.hashed.get(&name).unwrap_or(&name);
+            format!("/{}/{name}", options.site_pkg_dir)
+        };
+        crate::app::BundleUrls {
+            js: url("js"),
+            wasm: url("wasm"),
+        }
     }
 
     /// The file to serve for `name`, and how long it may be cached.

@@ -1,0 +1,35 @@
+// flyby's island loader, in place of Leptos's own (leptos 0.8 src/hydration/island_script.js,
+// MIT), which waits for the browser to be idle before it even imports the bundle. A visitor
+// whose Machine just started is waiting for this page: here the WASM compiles while the page is
+// still being parsed (the script runs in <head>), and the islands hydrate at DOMContentLoaded.
+// The walk over the islands is Leptos's, unchanged.
+((js, wasm) => {
+  const compiled = WebAssembly.compileStreaming(fetch(wasm));
+  const glue = import(js);
+  const parsed = new Promise((resolve) =>
+    document.readyState === 'loading'
+      ? document.addEventListener('DOMContentLoaded', resolve, { once: true })
+      : resolve(),
+  );
+  const children = [];
+  async function island(el, mod) {
+    const run = mod[el.dataset.component];
+    if (!run) return console.warn(`Could not find WASM function for the island ${el.dataset.component}.`);
+    const onChildren = children[children.length - 1];
+    if (onChildren) onChildren();
+    await run(el);
+  }
+  async function walk(node, mod) {
+    if (node.nodeType !== Node.ELEMENT_NODE) return;
+    const tag = node.tagName.toLowerCase();
+    if (tag === 'leptos-island') await island(node, mod);
+    if (tag === 'leptos-children') children.push(node.$$on_hydrate);
+    for (const child of node.children) await walk(child, mod);
+    if (tag === 'leptos-children') children.pop();
+  }
+  Promise.all([glue, compiled, parsed]).then(async ([mod, module]) => {
+    await mod.default({ module_or_path: module });
+    mod.hydrate();
+    await walk(document.body, mod);
+  });
+})
