@@ -1,8 +1,3 @@
-// flyby's island loader, in place of Leptos's own (leptos 0.8 src/hydration/island_script.js,
-// MIT), which waits for the browser to be idle before it even imports the bundle. A visitor
-// whose Machine just started is waiting for this page: here the WASM compiles while the page is
-// still being parsed (the script runs in <head>), and the islands hydrate at DOMContentLoaded.
-// The walk over the islands is Leptos's, unchanged.
 ((js, wasm) => {
   const compiled = WebAssembly.compileStreaming(fetch(wasm));
   const glue = import(js);

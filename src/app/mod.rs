@@ -94,8 +94,12 @@ pub fn shell(options: LeptosOptions, role: Role, bundle: BundleUrls) -> impl Int
     }
 }
 
-/// Starts loading the bundle while the page is parsed and hydrates the islands (see
-/// `island_loader.js`); takes the place of Leptos's `HydrationScripts`.
+/// flyby's island loader (`island_loader.js`), in place of Leptos's `HydrationScripts`, whose
+/// script (leptos 0.8 `src/hydration/island_script.js`, MIT) waits for the browser to be idle
+/// before it even imports the bundle. A visitor whose Machine just started is waiting for this
+/// page: here the WASM is fetched and compiled while the page is still being parsed (the script
+/// runs in `<head>`), and the islands hydrate at DOMContentLoaded. The walk over the islands is
+/// Leptos's. The script carries no comments: it is in every page.
 #[cfg(feature = "ssr")]
 #[component]
 fn IslandLoader(bundle: BundleUrls) -> impl IntoView {
