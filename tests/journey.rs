@@ -8,7 +8,7 @@ mod support;
 
 use flyby::app::{
     ephemeral::{ClientMessage, ServerMessage},
-    launcher::Step,
+    launcher::{LaunchEnd, Step},
     AppError,
 };
 use futures::{SinkExt, StreamExt};
@@ -22,6 +22,25 @@ fn answered_by(response: &reqwest::Response) -> String {
         .get("flyby-machine")
         .map(|v| v.to_str().unwrap().to_owned())
         .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn the_hand_over_asked_for_at_once_answers_when_the_machine_serves() {
+    let platform = local::start(&[]).await;
+    let api = Api::new(&platform);
+    let visitor = Visitor::new(&platform, "203.0.113.1");
+    let launch = visitor.start_launch().await.unwrap();
+    // As the page does: no waiting for the progress channel, the hand-over right away.
+    let Ok(LaunchEnd::HandedOver { steps, handover }) = visitor.launch_end(&launch).await else {
+        panic!("the launch did not hand over");
+    };
+    let steps: Vec<_> = steps.into_iter().map(|s| s.step).collect();
+    assert_eq!(steps.last(), Some(&Step::Serving), "{steps:?}");
+    // It answered once the Machine served: the claim lands on the owner's page at once.
+    let machine = visitor.claim(&handover).await;
+    assert_eq!(visitor.machine_page(machine).await.status(), StatusCode::OK);
+    assert_eq!(api.machines().await.len(), 1);
+    platform.shutdown().await;
 }
 
 #[tokio::test]

@@ -65,6 +65,19 @@ pub struct Handover {
     pub secret: String,
 }
 
+/// How a launch ended, for the page that asked for its hand-over. A failed launch is an answer
+/// like the other (not an HTTP error): the page tells the visitor.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LaunchEnd {
+    /// The Machine serves: how the browser claims it, and the launch's steps (the live channel
+    /// may not have delivered the last ones yet).
+    HandedOver {
+        steps: Vec<StepView>,
+        handover: Handover,
+    },
+    Failed(AppError),
+}
+
 /// The visitor's edge region and the cap, for the page.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LauncherInfo {
@@ -99,9 +112,12 @@ pub async fn watch_launch(
     reply(crate::server::launcher::current().map(|l| l.watch_launch(input)))
 }
 
+/// Answers when the launch ends: the page asks as soon as the launch is accepted, so the
+/// hand-over leaves the moment the Machine serves (see `Launcher::take_handover`).
 #[server(endpoint = "handover")]
-pub async fn take_handover(launch: String) -> Result<Handover, AppError> {
-    reply(crate::server::launcher::current().and_then(|l| l.take_handover(&launch)))
+pub async fn take_handover(launch: String) -> Result<LaunchEnd, AppError> {
+    use crate::server::launcher::current;
+    reply(async { current()?.take_handover(&launch).await }.await)
 }
 
 #[server(protocol = Websocket<JsonEncoding, JsonEncoding>, endpoint = "machines")]
@@ -241,23 +257,39 @@ fn LaunchPanel(info: Option<LauncherInfo>) -> impl IntoView {
     }
 }
 
-/// Follows a launch to its end and takes the hand-over.
+/// Follows a launch to its end and takes the hand-over. Both at once: the live channel shows
+/// the steps, and the hand-over, asked for now, answers the moment the Machine serves, without
+/// waiting for the channel's handshake or its last message (issue 9, BENCHMARKS.md).
 async fn run(
     ticket: LaunchTicket,
     progress: RwSignal<Option<LaunchProgress>>,
 ) -> Result<Handover, AppError> {
     #[cfg(feature = "hydrate")]
     {
-        let last = live::follow_launch(ticket.id.clone(), progress).await;
-        match last.and_then(|p| p.outcome) {
-            Some(Ok(())) => {}
-            Some(Err(e)) => return Err(e),
-            None => return Err(AppError::Internal),
-        }
-        let handover = take_handover(ticket.id).await?;
+        use futures::future::{select, Either};
+        let follow = Box::pin(live::follow_launch(ticket.id.clone(), progress));
+        let handed_over = Box::pin(take_handover(ticket.id.clone()));
+        let end = match select(follow, handed_over).await {
+            Either::Left((_, handed_over)) => handed_over.await,
+            // Dropping the follower closes the live channel.
+            Either::Right((Ok(end), _)) => Ok(end),
+            // The request did not last as long as the launch (a proxy's 60 s idle timeout on
+            // the slowest launch): the live channel says how it ended, and a launch that
+            // worked hands over at once.
+            Either::Right((Err(_), follow)) => match follow.await.and_then(|p| p.outcome) {
+                Some(Ok(())) => take_handover(ticket.id).await,
+                Some(Err(e)) => Ok(LaunchEnd::Failed(e)),
+                None => Err(AppError::Internal),
+            },
+        }?;
+        let (steps, handover) = match end {
+            LaunchEnd::HandedOver { steps, handover } => (steps, handover),
+            LaunchEnd::Failed(e) => return Err(e),
+        };
         progress.update(|p| {
             if let Some(p) = p {
-                let at_ms = p.steps.last().map(|s| s.at_ms).unwrap_or_default();
+                let at_ms = steps.last().map(|s| s.at_ms).unwrap_or_default();
+                p.steps = steps;
                 p.steps.push(StepView {
                     step: Step::SendingYou,
                     at_ms,

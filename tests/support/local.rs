@@ -4,7 +4,7 @@
 
 use flyby::{
     app::{
-        launcher::{Handover, LaunchProgress},
+        launcher::{Handover, LaunchEnd, LaunchProgress},
         AppError,
     },
     fly::MachineId,
@@ -99,7 +99,13 @@ pub async fn failed_launch(platform: &RunningPlatform, fault: serde_json::Value)
         api.machines().await.is_empty(),
         "a failed launch left a Machine behind"
     );
-    outcome.unwrap_err()
+    let error = outcome.unwrap_err();
+    assert_eq!(
+        visitor.take_handover(&launch).await.err(),
+        Some(error.clone()),
+        "the hand-over answers with the launch's error"
+    );
+    error
 }
 
 /// The Machines API of a platform, as an operator (or a test) uses it.
@@ -382,8 +388,18 @@ impl Visitor {
         last.expect("some progress")
     }
 
-    pub async fn take_handover(&self, id: &str) -> Called<Handover> {
+    /// Asks for the hand-over, as the page does as soon as the launch is accepted; answers
+    /// when the launch ends.
+    pub async fn launch_end(&self, id: &str) -> Called<LaunchEnd> {
         self.call("handover", &[("launch", id)]).await
+    }
+
+    /// The hand-over of a launch that worked; a failed launch's error.
+    pub async fn take_handover(&self, id: &str) -> Called<Handover> {
+        match self.launch_end(id).await? {
+            LaunchEnd::HandedOver { handover, .. } => Ok(handover),
+            LaunchEnd::Failed(error) => Err(error),
+        }
     }
 
     /// Posts the secret to the claim URL, as the launcher's page does; the owner cookie lands

@@ -27,7 +27,8 @@ use super::{
 use crate::{
     app::{
         launcher::{
-            AliveMachine, Handover, LaunchProgress, LaunchTicket, LauncherInfo, Step, StepView,
+            AliveMachine, Handover, LaunchEnd, LaunchProgress, LaunchTicket, LauncherInfo, Step,
+            StepView,
         },
         AppError, Role,
     },
@@ -288,17 +289,37 @@ impl Launcher {
         rx.into()
     }
 
-    /// The hand-over of a ready launch, once; clears the launch pin.
-    pub fn take_handover(&self, id: &str) -> Result<Handover, AppError> {
+    /// The hand-over of a launch, once, when the launch ends: the page asks for it as soon as
+    /// the launch is accepted, and the answer leaves the moment the Machine serves, not a round
+    /// trip after the progress channel says so. A launch that failed answers with its error.
+    /// The hand-over clears the launch pin: nothing of the launch is left to reach.
+    pub async fn take_handover(&self, id: &str) -> Result<LaunchEnd, AppError> {
+        let no_handover = || AppError::BadRequest("no hand-over for this launch".into());
         let launch = self
             .launches
             .lock()
             .expect("launches lock")
             .get(id)
-            .cloned();
-        let handover = launch.and_then(|l| l.handover.lock().expect("handover lock").take());
+            .cloned()
+            .ok_or_else(no_handover)?;
+        // Every launch ends (LAUNCH_DEADLINE), and `launch` keeps its sender alive.
+        let mut changes = launch.progress.subscribe();
+        let last = changes
+            .wait_for(|p| p.outcome.is_some())
+            .await
+            .map_err(|_| no_handover())?
+            .clone();
+        if let Some(Err(error)) = last.outcome {
+            // The pin stays: the visitor's next try reaches this launcher, which counts their
+            // launches (the per-visitor limit is per launcher).
+            return Ok(LaunchEnd::Failed(error));
+        }
+        let handover = launch.handover.lock().expect("handover lock").take();
         set_cookie(cookies::clear(LAUNCH_COOKIE));
-        handover.ok_or_else(|| AppError::BadRequest("no hand-over for this launch".into()))
+        Ok(LaunchEnd::HandedOver {
+            steps: last.steps,
+            handover: handover.ok_or_else(no_handover)?,
+        })
     }
 
     /// Makes sure the visitors' app has its concierge: a Machine that belongs to nobody and
