@@ -25,6 +25,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { appendFileSync } from 'node:fs';
 import { createServer } from 'node:http';
+import * as trace from './trace';
 import path from 'node:path';
 
 const repo = path.resolve(__dirname, '..', '..');
@@ -171,7 +172,10 @@ const recorder = () => {
     }
   }).observe({ type: 'resource', buffered: true });
   new MutationObserver(() => {
-    if (document.body?.hasAttribute('data-hydrated')) mark(`hydrated:${location.host}`);
+    if (document.body?.hasAttribute('data-hydrated') && !seen.has(`hydrated:${location.host}`)) {
+      performance.mark('flyby-hydrated'); // trace.HYDRATED_MARK (this function runs in the page)
+      mark(`hydrated:${location.host}`);
+    }
   }).observe(document, { subtree: true, childList: true, attributes: true });
 };
 
@@ -204,15 +208,17 @@ interface Launch {
   [phase: string]: number;
 }
 
-async function launchOnce(browser: Browser, platform: Platform): Promise<Launch> {
+async function launchOnce(browser: Browser, platform: Platform, tracePath?: string): Promise<Launch> {
   const { context, page, marks, hydrated } = await visitor(browser);
   await page.goto(platform.launcher);
   await hydrated(new URL(platform.launcher).host);
   const before = await phaseSums(platform.api);
   const replaysBefore = await replays(platform.api);
+  if (tracePath) await trace.start(browser, page, tracePath);
   await page.getByRole('button', { name: 'Launch my Machine' }).click();
   const machineHost = new URL(platform.launcher).host.replace('flyby.', 'flyby-machines.');
   await hydrated(machineHost);
+  if (tracePath) await browser.stopTracing();
   // Read once it is hydrated, the Machine's page by its own clocks: its time origin is the
   // hand-over form's submission; the claim's 303 is its redirect.
   const machine = await page.evaluate(() => {
@@ -280,7 +286,9 @@ test('click to own page, through flyby-local', async ({ browser }) => {
     const floors: number[] = [];
     for (let i = 0; i <= LAUNCHES; i++) {
       // A fresh visitor each time (no cookies, no cache), as on a first visit.
-      const launch = await launchOnce(browser, platform);
+      const tracePath = i === LAUNCHES ? process.env.FLYBY_BENCH_TRACE : undefined;
+      const launch = await launchOnce(browser, platform, tracePath);
+      if (tracePath) trace.summarise(tracePath);
       const bare = await floorOnce(browser, floor.url);
       if (i > 0) {
         launches.push(launch);
