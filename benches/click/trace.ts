@@ -12,6 +12,7 @@ export const CATEGORIES = [
   'v8.wasm',
   'blink.user_timing',
   'loading',
+  'navigation',
   'toplevel',
 ];
 
@@ -38,6 +39,9 @@ const INSTANTS: Record<string, (e: Event) => string | undefined> = {
   ResourceFinish: () => 'a response finished',
   WebSocketCreate: (e) => `WebSocket ${path(e.args?.data?.url)} created`,
   WebSocketReceiveHandshakeResponse: () => 'WebSocket handshake done',
+  'NavigationRequest::BeginNavigation': () => 'navigation begins (the hand-over form)',
+  'NavigationRequest::OnRequestRedirected': () => "the claim's 303",
+  'NavigationRequest::OnResponseStarted': () => "the Machine's page answers",
   'RenderFrameImpl::CommitNavigation': () => 'navigation committed in the new renderer',
   MarkDOMContent: () => 'DOMContentLoaded',
   'wasm.StartStreamingCompilation': () => 'WASM streaming compile started',
@@ -80,9 +84,15 @@ export function summarise(file: string) {
   }
   const ms = (ts: number) => ((ts - click.ts) / 1000).toFixed(1).padStart(7);
   console.log(`trace ${file}: from the click to the hydrated mark, ms`);
-  const main = (e: Event) => threads.get(`${e.pid}/${e.tid}`) === 'CrRendererMain';
+  const thread = (e: Event) => threads.get(`${e.pid}/${e.tid}`);
+  const main = (e: Event) => thread(e) === 'CrRendererMain';
+  const seen = new Set<string>();
   for (const e of events) {
-    if (e.ts < click.ts || e.ts > hydrated.ts || !main(e) || !(e.name in INSTANTS)) continue;
+    if (e.ts < click.ts || e.ts > hydrated.ts || !(e.name in INSTANTS)) continue;
+    if (!main(e) && thread(e) !== 'CrBrowserMain') continue;
+    // The browser's navigation events come in nested pairs: the first says it.
+    if (e.name.startsWith('NavigationRequest::') && seen.has(e.name)) continue;
+    seen.add(e.name);
     const what = INSTANTS[e.name](e);
     if (what) console.log(`${ms(e.ts)}  ${what}`);
   }
