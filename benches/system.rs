@@ -278,13 +278,27 @@ fn duration_ms(v: &str) -> f64 {
     number.parse::<f64>().unwrap_or(f64::NAN) * factor
 }
 
-/// `a` and `b` loaded alternately, `rounds` times each; the median of each side.
+/// Two sides loaded alternately.
+struct Sides {
+    /// The median of each side's runs.
+    a: Load,
+    b: Load,
+    /// The median, over the rounds, of a's throughput over b's in the same round: the two runs
+    /// of a round are back to back, so the machine's drift (other tenants, two shared cores)
+    /// cancels out better than in the ratio of the medians.
+    paired: f64,
+}
+
+/// `a` and `b` loaded alternately (ABBA...), `rounds` times each, after one run of each that
+/// is not counted (whichever side ran first would otherwise pay for the warm-up).
 async fn alternate(
     rounds: usize,
     conns: u32,
     a: (&str, &[(&str, &str)]),
     b: (&str, &[(&str, &str)]),
-) -> (Load, Load) {
+) -> Sides {
+    wrk(a.0, conns, a.1).await;
+    wrk(b.0, conns, b.1).await;
     let (mut xs, mut ys) = (Vec::new(), Vec::new());
     for round in 0..rounds {
         if round % 2 == 0 {
@@ -295,7 +309,13 @@ async fn alternate(
             xs.push(wrk(a.0, conns, a.1).await);
         }
     }
-    (median_load(xs), median_load(ys))
+    let mut ratios: Vec<f64> = xs.iter().zip(&ys).map(|(x, y)| x.rps / y.rps).collect();
+    ratios.sort_by(f64::total_cmp);
+    Sides {
+        paired: ratios[ratios.len() / 2],
+        a: median_load(xs),
+        b: median_load(ys),
+    }
 }
 
 fn median_load(loads: Vec<Load>) -> Load {
@@ -402,18 +422,19 @@ async fn layer_cost(site: &Path) {
     let without = serve(router_with(&config, none, launcher, false)).await;
     let cookie = format!("theme=dark; flyby_launch={ME}");
     let headers: &[(&str, &str)] = &[("Cookie", &cookie), ("Accept", "text/html")];
-    let (a, b) = alternate(
-        4,
+    let Sides { a, b, paired } = alternate(
+        8,
         32,
         (&format!("http://{with}/"), headers),
         (&format!("http://{without}/"), headers),
     )
     .await;
-    let cost = (1.0 - a.rps / b.rps) * 100.0;
+    let cost = (1.0 - paired) * 100.0;
     row(
         "2",
         "Affinity layer cost over loopback: SSR home page, whole router with vs without the \
-         layer, wrk 32 connections, 4 alternating runs each (same process)",
+         layer, wrk 32 connections, 8 alternating runs each (same process), cost from the \
+         median of the paired runs' ratios",
         &format!(
             "with {} req/s, without {} req/s: cost {cost:.1} % of throughput",
             thousands(a.rps),
@@ -446,19 +467,22 @@ async fn launcher_http(site: &Path, payload: &mut Vec<(String, String)>) {
     let html = String::from_utf8_lossy(&home).into_owned();
 
     // 3: SSR vs the same bytes from a file.
-    let (ssr, file) = alternate(
+    let Sides {
+        a: ssr,
+        b: file,
+        paired: ratio,
+    } = alternate(
         4,
         32,
         (&format!("{base}/"), &[]),
         (&format!("{base}/home.html"), &[]),
     )
     .await;
-    let ratio = ssr.rps / file.rps;
     row(
         "3",
         &format!(
             "SSR home page vs the same {} as a static file, same server (release flyby, JSON \
-             request logs), wrk 32 connections, 4 alternating runs each",
+             request logs), wrk 32 connections, 4 alternating runs each, ratio from the paired runs",
             kb(home.len() as u64)
         ),
         &format!(
@@ -787,8 +811,8 @@ async fn proxy(site: &Path) {
     );
     let a: &[(&str, &str)] = &[("Host", &host), ("Cookie", &direct)];
     let b: &[(&str, &str)] = &[("Host", &host), ("Cookie", &replayed)];
-    let (d1, r1) = alternate(2, 1, (&url, a), (&url, b)).await;
-    let (d32, r32) = alternate(2, 32, (&url, a), (&url, b)).await;
+    let Sides { a: d1, b: r1, .. } = alternate(2, 1, (&url, a), (&url, b)).await;
+    let Sides { a: d32, b: r32, .. } = alternate(2, 32, (&url, a), (&url, b)).await;
     row(
         "8",
         "flyby-local proxy replay cost: /favicon.ico pinned to the launcher the proxy picks vs \
