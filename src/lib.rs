@@ -24,8 +24,8 @@ pub mod local;
 pub mod server;
 
 /// Entry point of the WASM bundle. The pages are islands: the HTML the server rendered stays as
-/// it is, and the island loader (`app/island_loader.js`) hydrates each `<leptos-island>` after this returns (see
-/// [`app`]). A page without an island is complete as soon as the bundle runs.
+/// it is, and the island loader (`app/island_loader.js`) hydrates each `<leptos-island>` after
+/// this returns (see [`app`]). A page without an island is complete as soon as the bundle runs.
 #[cfg(feature = "hydrate")]
 #[wasm_bindgen::prelude::wasm_bindgen]
 pub fn hydrate() {

@@ -61,19 +61,36 @@ impl Role {
     }
 }
 
-/// Where pages find the WASM bundle and its JS glue: the hashed names when the build has them.
+/// What every page's `<head>` links of one build's bundle (the hashed names when the build has
+/// them), made once when the server starts: no page render reads the hash file.
 #[cfg(feature = "ssr")]
 #[derive(Debug, Clone)]
-pub struct BundleUrls {
-    pub js: String,
-    pub wasm: String,
+pub struct BundleLinks {
+    /// The stylesheet's URL.
+    pub css: std::sync::Arc<str>,
+    /// The island loader's script, with the JS glue's and the WASM's URLs in it.
+    pub loader: std::sync::Arc<str>,
+}
+
+#[cfg(feature = "ssr")]
+impl BundleLinks {
+    pub fn new(css: &str, js: &str, wasm: &str) -> Self {
+        let loader = format!(
+            "{}({js:?}, {wasm:?});",
+            include_str!("island_loader.js").trim_end()
+        );
+        BundleLinks {
+            css: css.into(),
+            loader: loader.into(),
+        }
+    }
 }
 
 /// The whole HTML document, rendered on the server only.
 #[cfg(feature = "ssr")]
-pub fn shell(options: LeptosOptions, role: Role, bundle: BundleUrls) -> impl IntoView {
+pub fn shell(options: LeptosOptions, role: Role, bundle: BundleLinks) -> impl IntoView {
     use leptos::hydration::AutoReload;
-    use leptos_meta::{HashedStylesheet, MetaTags};
+    use leptos_meta::MetaTags;
     view! {
         <!DOCTYPE html>
         <html lang="en">
@@ -81,10 +98,10 @@ pub fn shell(options: LeptosOptions, role: Role, bundle: BundleUrls) -> impl Int
                 <meta charset="utf-8"/>
                 <meta name="viewport" content="width=device-width, initial-scale=1"/>
                 <link rel="icon" href="/favicon.ico"/>
-                <AutoReload options=options.clone()/>
+                <AutoReload options/>
                 // Before the stylesheet: a script after it would wait for the CSS.
-                <IslandLoader bundle/>
-                <HashedStylesheet options id="leptos"/>
+                <IslandLoader script=bundle.loader/>
+                <link id="leptos" rel="stylesheet" href=bundle.css/>
                 <MetaTags/>
             </head>
             <body data-role=role.as_str()>
@@ -102,18 +119,12 @@ pub fn shell(options: LeptosOptions, role: Role, bundle: BundleUrls) -> impl Int
 /// Leptos's. The script carries no comments: it is in every page.
 #[cfg(feature = "ssr")]
 #[component]
-fn IslandLoader(bundle: BundleUrls) -> impl IntoView {
+fn IslandLoader(script: std::sync::Arc<str>) -> impl IntoView {
     // As `HydrationScripts` does in islands mode: only islands are hydrated, so the rest of the
     // page is rendered without hydration markers.
     if let Some(context) = Owner::current_shared_context() {
         context.set_is_hydrating(false);
     }
-    let script = format!(
-        "{}({:?}, {:?});",
-        include_str!("island_loader.js").trim_end(),
-        bundle.js,
-        bundle.wasm
-    );
     view! { <script>{script}</script> }
 }
 

@@ -7,12 +7,11 @@
 //! - cargo-leptos (`hash-files = true` in `Cargo.toml`) names the files
 //!   `<output>.<hash>.<ext>` and writes the hashes to `hash.txt` next to the server binary;
 //!   `scripts/precompress` copies it into the site root. When that file is there and names
-//!   files that exist, the pages link the hashed names ([`Bundle::options`]), and a hashed name, whose
-//!   content never changes, is cached `immutable` for a year: a returning visitor's next
+//!   files that exist, the pages link the hashed names ([`Bundle::links`]), and a hashed name,
+//!   whose content never changes, is cached `immutable` for a year: a returning visitor's next
 //!   Machine (same origin, same URL) loads its bundle from the browser's cache.
 //! - The plain names (`/pkg/flyby.css`, ...) stay valid as aliases of the current files,
-//!   revalidated on every use (`no-cache`): the shell's stylesheet link, scripts and tests use
-//!   them. Without a hash file every name is plain, and everything is `no-cache`.
+//!   revalidated on every use (`no-cache`): scripts and tests use them. Without a hash file every name is plain, and everything is `no-cache`.
 //! - The same `Bundle` serves every Machine of one image, so the names a page links always
 //!   exist on the Machine that serves the page.
 
@@ -41,8 +40,6 @@ const REVALIDATE: HeaderValue = HeaderValue::from_static("no-cache");
 pub struct Bundle {
     /// Plain name (`flyby.js`) -> hashed name (`flyby.<hash>.js`); empty without hashing.
     hashed: HashMap<String, String>,
-    /// The hash file the names came from, for Leptos to read too.
-    hash_file: Option<PathBuf>,
 }
 
 impl Bundle {
@@ -62,10 +59,9 @@ impl Bundle {
             let Ok(text) = std::fs::read_to_string(&file) else {
                 continue;
             };
-            let mut bundle = Bundle::parse(&options.output_name, &text);
+            let bundle = Bundle::parse(&options.output_name, &text);
             let dir = pkg_dir(options);
             if bundle.is_hashed() && bundle.hashed.values().all(|n| dir.join(n).is_file()) {
-                bundle.hash_file = std::path::absolute(&file).ok();
                 return bundle;
             }
             tracing::warn!(
@@ -92,39 +88,22 @@ impl Bundle {
             })
             .map(|(ext, hash)| (format!("{output}.{ext}"), format!("{output}.{hash}.{ext}")))
             .collect();
-        Bundle {
-            hashed,
-            hash_file: None,
-        }
+        Bundle { hashed }
     }
 
     pub fn is_hashed(&self) -> bool {
         !self.hashed.is_empty()
     }
 
-    /// `options` with `hash_files` on and the hash file found when the bundle is hashed, so
-    /// that `HashedStylesheet` links the hashed name (it joins `hash_file` to the executable's
-    /// directory, which an absolute path replaces). No `LEPTOS_HASH_FILES` is needed in every
-    /// Machine's environment.
-    pub fn options(&self, mut options: LeptosOptions) -> LeptosOptions {
-        if let (true, Some(file)) = (self.is_hashed(), &self.hash_file) {
-            options.hash_files = true;
-            options.hash_file = file.display().to_string().into();
-        }
-        options
-    }
-
-    /// The URLs pages load the WASM bundle and its JS glue from.
-    pub fn urls(&self, options: &LeptosOptions) -> crate::app::BundleUrls {
+    /// What every page links: the stylesheet, and the island loader with the JS glue and
+    /// the WASM, by their hashed names when the bundle is hashed.
+    pub fn links(&self, options: &LeptosOptions) -> crate::app::BundleLinks {
         let url = |ext: &str| {
             let name = format!("{}.{ext}", options.output_name);
             let name = self.hashed.get(&name).unwrap_or(&name);
             format!("/{}/{name}", options.site_pkg_dir)
         };
-        crate::app::BundleUrls {
-            js: url("js"),
-            wasm: url("wasm"),
-        }
+        crate::app::BundleLinks::new(&url("css"), &url("js"), &url("wasm"))
     }
 
     /// The file to serve for `name`, and how long it may be cached.
@@ -213,5 +192,24 @@ mod tests {
         assert_eq!(bundle.resolve("flyby.d.ts"), ("flyby.d.ts", REVALIDATE));
         let plain = Bundle::default();
         assert_eq!(plain.resolve("flyby.wasm"), ("flyby.wasm", REVALIDATE));
+    }
+
+    #[test]
+    fn pages_link_the_hashed_names_and_the_plain_ones_without_hashes() {
+        let options = LeptosOptions::builder().output_name("flyby").build();
+        let hashed = Bundle::parse("flyby", HASHES).links(&options);
+        assert_eq!(&*hashed.css, "/pkg/flyby.Q.css");
+        assert!(
+            hashed
+                .loader
+                .ends_with(r#"("/pkg/flyby.AbC-1_x.js", "/pkg/flyby.Zz9.wasm");"#),
+            "{}",
+            hashed.loader
+        );
+        let plain = Bundle::default().links(&options);
+        assert_eq!(&*plain.css, "/pkg/flyby.css");
+        assert!(plain
+            .loader
+            .ends_with(r#"("/pkg/flyby.js", "/pkg/flyby.wasm");"#));
     }
 }

@@ -72,7 +72,6 @@ pub const VARIABLES: &[Variable] = &[
     var("LEPTOS_SITE_ROOT", Some("target/site"), "a directory", "where the built site (pkg/, favicon) is"),
     var("LEPTOS_SITE_PKG_DIR", Some("pkg"), "a directory name", "the site-root folder with the JS, WASM and CSS bundle"),
     var("LEPTOS_OUTPUT_NAME", Some("flyby"), "a file stem", "the name of the JS/WASM/CSS bundle files"),
-    var("LEPTOS_HASH_FILES", Some("false"), "`true` or `false`", "whether the bundle files carry content hashes"),
     var("FLY_APP_NAME", Some("flyby"), "a Fly app name", "set by Fly: the app this Machine belongs to"),
     var("FLY_MACHINE_ID", Some(""), "14 lowercase hex characters", "set by Fly: this Machine's id (required for the ephemeral role)"),
     var("FLY_REGION", Some(""), "a region code like `ams`", "set by Fly: the region this Machine runs in"),
@@ -291,7 +290,6 @@ impl Config {
                 .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
                 .then(|| s.to_owned())
         })?;
-        let hash_files = r.parse("LEPTOS_HASH_FILES", |s| s.parse::<bool>().ok())?;
         let fly = FlyEnvironment {
             app_name: r.parse("FLY_APP_NAME", app_name)?,
             machine_id: r.parse_optional("FLY_MACHINE_ID", |s| MachineId::parse(s).ok())?,
@@ -344,7 +342,6 @@ impl Config {
             .site_root(site_root)
             .site_pkg_dir(site_pkg_dir)
             .site_addr(site_addr)
-            .hash_files(hash_files)
             .env(leptos::config::Env::PROD)
             .build();
         Ok(Config {
@@ -538,7 +535,6 @@ mod tests {
             ("FLY_APP_NAME", "Fly App"),
             ("FLY_PRIVATE_IP", "nowhere"),
             ("LEPTOS_SITE_PKG_DIR", "../etc"),
-            ("LEPTOS_HASH_FILES", "yes"),
             ("FLYBY_TTL_SECS", "5"),
             ("FLYBY_TTL_SECS", "two minutes"),
             ("FLYBY_MAX_MACHINES", "0"),

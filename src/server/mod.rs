@@ -180,9 +180,9 @@ pub fn router_with(
     affinity: bool,
 ) -> Router {
     let role = config.role;
-    let bundle = assets::Bundle::find(&config.leptos);
-    let options = bundle.options(config.leptos.clone());
-    let urls = bundle.urls(&options);
+    let options = config.leptos.clone();
+    let bundle = assets::Bundle::find(&options);
+    let links = bundle.links(&options);
     let routes = generate_route_list(App)
         .into_iter()
         .filter(|route| belongs_to(role, route.path()))
@@ -232,11 +232,11 @@ pub fn router_with(
     let router = router
         .nest_service(&pkg, assets::service(&options, bundle))
         .leptos_routes_with_context(&options, routes, context, {
-            let (options, urls) = (options.clone(), urls.clone());
-            move || shell(options.clone(), role, urls.clone())
+            let (options, links) = (options.clone(), links.clone());
+            move || shell(options.clone(), role, links.clone())
         })
         .fallback(leptos_axum::file_and_error_handler(move |options| {
-            shell(options, role, urls.clone())
+            shell(options, role, links.clone())
         }))
         .with_state(options);
     let router = if affinity {

@@ -607,7 +607,6 @@ impl Launcher {
         }
     }
 
-    /// The whole config of a visitor's Machine, from code.
     /// What every Machine of the visitors' app needs to run `flyby` in `role`.
     fn server_env(&self, role: Role, origin: &str) -> BTreeMap<String, String> {
         BTreeMap::from([
@@ -622,6 +621,7 @@ impl Launcher {
         ])
     }
 
+    /// The whole config of a visitor's Machine, from code.
     fn machine_config(
         &self,
         image: String,
