@@ -61,13 +61,15 @@ FROM tools AS build
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 COPY --from=skeleton /skeleton/ ./
 # The stand-ins' own artifacts are removed (cargo-leptos builds the WASM in target/front, and
-# lists the bundle's hashes in target/release/hash.txt), so the real build below cannot take
-# them for up to date: cargo compares modification times, and COPY keeps the checkout's.
+# lists the bundles' hashes in target/release/hash.txt and machine-hash.txt), so the real
+# build below cannot take them for up to date: cargo compares modification times, and COPY
+# keeps the checkout's.
 RUN make build \
     && cargo clean --release --package flyby \
     && cargo clean --target-dir target/front --profile wasm-release \
         --target wasm32-unknown-unknown --package flyby \
-    && rm -rf target/site target/release/hash.txt
+    && rm -rf target/site target/machine-site \
+        target/release/hash.txt target/release/machine-hash.txt
 COPY . .
 # The guards prove the server and the WASM bundle are the real ones, not the skeleton's stand-ins.
 RUN make build \

@@ -9,7 +9,7 @@ export PATH := $(CURDIR)/end2end/node_modules/.bin:$(HOME)/.cargo/bin:$(PATH)
 export LEPTOS_OUTPUT_NAME := flyby
 
 SSR := --no-default-features --features ssr
-WASM := --lib --no-default-features --features hydrate --target wasm32-unknown-unknown
+WASM := --lib --no-default-features --target wasm32-unknown-unknown
 
 .PHONY: run test soak fuzz setup-build setup-test build fmt-check lint deploy-check unit e2e bench clean
 
@@ -43,8 +43,12 @@ setup-test:
 	scripts/setup test
 
 ## The release build: target/release/flyby, target/release/flyby-local and target/site.
-## The Dockerfile's build stage runs this same target.
+## The Dockerfile's build stage runs this same target. Two bundles, one per app: first the
+## Machines' (its own site and hash file; the server is the same build), then the launcher's;
+## scripts/precompress brings the first into the second's site (src/server/assets.rs).
 build: setup-build
+	LEPTOS_SITE_ROOT=target/machine-site LEPTOS_HASH_FILE_NAME=machine-hash.txt \
+		cargo leptos build --release --lib-features machine-bundle
 	cargo leptos build --release
 	scripts/precompress target/site target/release
 	cargo build --release $(SSR) --bin flyby-local
@@ -54,7 +58,8 @@ fmt-check:
 
 lint: setup-build
 	cargo clippy $(SSR) --all-targets -- -D warnings
-	cargo clippy $(WASM) -- -D warnings
+	cargo clippy $(WASM) --features launcher-bundle -- -D warnings
+	cargo clippy $(WASM) --features machine-bundle -- -D warnings
 
 ## The deploy recipe without Docker: hadolint on the Dockerfile, fly.toml against the real flyby,
 ## the image against make build (scripts/deploy-check).

@@ -5,7 +5,7 @@
 mod support;
 
 use reqwest::header;
-use support::Flyby;
+use support::{Flyby, MACHINE_ID, OWNER_HASH, OWNER_SECRET};
 
 async fn launcher() -> Flyby {
     Flyby::start(&[
@@ -81,4 +81,48 @@ async fn the_pages_link_hashed_names_served_precompressed_and_immutable() {
         .unwrap();
     assert_eq!(missing.status(), 404);
     assert!(missing.headers().get(header::CACHE_CONTROL).is_none());
+}
+
+/// The JS glue a page links, fetched with `cookie`.
+async fn linked_glue(c: &reqwest::Client, server: &Flyby, page: &str, cookie: &str) -> String {
+    let get = |path: String| {
+        c.get(server.url(&path))
+            .header(header::COOKIE, cookie)
+            .header(header::ACCEPT_ENCODING, "identity")
+            .send()
+    };
+    let html = get(page.into()).await.unwrap().text().await.unwrap();
+    let js = *pkg_links(&html)
+        .iter()
+        .find(|l| l.ends_with(".js"))
+        .unwrap_or_else(|| panic!("{page} links no JS: {html}"));
+    let glue = get(js.into()).await.unwrap();
+    assert_eq!(glue.status(), 200, "{js}");
+    glue.text().await.unwrap()
+}
+
+/// Each app's pages load a bundle that hydrates only that app's island: a visitor's Machine
+/// page fetches and compiles no launcher code (BENCHMARKS.md, row 7), and the other way round.
+#[tokio::test]
+async fn each_app_links_the_bundle_with_only_its_own_island() {
+    let ephemeral = Flyby::start(&[
+        ("FLYBY_ROLE", "ephemeral"),
+        ("FLY_MACHINE_ID", MACHINE_ID),
+        ("FLY_REGION", "ams"),
+        ("FLYBY_OWNER_HASH", OWNER_HASH),
+        ("FLYBY_LAUNCHER_URL", "http://flyby.localhost:3000"),
+    ])
+    .await;
+    let launcher = launcher().await;
+    let c = reqwest::Client::new();
+    let owner = format!("flyby_owner={MACHINE_ID}.{OWNER_SECRET}");
+    let machine_js = linked_glue(&c, &ephemeral, &format!("/m/{MACHINE_ID}"), &owner).await;
+    let launcher_js = linked_glue(&c, &launcher, "/", "").await;
+    assert!(
+        launcher_js.contains("LaunchPanel_"),
+        "the launcher's island"
+    );
+    assert!(!launcher_js.contains("MachineView_"), "no Machine island");
+    assert!(machine_js.contains("MachineView_"), "the Machine's island");
+    assert!(!machine_js.contains("LaunchPanel_"), "no launcher island");
 }

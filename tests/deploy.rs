@@ -856,12 +856,22 @@ fn the_image_ships_exactly_what_make_build_produces_for_the_server() {
         );
     }
     // With hashed names, the site must name its own files: cargo-leptos lists them in
-    // target/release/hash.txt, which the image does not ship; the site carries a copy.
+    // target/release/hash.txt (the launcher's bundle) and machine-hash.txt (the Machines'),
+    // which the image does not ship; the site carries a copy of each, and every file they
+    // name.
     if leptos.get("hash-files").and_then(Toml::as_bool) == Some(true) {
-        assert!(
-            site_root().join("hash.txt").is_file(),
-            "the site has no hash.txt: the image's server could not find its bundle"
-        );
+        for hashes in ["hash.txt", "machine-hash.txt"] {
+            let text = std::fs::read_to_string(site_root().join(hashes)).unwrap_or_else(|_| {
+                panic!("the site has no {hashes}: the image's server could not find its bundle")
+            });
+            for (ext, hash) in text.lines().filter_map(|l| l.split_once(": ")) {
+                let file = format!("{output}.{hash}.{ext}");
+                assert!(
+                    pkg.contains(&file),
+                    "{hashes} names {file}, not in the site: {pkg:?}"
+                );
+            }
+        }
     }
 }
 

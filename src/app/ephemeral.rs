@@ -121,8 +121,10 @@ pub fn MachinePage() -> impl IntoView {
     }
 }
 
-/// The live part of the page: an island, the only part of it the browser hydrates.
-#[island]
+/// The live part of the page: an island, the only part of it the browser hydrates. Not in
+/// the launcher's bundle, whose pages never show it.
+#[cfg_attr(not(feature = "launcher-bundle"), island)]
+#[cfg_attr(feature = "launcher-bundle", component)]
 fn MachineView(info: MachineInfo) -> impl IntoView {
     let phase = RwSignal::new(info.phase);
     let rtt_ms = RwSignal::new(None::<f64>);

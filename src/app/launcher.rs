@@ -145,8 +145,9 @@ pub fn LauncherPage() -> impl IntoView {
 
 /// Everything on the launcher's page that moves: the live map, the button, the launch's
 /// progress and the hand-over. `info` is `None` when the launcher could not describe itself;
-/// the button still works then.
-#[island]
+/// the button still works then. Not in the Machines' bundle, whose pages never show it.
+#[cfg_attr(not(feature = "machine-bundle"), island)]
+#[cfg_attr(feature = "machine-bundle", component)]
 fn LaunchPanel(info: Option<LauncherInfo>) -> impl IntoView {
     let alive = RwSignal::new(Vec::<AliveMachine>::new());
     let progress = RwSignal::new(None::<LaunchProgress>);

@@ -10,11 +10,15 @@
 //!   files that exist, the pages link the hashed names ([`Bundle::links`]), and a hashed name,
 //!   whose content never changes, is cached `immutable` for a year: a returning visitor's next
 //!   Machine (same origin, same URL) loads its bundle from the browser's cache.
-//! - The plain names (`/pkg/flyby.css`, ...) stay valid as aliases of the current files,
-//!   revalidated on every use (`no-cache`): scripts and tests use them. Without a hash file every name is plain, and everything is `no-cache`.
+//! - Two bundles, one per app ([`hash_file_name`]): the launcher's and the Machines'. A server
+//!   reads the hash file of its role's bundle only.
+//! - The plain names (`/pkg/flyby.css`, ...) stay valid as aliases of the role's current
+//!   files, revalidated on every use (`no-cache`): scripts and tests use them. Without a hash
+//!   file every name is plain, and everything is `no-cache`.
 //! - The same `Bundle` serves every Machine of one image, so the names a page links always
 //!   exist on the Machine that serves the page.
 
+use crate::app::Role;
 use axum::{
     body::Body,
     response::{IntoResponse, Response},
@@ -43,17 +47,18 @@ pub struct Bundle {
 }
 
 impl Bundle {
-    /// Finds cargo-leptos's hash file, in the site root (where `scripts/precompress` copies
-    /// it, so that the site describes itself wherever it is copied) or next to the running
-    /// executable (where cargo-leptos writes it), and keeps its names when every file it names
-    /// is in the site's pkg directory.
-    pub fn find(options: &LeptosOptions) -> Self {
+    /// Finds the hash file of `role`'s bundle ([`hash_file_name`]), in the site root (where
+    /// `scripts/precompress` copies it, so that the site describes itself wherever it is
+    /// copied) or next to the running executable (where cargo-leptos writes it), and keeps its
+    /// names when every file it names is in the site's pkg directory.
+    pub fn find(options: &LeptosOptions, role: Role) -> Self {
+        let name = hash_file_name(role);
         let exe_dir = std::env::current_exe()
             .ok()
             .and_then(|exe| exe.parent().map(Path::to_path_buf));
-        let candidates = [Some(Path::new(&*options.site_root).join("hash.txt"))]
+        let candidates = [Some(Path::new(&*options.site_root).join(name))]
             .into_iter()
-            .chain([exe_dir.map(|dir| dir.join(&*options.hash_file))])
+            .chain([exe_dir.map(|dir| dir.join(name))])
             .flatten();
         for file in candidates {
             let Ok(text) = std::fs::read_to_string(&file) else {
@@ -115,6 +120,18 @@ impl Bundle {
         } else {
             (name, REVALIDATE)
         }
+    }
+}
+
+/// The hash file of the bundle `role`'s pages load. `make build` makes two bundles: the
+/// launcher's (cargo-leptos's own run, `hash.txt`) and the Machines' (a second run with the
+/// `machine-bundle` feature, `machine-hash.txt`), each hydrating only its app's island, so a
+/// visitor's Machine page fetches and compiles no launcher code (BENCHMARKS.md, row 7). Both
+/// sit in the same pkg directory; their files differ by hash, the stylesheet is the same.
+pub fn hash_file_name(role: Role) -> &'static str {
+    match role {
+        Role::Launcher => "hash.txt",
+        Role::Ephemeral | Role::Concierge => "machine-hash.txt",
     }
 }
 

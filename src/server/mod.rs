@@ -181,7 +181,7 @@ pub fn router_with(
 ) -> Router {
     let role = config.role;
     let options = config.leptos.clone();
-    let bundle = assets::Bundle::find(&options);
+    let bundle = assets::Bundle::find(&options, role);
     let links = bundle.links(&options);
     let routes = generate_route_list(App)
         .into_iter()
