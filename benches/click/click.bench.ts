@@ -107,12 +107,14 @@ document.body.setAttribute('data-hydrated', '');
   });
 }
 
-async function floorOnce(browser: Browser, url: string): Promise<number> {
+async function floorOnce(browser: Browser, url: string, tracePath?: string): Promise<number> {
   const { context, page, marks, hydrated } = await visitor(browser);
   await page.goto(url);
   await hydrated(new URL(url).host);
+  if (tracePath) await trace.start(browser, page, tracePath);
   await page.getByRole('button', { name: 'Launch my Machine' }).click();
   const done = await hydrated(new URL(url).host.replace('floor-a', 'floor-b'));
+  if (tracePath) await browser.stopTracing();
   await context.close();
   return done - marks.clicked;
 }
@@ -289,7 +291,10 @@ test('click to own page, through flyby-local', async ({ browser }) => {
       const tracePath = i === LAUNCHES ? process.env.FLYBY_BENCH_TRACE : undefined;
       const launch = await launchOnce(browser, platform, tracePath);
       if (tracePath) trace.summarise(tracePath);
-      const bare = await floorOnce(browser, floor.url);
+      // The floor's trace too, to set the two side by side.
+      const floorTrace = tracePath?.replace(/(\.json)?$/, '.floor.json');
+      const bare = await floorOnce(browser, floor.url, floorTrace);
+      if (floorTrace) trace.summarise(floorTrace);
       if (i > 0) {
         launches.push(launch);
         floors.push(bare);

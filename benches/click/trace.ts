@@ -30,13 +30,17 @@ interface Event {
   dur?: number;
   pid: number;
   tid: number;
-  args?: { name?: string; data?: { url?: string; type?: string } };
+  args?: { name?: string; data?: { url?: string; type?: string; requestId?: string } };
 }
 
 /** Instants of the launch, in ms after the click. */
+const requests = new Map<string, string>();
 const INSTANTS: Record<string, (e: Event) => string | undefined> = {
-  ResourceSendRequest: (e) => `request ${path(e.args?.data?.url)}`,
-  ResourceFinish: () => 'a response finished',
+  ResourceSendRequest: (e) => {
+    requests.set(e.args?.data?.requestId ?? '', path(e.args?.data?.url));
+    return `request ${path(e.args?.data?.url)}`;
+  },
+  ResourceFinish: (e) => `response ${requests.get(e.args?.data?.requestId ?? '') ?? ''} finished`,
   WebSocketCreate: (e) => `WebSocket ${path(e.args?.data?.url)} created`,
   WebSocketReceiveHandshakeResponse: () => 'WebSocket handshake done',
   'NavigationRequest::BeginNavigation': () => 'navigation begins (the hand-over form)',

@@ -68,6 +68,12 @@ impl Role {
 pub struct BundleLinks {
     /// The stylesheet's URL.
     pub css: std::sync::Arc<str>,
+    /// The JS glue's URL, preloaded: the HTML parser's preload scanner asks for it (and for
+    /// the WASM) as soon as the `<head>` arrives, before the first script of a new renderer
+    /// can run (the loader's fetches then take the preloaded responses).
+    pub js: std::sync::Arc<str>,
+    /// The WASM's URL, preloaded (see `js`).
+    pub wasm: std::sync::Arc<str>,
     /// The island loader's script, with the JS glue's and the WASM's URLs in it.
     pub loader: std::sync::Arc<str>,
 }
@@ -81,6 +87,8 @@ impl BundleLinks {
         );
         BundleLinks {
             css: css.into(),
+            js: js.into(),
+            wasm: wasm.into(),
             loader: loader.into(),
         }
     }
@@ -99,6 +107,10 @@ pub fn shell(options: LeptosOptions, role: Role, bundle: BundleLinks) -> impl In
                 <meta name="viewport" content="width=device-width, initial-scale=1"/>
                 <link rel="icon" href="/favicon.ico"/>
                 <AutoReload options/>
+                <link rel="modulepreload" href=bundle.js/>
+                // `crossorigin` as the loader's `fetch` asks (cors, same-origin credentials),
+                // else the preloaded response would not be used.
+                <link rel="preload" href=bundle.wasm r#as="fetch" r#type="application/wasm" crossorigin=""/>
                 // Before the stylesheet: a script after it would wait for the CSS.
                 <IslandLoader script=bundle.loader/>
                 <link id="leptos" rel="stylesheet" href=bundle.css/>

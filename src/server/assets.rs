@@ -216,6 +216,9 @@ mod tests {
         let options = LeptosOptions::builder().output_name("flyby").build();
         let hashed = Bundle::parse("flyby", HASHES).links(&options);
         assert_eq!(&*hashed.css, "/pkg/flyby.Q.css");
+        // The preloaded files are the ones the loader asks for.
+        assert_eq!(&*hashed.js, "/pkg/flyby.AbC-1_x.js");
+        assert_eq!(&*hashed.wasm, "/pkg/flyby.Zz9.wasm");
         assert!(
             hashed
                 .loader
