@@ -46,7 +46,7 @@ async function machinePage(): Promise<{ body: string; css: string }> {
 
 test('first layout of the Machine page in a new renderer', async ({ browser }) => {
   const { body, css } = await machinePage();
-  const stack = /font-family: ([^;]+);/.exec(css)![1];
+  const stack = /font-family:\s*([^;}]+)/.exec(css)![1];
   const variants: [string, string][] = [
     ['as served', css],
     ['system-ui, sans-serif', css.replace(stack, 'system-ui, sans-serif')],
