@@ -295,7 +295,7 @@ fn bench_layer(c: &mut Criterion) {
             serve_home(&with).await;
             serve_home(&without).await;
         }
-        for round in 0..30 {
+        for round in 0..100 {
             let time = |router: &Router| {
                 let router = router.clone();
                 async move {

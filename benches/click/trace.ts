@@ -109,4 +109,22 @@ export function summarise(file: string) {
   console.log("the Machine's page, main thread, inclusive ms:");
   for (const [label, total] of [...work].sort((a, b) => b[1] - a[1]))
     console.log(`${total.toFixed(1).padStart(7)}  ${label}`);
+  // The main thread's tasks in order: what each long one was busy with (its largest parts).
+  const onPage = events.filter(
+    (e) => e.pid === hydrated.pid && main(e) && e.ph === 'X' && e.dur && e.ts >= click.ts && e.ts <= hydrated.ts,
+  );
+  const tasks = onPage.filter((e) => e.name === 'ThreadControllerImpl::RunTask' && e.dur! >= 3000);
+  console.log("the Machine's page, main-thread tasks of 3 ms or more: start (ms after the click), length, largest parts");
+  for (const task of tasks) {
+    const parts = onPage
+      .filter((e) => e.name in WORK && e.ts >= task.ts && e.ts + e.dur! <= task.ts + task.dur!)
+      .sort((a, b) => b.dur! - a.dur!)
+      .slice(0, 3)
+      .map((e) => `${WORK[e.name]} ${(e.dur! / 1000).toFixed(1)}`);
+    const dispatch = onPage.find(
+      (e) => e.name === 'EventDispatch' && e.ts >= task.ts && e.ts + e.dur! <= task.ts + task.dur!,
+    );
+    const what = dispatch ? [`event dispatch ${(dispatch.dur! / 1000).toFixed(1)}`, ...parts] : parts;
+    console.log(`${ms(task.ts)} ${(task.dur! / 1000).toFixed(1).padStart(6)}  ${what.join(', ')}`);
+  }
 }
