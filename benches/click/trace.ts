@@ -121,10 +121,13 @@ export function summarise(file: string) {
       .sort((a, b) => b.dur! - a.dur!)
       .slice(0, 3)
       .map((e) => `${WORK[e.name]} ${(e.dur! / 1000).toFixed(1)}`);
-    const dispatch = onPage.find(
-      (e) => e.name === 'EventDispatch' && e.ts >= task.ts && e.ts + e.dur! <= task.ts + task.dur!,
-    );
-    const what = dispatch ? [`event dispatch ${(dispatch.dur! / 1000).toFixed(1)}`, ...parts] : parts;
+    const dispatch = onPage
+      .filter((e) => e.name === 'EventDispatch' && e.ts >= task.ts && e.ts + e.dur! <= task.ts + task.dur!)
+      .sort((a, b) => b.dur! - a.dur!)[0];
+    const handlers = dispatch && dispatch.dur! >= 1000
+      ? [`${dispatch.args?.data?.type ?? 'event'} handlers ${(dispatch.dur! / 1000).toFixed(1)}`]
+      : [];
+    const what = [...handlers, ...parts];
     console.log(`${ms(task.ts)} ${(task.dur! / 1000).toFixed(1).padStart(6)}  ${what.join(', ')}`);
   }
 }
