@@ -11,6 +11,7 @@ use flyby::app::{
     launcher::{LaunchEnd, Step},
     AppError,
 };
+use flyby::server::affinity::LAUNCH_COOKIE;
 use futures::{SinkExt, StreamExt};
 use reqwest::{header, StatusCode};
 use serde_json::json;
@@ -40,6 +41,41 @@ async fn the_hand_over_asked_for_at_once_answers_when_the_machine_serves() {
     let machine = visitor.claim(&handover).await;
     assert_eq!(visitor.machine_page(machine).await.status(), StatusCode::OK);
     assert_eq!(api.machines().await.len(), 1);
+    platform.shutdown().await;
+}
+
+/// The page asks for the hand-over at once, and that request waits for the whole launch: a
+/// proxy may cut it after the launch ended, with the launcher none the wiser, and the page then
+/// asks again (`app::launcher::run`). The visitor gets it again; a stranger holding the
+/// launch's id and its pin never does.
+#[tokio::test]
+async fn the_hand_over_goes_to_its_visitor_whenever_they_ask_and_to_nobody_else() {
+    let platform = local::start(&[]).await;
+    let visitor = Visitor::new(&platform, "203.0.113.1");
+    let launch = visitor.start_launch().await.unwrap();
+    let pin = visitor.launcher("/");
+    // The first request, whose answer the proxy cut: the visitor's own, from their address and
+    // with their pin, but its answer (and the pin's clearing) never reached their browser.
+    let cut = Visitor::new(&platform, &visitor.ip);
+    cut.copy_cookie(&visitor, &pin, LAUNCH_COOKIE);
+    let lost = cut
+        .take_handover(&launch)
+        .await
+        .expect("the first hand-over");
+    let stranger = Visitor::new(&platform, "203.0.113.2");
+    stranger.copy_cookie(&visitor, &pin, LAUNCH_COOKIE);
+    assert!(matches!(
+        stranger.take_handover(&launch).await,
+        Err(AppError::BadRequest(_))
+    ));
+    let again = visitor.take_handover(&launch).await.expect("asked again");
+    assert!(again == lost, "the same hand-over");
+    assert!(
+        visitor.cookie(&pin, LAUNCH_COOKIE).is_none(),
+        "the pin is cleared"
+    );
+    let machine = visitor.claim(&again).await;
+    assert_eq!(visitor.machine_page(machine).await.status(), StatusCode::OK);
     platform.shutdown().await;
 }
 
@@ -108,11 +144,6 @@ async fn a_launch_creates_a_machine_with_its_whole_config_and_hands_it_over() {
         !config.to_string().contains(&handover.secret),
         "the Machine knows only the hash"
     );
-    // The hand-over is given once.
-    assert!(matches!(
-        visitor.take_handover(&launch).await,
-        Err(AppError::BadRequest(_))
-    ));
     let machine = visitor.claim(&handover).await;
     assert_eq!(machine.as_str(), m["id"].as_str().unwrap());
     platform.shutdown().await;

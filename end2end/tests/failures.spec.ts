@@ -144,3 +144,26 @@ test.describe('a visitor who launches too often', () => {
     expect(await api.created(), 'nothing created').toBe(before);
   });
 });
+
+test.describe('the hand-over request is cut on its way', () => {
+  // What a proxy's idle timeout would do on a slow launch to the request that waits for its
+  // end: it fails in transit, and the browser says so.
+  test.use({ expectedFailures: [/\/api\/handover\b/] });
+
+  test('the page follows the launch on its live channel, asks again, and hands over', async ({
+    page,
+    platform,
+    api,
+  }) => {
+    let asked = 0;
+    await page.route('**/api/handover', (route) =>
+      ++asked === 1 ? route.abort('connectionreset') : route.continue(),
+    );
+    await openLauncher(page, platform);
+    const id = await launch(page);
+    expect(asked, 'the hand-over asked for again after the cut').toBe(2);
+    expect((await api.alive()).map((m) => m.id)).toEqual([id]);
+    await page.getByRole('button', { name: 'Switch it off now' }).click();
+    await expectNoMore(page, api, id, 'It switched itself off and was destroyed, for good.');
+  });
+});

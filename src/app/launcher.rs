@@ -116,8 +116,15 @@ pub async fn watch_launch(
 /// hand-over leaves the moment the Machine serves (see `Launcher::take_handover`).
 #[server(endpoint = "handover")]
 pub async fn take_handover(launch: String) -> Result<LaunchEnd, AppError> {
-    use crate::server::launcher::current;
-    reply(async { current()?.take_handover(&launch).await }.await)
+    use crate::server::{launcher::current, request_headers};
+    reply(
+        async {
+            current()?
+                .take_handover(&launch, &request_headers().await?)
+                .await
+        }
+        .await,
+    )
 }
 
 #[server(protocol = Websocket<JsonEncoding, JsonEncoding>, endpoint = "machines")]

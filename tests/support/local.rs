@@ -331,6 +331,13 @@ impl Visitor {
             .find_map(|pair| pair.strip_prefix(&format!("{name}=")).map(str::to_owned))
     }
 
+    /// Gives this visitor `from`'s cookie `name` for `url`, as if they had it too.
+    pub fn copy_cookie(&self, from: &Visitor, url: &str, name: &str) {
+        let value = from.cookie(url, name).expect("the cookie to copy");
+        self.jar
+            .add_cookie_str(&format!("{name}={value}; Path=/"), &url.parse().unwrap());
+    }
+
     /// Calls a server function of the launcher the way the page does (same-origin POST).
     pub async fn call<T: DeserializeOwned>(
         &self,

@@ -70,7 +70,9 @@ const KEEP_FINISHED: Duration = Duration::from_secs(120);
 struct Launch {
     visitor: String,
     progress: watch::Sender<LaunchProgress>,
-    /// Taken once, by the visitor's page.
+    /// Given to the launch's visitor only, and again if they ask again: a proxy may cut their
+    /// first request (asked at once, it waits for the whole launch) after the launch ended,
+    /// with this server none the wiser, and the page then asks again (`app::launcher::run`).
     handover: Mutex<Option<Handover>>,
 }
 
@@ -289,11 +291,16 @@ impl Launcher {
         rx.into()
     }
 
-    /// The hand-over of a launch, once, when the launch ends: the page asks for it as soon as
-    /// the launch is accepted, and the answer leaves the moment the Machine serves, not a round
-    /// trip after the progress channel says so. A launch that failed answers with its error.
-    /// The hand-over clears the launch pin: nothing of the launch is left to reach.
-    pub async fn take_handover(&self, id: &str) -> Result<LaunchEnd, AppError> {
+    /// The hand-over of a launch, when the launch ends, to the visitor who started it (anyone
+    /// else holding the launch's id gets nothing): the page asks for it as soon as the launch
+    /// is accepted, and the answer leaves the moment the Machine serves, not a round trip
+    /// after the progress channel says so. A launch that failed answers with its error. The
+    /// hand-over clears the launch pin: nothing of the launch is left to reach.
+    pub async fn take_handover(
+        &self,
+        id: &str,
+        headers: &HeaderMap,
+    ) -> Result<LaunchEnd, AppError> {
         let no_handover = || AppError::BadRequest("no hand-over for this launch".into());
         let launch = self
             .launches
@@ -301,6 +308,7 @@ impl Launcher {
             .expect("launches lock")
             .get(id)
             .cloned()
+            .filter(|launch| launch.visitor == visitor(headers))
             .ok_or_else(no_handover)?;
         // Every launch ends (LAUNCH_DEADLINE), and `launch` keeps its sender alive.
         let mut changes = launch.progress.subscribe();
@@ -314,7 +322,7 @@ impl Launcher {
             // launches (the per-visitor limit is per launcher).
             return Ok(LaunchEnd::Failed(error));
         }
-        let handover = launch.handover.lock().expect("handover lock").take();
+        let handover = launch.handover.lock().expect("handover lock").clone();
         set_cookie(cookies::clear(LAUNCH_COOKIE));
         Ok(LaunchEnd::HandedOver {
             steps: last.steps,
