@@ -150,7 +150,7 @@ test.describe('the hand-over request is cut on its way', () => {
   // end: it fails in transit, and the browser says so.
   test.use({ expectedFailures: [/\/api\/handover\b/] });
 
-  test('the page follows the launch on its live channel, asks again, and hands over', async ({
+  test('the page asks again, and the visitor lands on their Machine', async ({
     page,
     platform,
     api,

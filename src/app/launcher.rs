@@ -267,7 +267,9 @@ fn LaunchPanel(info: Option<LauncherInfo>) -> impl IntoView {
 
 /// Follows a launch to its end and takes the hand-over. Both at once: the live channel shows
 /// the steps, and the hand-over, asked for now, answers the moment the Machine serves, without
-/// waiting for the channel's handshake or its last message (issue 9, BENCHMARKS.md).
+/// waiting for the channel's handshake or its last message (issue 9, BENCHMARKS.md). A
+/// hand-over request cut on its way is made again: the launcher answers its visitor as often
+/// as they ask.
 async fn run(
     ticket: LaunchTicket,
     progress: RwSignal<Option<LaunchProgress>>,
@@ -275,21 +277,29 @@ async fn run(
     #[cfg(feature = "hydrate")]
     {
         use futures::future::{select, Either};
-        let follow = Box::pin(live::follow_launch(ticket.id.clone(), progress));
-        let handed_over = Box::pin(take_handover(ticket.id.clone()));
-        let end = match select(follow, handed_over).await {
-            Either::Left((_, handed_over)) => handed_over.await,
-            // Dropping the follower closes the live channel.
-            Either::Right((Ok(end), _)) => Ok(end),
-            // The request did not last as long as the launch (a proxy's 60 s idle timeout on
-            // the slowest launch): the live channel says how it ended, and a launch that
-            // worked hands over at once.
-            Either::Right((Err(_), follow)) => match follow.await.and_then(|p| p.outcome) {
-                Some(Ok(())) => take_handover(ticket.id).await,
-                Some(Err(e)) => Ok(LaunchEnd::Failed(e)),
-                None => Err(AppError::Internal),
-            },
+        let mut follow = Some(Box::pin(live::follow_launch(ticket.id.clone(), progress)));
+        let mut cuts = 0;
+        let end = loop {
+            let asked = Box::pin(take_handover(ticket.id.clone()));
+            let answer = match follow.take() {
+                Some(following) => match select(following, asked).await {
+                    Either::Left((_, asked)) => asked.await,
+                    Either::Right((answer, following)) => {
+                        follow = Some(following);
+                        answer
+                    }
+                },
+                None => asked.await,
+            };
+            match answer {
+                // The request was cut on its way (a proxy's idle timeout on the slowest
+                // launch): the launcher answers its visitor again, at once if the launch ended.
+                Err(AppError::MachineGone) if cuts < 2 => cuts += 1,
+                answer => break answer,
+            }
         }?;
+        // Closes the live channel.
+        drop(follow);
         let (steps, handover) = match end {
             LaunchEnd::HandedOver { steps, handover } => (steps, handover),
             LaunchEnd::Failed(e) => return Err(e),
