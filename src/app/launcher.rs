@@ -381,36 +381,20 @@ mod live {
         )
     }
 
-    /// Streams a launch's progress into `progress`; returns the last state seen.
-    pub async fn follow_launch(
-        id: String,
-        progress: RwSignal<Option<LaunchProgress>>,
-    ) -> Option<LaunchProgress> {
+    /// Streams a launch's progress into `progress` until it ends or the channel fails (the
+    /// page learns the outcome from the hand-over, not from here).
+    pub async fn follow_launch(id: String, progress: RwSignal<Option<LaunchProgress>>) {
         let (mut tx, rx) = mpsc::channel::<Result<String, AppError>>(1);
         let _ = tx.try_send(Ok(id));
-        let mut last = None;
         if let Ok(mut updates) = watch_launch(rx.into()).await {
-            while let Some(update) = updates.next().await {
-                match update {
-                    Ok(p) => {
-                        let done = p.outcome.is_some();
-                        progress.set(Some(p.clone()));
-                        last = Some(p);
-                        if done {
-                            break;
-                        }
-                    }
-                    Err(e) => {
-                        last = Some(LaunchProgress {
-                            outcome: Some(Err(e)),
-                            ..LaunchProgress::default()
-                        });
-                        break;
-                    }
+            while let Some(Ok(p)) = updates.next().await {
+                let done = p.outcome.is_some();
+                progress.set(Some(p));
+                if done {
+                    break;
                 }
             }
         }
         drop(tx);
-        last
     }
 }
