@@ -84,7 +84,9 @@ RUN useradd --system --user-group --uid 10001 --no-create-home --home-dir /nonex
 WORKDIR /app
 COPY --from=build /src/target/release/flyby /app/flyby
 COPY --from=build /src/target/site /app/site
-ENV LEPTOS_SITE_ADDR=0.0.0.0:8080 \
+# Every address, IPv4 and IPv6: fly-proxy reaches a Machine on its private IPv4 address, the
+# private network (6PN) on its IPv6 one (src/server/listen.rs).
+ENV LEPTOS_SITE_ADDR=[::]:8080 \
     LEPTOS_SITE_ROOT=/app/site
 USER 10001:10001
 EXPOSE 8080

@@ -9,6 +9,10 @@ export PATH := $(CURDIR)/end2end/node_modules/.bin:$(HOME)/.cargo/bin:$(PATH)
 export LEPTOS_OUTPUT_NAME := flyby
 
 SSR := --no-default-features --features ssr
+# The Rust tests start flyby-local in process, and its isolated network makes network
+# namespaces: as root, or else in a user namespace of their own, where the process is root
+# (src/local/network.rs). flyby-local's binary enters one by itself.
+NAMESPACES := $(if $(filter 0,$(shell id -u)),,unshare --user --map-root-user)
 WASM := --lib --no-default-features --target wasm32-unknown-unknown
 
 .PHONY: run test soak fuzz setup-build setup-test build fmt-check lint deploy-check unit e2e bench clean
@@ -22,7 +26,7 @@ test: setup-test fmt-check lint build deploy-check unit e2e
 
 ## The heavy load test (50 visitors, 200 launches, cap 8), kept out of `make test`.
 soak: build
-	cargo test --release $(SSR) --test soak -- --ignored --nocapture
+	$(NAMESPACES) cargo test --release $(SSR) --test soak -- --ignored --nocapture
 
 ## Coverage-guided fuzzing of the affinity decision and the parsers (FUZZ_SECONDS each, default
 ## 600). Needs cargo-fuzz (installed when missing); libFuzzer's flags need nightly features,
@@ -67,7 +71,7 @@ deploy-check: build
 	scripts/deploy-check
 
 unit: build
-	cargo test --release $(SSR)
+	$(NAMESPACES) cargo test --release $(SSR)
 
 e2e: build setup-test
 	cd end2end && npx playwright test

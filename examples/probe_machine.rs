@@ -2,7 +2,8 @@
 //! does on request what a real app might (answer with a `fly-replay`, exit, echo a WebSocket),
 //! so the proxy and the Machines API can be tested without the whole of flyby.
 //!
-//! Listens on `LEPTOS_SITE_ADDR` (which flyby-local sets for every Machine). Routes:
+//! Listens on `LEPTOS_SITE_ADDR`, by default on every address (`[::]:8080`, dual-stack), as an
+//! image's `ENV` would say. Routes:
 //! - `GET /health` -> `ok`
 //! - `GET /ws` (WebSocket upgrade) -> echoes each message back, prefixed with the Machine id
 //! - `/exit?code=N` -> answers, then exits with status N
@@ -27,7 +28,7 @@ fn env(name: &str) -> String {
 
 #[tokio::main]
 async fn main() {
-    let addr = std::env::var("LEPTOS_SITE_ADDR").expect("LEPTOS_SITE_ADDR");
+    let addr = std::env::var("LEPTOS_SITE_ADDR").unwrap_or_else(|_| "[::]:8080".into());
     let app = Router::new()
         .route("/health", get(|| async { "ok" }))
         .route("/ws", get(ws))

@@ -18,7 +18,7 @@ use flyby::server::{
 use serde_json::Value;
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
     process::Stdio,
     time::{Duration, Instant},
@@ -353,9 +353,21 @@ fn fly_toml_describes_the_service_flyby_binds() {
     let env = environment();
     let stages = dockerfile();
     let internal_port = int_at(&fly, "http_service.internal_port");
-    // Fly's proxy reaches the Machine on its own addresses: flyby must listen on all of them.
+    // fly-proxy reaches a Machine on its private IPv4 address, the 6PN (a launcher's readiness
+    // probe, Fly's metrics scraper) on its IPv6 one: `0.0.0.0` takes only the first, so only
+    // `[::]` will do (flyby binds it as IPv6 and IPv4 both, `server::listen`).
     let addr: SocketAddr = effective(&env, "LEPTOS_SITE_ADDR").parse().unwrap();
-    assert!(addr.ip().is_unspecified(), "LEPTOS_SITE_ADDR {addr} on Fly");
+    assert_eq!(
+        addr.ip(),
+        IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        "LEPTOS_SITE_ADDR {addr} on Fly: the private network needs [::]"
+    );
+    // flyby-local runs the launchers as the image would.
+    assert_eq!(
+        addr.to_string(),
+        flyby::local::launchers::IMAGE_SITE_ADDR,
+        "flyby-local's launchers listen where the image says"
+    );
     assert_eq!(i64::from(addr.port()), internal_port);
     assert_eq!(
         runtime(&stages).last("EXPOSE"),
@@ -487,14 +499,13 @@ async fn flyby_serves_what_fly_toml_expects() {
     let fly = fly_toml();
     let internal_port = int_at(&fly, "http_service.internal_port");
     let metrics_port = int_at(&fly, "metrics.port");
-    let private_ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let private_ip = IpAddr::V6(Ipv6Addr::LOCALHOST);
 
     let mut env = environment();
-    // What Fly sets on a Machine (FLY_PRIVATE_IP is its private IPv6 there; loopback here).
+    // What Fly sets on a Machine. Its private (6PN) address is IPv6: loopback here.
     env.insert("FLY_APP_NAME".into(), str_at(&fly, "app").into());
     env.insert("FLY_REGION".into(), str_at(&fly, "primary_region").into());
     env.insert("FLY_MACHINE_ID".into(), MACHINE_ID.into());
-    env.insert("FLY_PRIVATE_IP".into(), private_ip.to_string());
     env.insert(
         "FLY_IMAGE_REF".into(),
         "registry.fly.io/flyby:deployment-test".into(),
@@ -506,7 +517,8 @@ async fn flyby_serves_what_fly_toml_expects() {
     env.insert("LEPTOS_SITE_ROOT".into(), site_root().display().to_string());
     env.insert("FLYBY_LOG_FORMAT".into(), "json".into());
     let site_addr = env["LEPTOS_SITE_ADDR"].clone();
-    let metrics_addr = SocketAddr::new(private_ip, metrics_port as u16).to_string();
+    let metrics_addr =
+        SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), metrics_port as u16).to_string();
 
     let mut exact = (true, true);
     let mut server = None;
@@ -541,10 +553,9 @@ async fn flyby_serves_what_fly_toml_expects() {
     if exact.1 {
         assert_eq!(server.metrics.to_string(), metrics_addr);
     }
-    assert_eq!(
-        server.metrics.ip(),
-        private_ip,
-        "/metrics on FLY_PRIVATE_IP"
+    assert!(
+        server.metrics.ip().is_unspecified(),
+        "/metrics on every address, as Fly's metrics docs ask"
     );
     eprintln!(
         "flyby served on {} (internal_port {internal_port}: {}) and /metrics on {} ([metrics] port {metrics_port}: {})",
@@ -559,6 +570,14 @@ async fn flyby_serves_what_fly_toml_expects() {
         .build()
         .unwrap();
     let public = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), server.serving.port());
+    // The private network reaches the same server on IPv6 (FLY_PRIVATE_IP on Fly).
+    let private = SocketAddr::new(private_ip, server.serving.port());
+    let health = client
+        .get(format!("http://{private}{HEALTH_PATH}"))
+        .send()
+        .await
+        .expect("flyby answers on IPv6");
+    assert_eq!(health.status(), 200);
 
     // Each health check, as Fly sends it: method, path, headers, and its timeout.
     for check in at(&fly, "http_service.checks").as_array().unwrap() {
@@ -609,19 +628,21 @@ async fn flyby_serves_what_fly_toml_expects() {
         .unwrap();
     assert_eq!(leak.status(), 404, "/metrics must not be public");
 
-    // [metrics]: Prometheus text at the port and path Fly scrapes.
-    let metrics = client
-        .get(format!(
-            "http://{}{}",
-            server.metrics,
-            str_at(&fly, "metrics.path")
-        ))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(metrics.status(), 200);
-    let text = metrics.text().await.unwrap();
-    assert!(text.contains("# TYPE flyby_"), "{text}");
+    // [metrics]: Prometheus text at the port and path Fly scrapes, on IPv4 and IPv6.
+    for ip in [IpAddr::from(Ipv4Addr::LOCALHOST), private_ip] {
+        let metrics = client
+            .get(format!(
+                "http://{}{}",
+                SocketAddr::new(ip, server.metrics.port()),
+                str_at(&fly, "metrics.path")
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(metrics.status(), 200);
+        let text = metrics.text().await.unwrap();
+        assert!(text.contains("# TYPE flyby_"), "{text}");
+    }
 
     // Stopped the way fly.toml says, flyby exits 0 within kill_timeout.
     let signal = match fly

@@ -149,6 +149,49 @@ async fn a_launch_creates_a_machine_with_its_whole_config_and_hands_it_over() {
     platform.shutdown().await;
 }
 
+/// Fly's session replay cache, keyed on the owner cookie, sends the owner's requests straight to
+/// their Machine once a replay it may cache has gone there: one for a static file (replays
+/// with `timeout` or `fallback` are never cached, Fly docs, networking/dynamic-request-routing).
+#[tokio::test]
+async fn the_owners_requests_go_straight_to_their_machine_once_the_replay_cache_knows_it() {
+    let platform = local::start(&[]).await;
+    let api = Api::new(&platform);
+    let alice = Visitor::new(&platform, "203.0.113.1");
+    let bob = Visitor::new(&platform, "203.0.113.2");
+    let (a, _) = tokio::join!(alice.launch_and_claim(), bob.launch_and_claim());
+    let hits = || async {
+        api.stats().await["counters"]["proxy.replay_cache.hits"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let before = hits().await;
+    // The first static file is replayed (to-the-wrong-Machine-first: --balance wrong-first),
+    // and the replay cache learns where the owner's Machine is.
+    let css = alice
+        .client()
+        .get(alice.machines("/pkg/flyby.css"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answered_by(&css), a.as_str());
+    // From then on, a page, a server function and a static file all go straight to it.
+    let requests = [
+        alice.client().get(alice.machines(&format!("/m/{a}"))),
+        alice.client().post(alice.machines("/api/machine")),
+        alice.client().get(alice.machines("/pkg/flyby.css")),
+    ];
+    for request in requests {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(answered_by(&response), a.as_str());
+    }
+    assert!(
+        hits().await - before >= 3,
+        "each of the owner's requests after the first static file is a cache hit"
+    );
+    platform.shutdown().await;
+}
+
 #[tokio::test]
 async fn every_kind_of_request_of_the_owner_reaches_their_machine_and_nobody_elses() {
     let platform = local::start(&[]).await;
@@ -558,13 +601,15 @@ async fn a_later_visit_after_the_last_machine_is_gone_still_ends_on_the_gone_pag
     let api = Api::new(&platform);
     let alice = Visitor::new(&platform, "203.0.113.1");
     let a = alice.launch_and_claim().await;
-    // The launch made sure the visitors' app has its concierge.
-    let concierge = api
-        .machine_ids("flyby-machines")
-        .await
-        .into_iter()
-        .find(|id| *id != a)
-        .expect("a concierge");
+    // The launch makes sure the visitors' app has its concierge, once it has handed over.
+    let concierge = local::until(&platform, "a concierge", |registry| {
+        registry
+            .list("flyby-machines")
+            .iter()
+            .find(|m| m.id != a && m.state == flyby::local::registry::MachineState::Started)
+            .map(|m| m.id)
+    })
+    .await;
     alice
         .client()
         .post(alice.machines("/api/switch-off"))

@@ -7,6 +7,7 @@
 //! the registry's change notifications (or the API's own `wait`), bounded so that a broken
 //! platform fails a test instead of hanging it.
 
+use bytes::Bytes;
 use clap::Parser;
 use flyby::{
     fly::MachineId,
@@ -15,11 +16,13 @@ use flyby::{
         start, Args, Platform, RunningPlatform,
     },
 };
+use http_body_util::{BodyExt, Empty};
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::{
     collections::BTreeSet,
-    net::Ipv4Addr,
+    net::{IpAddr, SocketAddr},
     path::PathBuf,
     process::Stdio,
     sync::Arc,
@@ -27,7 +30,6 @@ use std::{
 };
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines},
-    net::TcpStream,
     process::{ChildStdout, Command},
 };
 
@@ -255,32 +257,40 @@ fn machine_path(machine: &Value) -> String {
     )
 }
 
-fn ip(machine: &Value) -> Ipv4Addr {
+/// The Machine's 6PN address, where other Machines reach it.
+fn private_ip(machine: &Value) -> IpAddr {
     machine["private_ip"].as_str().unwrap().parse().unwrap()
 }
 
-async fn probe_get(machine: &Value, path: &str) -> (StatusCode, String) {
-    let response = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
-        .get(format!("http://{}:8080{path}", ip(machine)))
-        .send()
-        .await
-        .expect("the Machine answers");
-    (response.status(), response.text().await.unwrap())
-}
+impl Local {
+    /// A GET to the Machine's port 8080 over the private network, as another Machine sends it.
+    async fn probe_get(&self, machine: &Value, path: &str) -> (StatusCode, String) {
+        let client = Client::builder(TokioExecutor::new())
+            .build::<_, Empty<Bytes>>(self.platform.network.clone());
+        let uri = format!(
+            "http://{}{path}",
+            SocketAddr::new(private_ip(machine), 8080)
+        );
+        let response = client
+            .get(uri.parse().unwrap())
+            .await
+            .expect("the Machine answers");
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
 
-/// Asks the probe to exit with `code`. It may be gone before its answer is out, so only the
-/// exit counts, not the answer.
-async fn probe_exit(machine: &Value, code: i32) {
-    let _ = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
-        .get(format!("http://{}:8080/exit?code={code}", ip(machine)))
-        .send()
-        .await;
+    /// Asks the probe to exit with `code`. It may be gone before its answer is out, so only
+    /// the exit counts, not the answer.
+    async fn probe_exit(&self, machine: &Value, code: i32) {
+        let client = Client::builder(TokioExecutor::new())
+            .build::<_, Empty<Bytes>>(self.platform.network.clone());
+        let uri = format!(
+            "http://{}/exit?code={code}",
+            SocketAddr::new(private_ip(machine), 8080)
+        );
+        let _ = client.get(uri.parse().unwrap()).await;
+    }
 }
 
 fn alive(pid: u32) -> bool {
@@ -513,7 +523,13 @@ async fn a_created_machine_is_a_real_process_that_serves() {
     );
     let instance = machine["instance_id"].as_str().unwrap();
     assert_eq!(instance.len(), 26, "a ULID");
-    assert!(ip(&machine).is_loopback());
+    // Fly's two addresses: IPv4 for the proxy, IPv6 (the 6PN) for other Machines.
+    assert!(
+        private_ip(&machine).is_ipv6()
+            && machine["private_ip"].as_str().unwrap().starts_with("fdaa:"),
+        "{}",
+        machine["private_ip"]
+    );
     humantime::parse_rfc3339(machine["created_at"].as_str().unwrap()).expect("RFC 3339");
     humantime::parse_rfc3339(machine["updated_at"].as_str().unwrap()).expect("RFC 3339");
     assert_eq!(machine["region"], "ord");
@@ -528,10 +544,10 @@ async fn a_created_machine_is_a_real_process_that_serves() {
 
     local.wait_started(&machine).await;
     assert_eq!(
-        probe_get(&machine, "/health").await,
+        local.probe_get(&machine, "/health").await,
         (StatusCode::OK, "ok".to_owned())
     );
-    let (_, report) = probe_get(&machine, "/whoami").await;
+    let (_, report) = local.probe_get(&machine, "/whoami").await;
     let report: Value = serde_json::from_str(&report).unwrap();
     assert_eq!(report["machine_id"], id_text);
     assert_eq!(report["region"], "ord");
@@ -559,7 +575,7 @@ async fn a_machine_gets_the_environment_of_a_fly_machine_and_nothing_else() {
     let local = Local::start().await;
     let machine = local
         .create_probe(json!({
-            "env": {"CUSTOM": "yes", "LEPTOS_SITE_ADDR": "0.0.0.0:9999"},
+            "env": {"CUSTOM": "yes", "LEPTOS_SITE_ADDR": "[::]:8080"},
             "guest": {"cpu_kind": "shared", "cpus": 1, "memory_mb": 512},
         }))
         .await;
@@ -590,8 +606,8 @@ async fn a_machine_gets_the_environment_of_a_fly_machine_and_nothing_else() {
     assert_eq!(get("CUSTOM"), Some("yes"));
     assert_eq!(
         get("LEPTOS_SITE_ADDR"),
-        Some(format!("{ip_text}:8080").as_str()),
-        "always the Machine's own address"
+        Some("[::]:8080"),
+        "the config's own: in its own network namespace, a Machine binds what it says"
     );
     // Nothing of the test process's environment leaks in, but the few inherited variables.
     let inherited = ["PATH", "RUST_LOG", "RUST_BACKTRACE", "HOME"];
@@ -607,13 +623,67 @@ async fn a_machine_gets_the_environment_of_a_fly_machine_and_nothing_else() {
     local.shutdown().await;
 }
 
+/// Fly's two networks (Fly docs, networking/app-services): fly-proxy delivers to a Machine's
+/// private IPv4 address, other Machines reach its 6PN IPv6 address. A process that listens on
+/// `0.0.0.0` gets the first only; one that listens on `[::]`, both. (Until flyby-local modelled
+/// this, every Machine was reached on one loopback IPv4 address, and an IPv4-only server
+/// looked fine.)
+#[tokio::test]
+async fn the_proxy_reaches_ipv4_and_other_machines_reach_the_6pn_ipv6_address() {
+    let local = Local::start().await;
+    let ipv4_only = local
+        .create_probe(json!({"env": {"LEPTOS_SITE_ADDR": "0.0.0.0:8080"}}))
+        .await;
+    let every_address = local
+        .create_probe(json!({"env": {"LEPTOS_SITE_ADDR": "[::]:8080"}}))
+        .await;
+    local.wait_started(&ipv4_only).await;
+    local.wait_started(&every_address).await;
+    let network = &local.platform.network;
+    for (machine, private_ok) in [(&ipv4_only, false), (&every_address, true)] {
+        let addrs = local.record(machine).addrs;
+        assert!(
+            addrs.proxy.is_ipv4() && addrs.private.is_ipv6(),
+            "{addrs:?}"
+        );
+        assert_eq!(
+            addrs.private,
+            private_ip(machine),
+            "FLY_PRIVATE_IP is the 6PN one"
+        );
+        assert!(
+            network
+                .connect(SocketAddr::new(addrs.proxy, 8080))
+                .await
+                .is_ok(),
+            "the proxy reaches {}",
+            machine["config"]["env"]["LEPTOS_SITE_ADDR"]
+        );
+        assert_eq!(
+            network
+                .connect(SocketAddr::new(addrs.private, 8080))
+                .await
+                .is_ok(),
+            private_ok,
+            "the 6PN reaches {}: {private_ok}",
+            machine["config"]["env"]["LEPTOS_SITE_ADDR"]
+        );
+    }
+    // And what reaches a Machine is only its own: its neighbour's port is not its own.
+    let a = local.record(&ipv4_only).addrs;
+    let b = local.record(&every_address).addrs;
+    assert_ne!(a.proxy, b.proxy);
+    assert_ne!(a.private, b.private);
+    local.shutdown().await;
+}
+
 #[tokio::test]
 async fn auto_destroy_destroys_a_machine_whose_process_exits() {
     let local = Local::start().await;
     let machine = local.create_probe(json!({"auto_destroy": true})).await;
     local.wait_started(&machine).await;
     let pid = local.record(&machine).pid.unwrap();
-    probe_exit(&machine, 0).await;
+    local.probe_exit(&machine, 0).await;
     assert_eq!(local.wait(&machine, "destroyed", 30).await, StatusCode::OK);
     let (_, shown) = local.get(&machine_path(&machine)).await;
     assert_eq!(shown["state"], "destroyed");
@@ -648,7 +718,7 @@ async fn the_restart_policy_decides_what_follows_an_exit() {
         .await;
     local.wait_started(&machine).await;
     let first = local.record(&machine).pid.unwrap();
-    probe_exit(&machine, 3).await;
+    local.probe_exit(&machine, 3).await;
     let restarted = local
         .until(&machine, |m| {
             m.state == MachineState::Started && events(m).contains(&"restart")
@@ -656,7 +726,7 @@ async fn the_restart_policy_decides_what_follows_an_exit() {
         .await;
     assert_ne!(restarted.pid, Some(first), "a new process");
     assert!(!alive(first));
-    probe_exit(&machine, 3).await;
+    local.probe_exit(&machine, 3).await;
     let stopped = local
         .until(&machine, |m| m.state == MachineState::Stopped)
         .await;
@@ -674,7 +744,7 @@ async fn the_restart_policy_decides_what_follows_an_exit() {
         .create_probe(json!({"restart": {"policy": "on-failure"}}))
         .await;
     local.wait_started(&clean).await;
-    probe_exit(&clean, 0).await;
+    local.probe_exit(&clean, 0).await;
     let record = local
         .until(&clean, |m| m.state == MachineState::Stopped)
         .await;
@@ -685,7 +755,7 @@ async fn the_restart_policy_decides_what_follows_an_exit() {
         .create_probe(json!({"restart": {"policy": "no"}}))
         .await;
     local.wait_started(&never).await;
-    probe_exit(&never, 1).await;
+    local.probe_exit(&never, 1).await;
     assert_eq!(local.wait(&never, "stopped", 30).await, StatusCode::OK);
     assert!(!events(&local.record(&never)).contains(&"restart"));
 
@@ -694,13 +764,13 @@ async fn the_restart_policy_decides_what_follows_an_exit() {
         .create_probe(json!({"restart": {"policy": "always"}}))
         .await;
     local.wait_started(&always).await;
-    probe_exit(&always, 0).await;
+    local.probe_exit(&always, 0).await;
     local
         .until(&always, |m| {
             m.state == MachineState::Started && events(m).contains(&"restart")
         })
         .await;
-    assert_eq!(probe_get(&always, "/health").await.0, StatusCode::OK);
+    assert_eq!(local.probe_get(&always, "/health").await.0, StatusCode::OK);
     local.shutdown().await;
 }
 
@@ -750,7 +820,7 @@ async fn stop_then_start() {
         json!({"previous_state": "stopped", "migrated": false, "new_host": ""})
     );
     local.wait_started(&machine).await;
-    assert_eq!(probe_get(&machine, "/health").await.0, StatusCode::OK);
+    assert_eq!(local.probe_get(&machine, "/health").await.0, StatusCode::OK);
     assert_ne!(local.record(&machine).pid, Some(pid));
     local.shutdown().await;
 }
@@ -1141,7 +1211,10 @@ async fn never_serve_listens_but_never_answers() {
         None,
         "a stand-in, not the process"
     );
-    let mut socket = TcpStream::connect((ip(&machine), 8080))
+    let mut socket = local
+        .platform
+        .network
+        .connect(SocketAddr::new(private_ip(&machine), 8080))
         .await
         .expect("it accepts");
     socket
@@ -1392,7 +1465,7 @@ async fn two_launchers_boot_in_two_regions_and_serve() {
             "a secret, not config"
         );
         assert_eq!(launcher["config"]["services"][0]["internal_port"], 8080);
-        assert_eq!(probe_get(launcher, "/health").await.0, StatusCode::OK);
+        assert_eq!(local.probe_get(launcher, "/health").await.0, StatusCode::OK);
         let pid = local.record(launcher).pid.unwrap();
         let environ =
             String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/environ")).unwrap())
@@ -1400,9 +1473,10 @@ async fn two_launchers_boot_in_two_regions_and_serve() {
         assert!(environ
             .split('\0')
             .any(|kv| kv == format!("FLY_API_TOKEN={TOKEN}")));
+        // The API on the private network, as `_api.internal:4280` is on Fly.
         assert!(environ
             .split('\0')
-            .any(|kv| kv == format!("FLYBY_MACHINES_API={}", local.base)));
+            .any(|kv| kv == "FLYBY_MACHINES_API=http://[fdaa::3]:4280"));
     }
     let (_, ephemeral) = local.get(&format!("/v1/apps/{APP}/machines")).await;
     assert_eq!(ephemeral, json!([]), "the ephemeral app starts empty");

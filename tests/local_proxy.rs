@@ -224,10 +224,14 @@ impl Local {
         F: Fn(MachineId, Seen) -> axum::response::Response + Clone + Send + Sync + 'static,
     {
         let registry = &self.platform.registry;
-        let ip = registry.allocate_ip();
-        let listener = tokio::net::TcpListener::bind((ip, 8080))
+        let net = self
+            .platform
+            .network
+            .machine(&[8080])
             .await
-            .expect("bind a loopback address");
+            .expect("a place on the network");
+        let listener = net.listen(8080).await.expect("listen in the Machine");
+        let addrs = net.addrs;
         let id = MachineId::parse(&format!(
             "{:014x}",
             rand::random::<u64>() & 0x00ff_ffff_ffff_ffff
@@ -248,7 +252,11 @@ impl Local {
                 )
             }
         });
-        tokio::spawn(async move { axum::serve(listener, router).await });
+        tokio::spawn(async move {
+            // The Machine's network lives as long as it serves.
+            let _net = net;
+            axum::serve(listener, router).await
+        });
         let now = SystemTime::now();
         registry.insert(MachineRecord {
             id,
@@ -257,7 +265,7 @@ impl Local {
             region: RegionCode::parse(region).unwrap(),
             state: MachineState::Started,
             instance_id: new_ulid(),
-            private_ip: ip,
+            addrs,
             config: json!({"services": [{"protocol": "tcp", "internal_port": 8080,
                                           "ports": [{"port": 80, "handlers": ["http"]}]}]}),
             created_at: now,
@@ -1434,6 +1442,44 @@ async fn the_session_replay_cache_remembers_each_cookie_value() {
         answer.seen("fly-replay-cache-status").as_deref(),
         Some("miss")
     );
+    local.shutdown().await;
+}
+
+/// Fly's replay cache takes no replay with `state`, `timeout`, `fallback` or a transform (Fly
+/// docs, networking/dynamic-request-routing): the session cache does not remember one either.
+#[tokio::test]
+async fn the_session_cache_remembers_no_replay_with_timeout_or_fallback() {
+    let local = Local::start("wrong-first").await;
+    let rules = json!({"replay_cache": [
+        {"path_prefix": "/", "ttl_seconds": 300, "type": "cookie", "name": "pin"}
+    ]});
+    let (_, b) = tokio::join!(
+        local.machine_with(APP, "ord", rules.clone()),
+        local.machine_with(APP, "ord", rules)
+    );
+    for (pin, directive) in [
+        ("t", format!("instance={b};timeout=2s")),
+        ("f", format!("instance={b};fallback=prefer_self")),
+        ("s", format!("instance={b};state=x")),
+    ] {
+        for _ in 0..2 {
+            let answer = local
+                .send(
+                    local
+                        .get("/page")
+                        .header("cookie", format!("pin={pin}"))
+                        .query(&replay(directive.clone(), b)),
+                )
+                .await;
+            assert_eq!(answer.machine(), b);
+            assert_eq!(
+                answer.seen("fly-replay-cache-status").as_deref(),
+                Some("miss"),
+                "{directive} is never cached"
+            );
+        }
+    }
+    assert_eq!(local.counter("proxy.replay_cache.hits").await, 0);
     local.shutdown().await;
 }
 

@@ -40,12 +40,13 @@ fuzz_target!(|data: &[u8]| {
         replay_failed: replay_failed.as_deref(),
     };
     match decide(&request, &here) {
-        Decision::Replay(target) => {
+        Decision::Replay(target, kind) => {
             assert!(replay_src.is_none() && replay_failed.is_none(), "replayed twice");
             assert_ne!(Some(target), here.id, "replayed to itself");
-            let header = replay_header(target);
+            let header = replay_header(target, kind);
             assert!(header.bytes().all(|b| b.is_ascii_graphic()), "{header:?}");
-            assert!(header.starts_with(&format!("instance={target};")), "{header:?}");
+            let instance = format!("instance={target}");
+            assert!(header == instance || header.starts_with(&format!("{instance};")), "{header:?}");
         }
         Decision::Pass => assert_eq!(path, "/health"),
         Decision::Serve if here.role == Role::Ephemeral => {

@@ -6,18 +6,30 @@
 
 use anyhow::Context;
 use clap::Parser;
-use flyby::local::{start, Args};
+use flyby::local::{network, start, Args, NetworkMode};
 use tokio::signal::unix::{signal, SignalKind};
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.network == NetworkMode::Isolated {
+        // Before any thread exists: the kernel lets only a single-threaded process enter a
+        // user namespace. If it refuses, setting up the network says so, with what to do.
+        let _ = network::enter_user_namespace_unless_root();
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?
+        .block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let args = Args::parse();
     // Listen for the signals before any Machine exists, so none can be orphaned by an early one.
     let mut interrupt = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
     let mut terminate = signal(SignalKind::terminate()).context("listening for SIGTERM")?;

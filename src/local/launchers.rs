@@ -9,7 +9,7 @@ use crate::{
     local::{
         machines_api::{create_machine_with_secrets, ApiError},
         registry::MachineState,
-        Platform, EPHEMERAL_APP, LAUNCHER_APP, LAUNCHER_IMAGE,
+        NetworkMode, Platform, EPHEMERAL_APP, LAUNCHER_APP, LAUNCHER_IMAGE,
     },
 };
 use serde_json::{json, Map, Value};
@@ -20,6 +20,10 @@ pub const LAUNCHER_REGIONS: &[&str] = &[
     "ams", "ord", "sin", "syd", "gru", "jnb", "nrt", "lax", "iad", "fra", "lhr", "bom", "cdg",
     "dfw", "ewr", "arn", "sjc", "yyz",
 ];
+
+/// Where flyby's image makes the server listen (its Dockerfile's `ENV LEPTOS_SITE_ADDR`):
+/// every address, IPv4 for fly-proxy and IPv6 for the private network.
+pub const IMAGE_SITE_ADDR: &str = "[::]:8080";
 
 /// How long the launchers get to listen. A first start of a debug build can be slow.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -62,8 +66,18 @@ pub fn launcher_request(platform: &Platform, region: &str) -> Value {
     );
     put(
         "FLYBY_MACHINES_API",
-        format!("http://{}", platform.api_addr),
+        format!(
+            "http://{}",
+            platform.network.api_for_machines(platform.api_addr)
+        ),
     );
+    // What the image sets (the Dockerfile's ENV), for the processes of every Machine of it.
+    put("LEPTOS_SITE_ADDR", IMAGE_SITE_ADDR.into());
+    if platform.network.mode() == NetworkMode::Shared {
+        // One network for all: every launcher's `/metrics` on the same wildcard port would
+        // collide (the site's address is rewritten by the supervisor).
+        put("FLYBY_METRICS_PORT", "0".into());
+    }
     // flyctl puts fly.toml's primary_region here.
     put("PRIMARY_REGION", platform.args.edge_region.clone());
     for (key, value) in &platform.args.launcher_env {
@@ -113,6 +127,7 @@ pub async fn boot(platform: &Arc<Platform>) -> Result<(), LaunchersError> {
         let body = launcher_request(platform, region).to_string();
         let machine =
             create_machine_with_secrets(platform, LAUNCHER_APP, body.as_bytes(), &secrets)
+                .await
                 .map_err(|source| LaunchersError::Create { index, source })?;
         ids.push(machine.id);
     }

@@ -37,7 +37,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::{
     collections::{BTreeMap, HashMap},
-    net::{Ipv4Addr, SocketAddr},
+    net::SocketAddr,
     sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime},
 };
@@ -165,6 +165,9 @@ pub enum ApiError {
     NoRoute,
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// The platform itself failed (its network); the text says how.
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl ApiError {
@@ -190,6 +193,7 @@ impl ApiError {
             ApiError::Injected(status) => *status,
             ApiError::NotLoopback => StatusCode::FORBIDDEN,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }
@@ -411,24 +415,24 @@ async fn create(
     Path(app): Path<String>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let record = create_machine(&platform, &app, &body)?;
+    let record = create_machine(&platform, &app, &body).await?;
     Ok(Json(machine_json(&record)))
 }
 
 /// Creates a Machine from a create body, as `POST /v1/apps/{app}/machines` does (the launchers
 /// booted at start come through here too). Answers with the Machine as it is created, in state
 /// `created`; its runner then boots it unless `skip_launch`.
-pub fn create_machine(
+pub async fn create_machine(
     platform: &Arc<Platform>,
     app: &str,
     body: &[u8],
 ) -> Result<MachineRecord, ApiError> {
-    create_machine_with_secrets(platform, app, body, &[])
+    create_machine_with_secrets(platform, app, body, &[]).await
 }
 
 /// [`create_machine`], with `secrets` added to the process's environment but kept out of the
 /// config the API shows, as Fly does with app secrets.
-pub fn create_machine_with_secrets(
+pub async fn create_machine_with_secrets(
     platform: &Arc<Platform>,
     app: &str,
     body: &[u8],
@@ -464,6 +468,11 @@ pub fn create_machine_with_secrets(
         .flatten()
         .filter_map(|s| u16::try_from(s.internal_port?).ok())
         .collect();
+    let net = platform
+        .network
+        .machine(&internal_ports)
+        .await
+        .map_err(|e| ApiError::Internal(format!("cannot set up the Machine's network: {e}")))?;
     let now = SystemTime::now();
     let mut record = MachineRecord {
         id: fresh_machine_id(platform),
@@ -472,7 +481,7 @@ pub fn create_machine_with_secrets(
         region,
         state: MachineState::Created,
         instance_id: new_ulid(),
-        private_ip: free_ip(platform, &internal_ports),
+        addrs: net.addrs,
         config,
         created_at: now,
         updated_at: now,
@@ -492,7 +501,7 @@ pub fn create_machine_with_secrets(
     } else {
         GuestKind::Process
     };
-    let mut spec = LaunchSpec::new(&record, &typed, program, guest);
+    let mut spec = LaunchSpec::new(&record, &typed, program, guest, net);
     spec.add_secrets(secrets);
     if let Err(e) = platform.supervisor.launch(
         platform,
@@ -591,22 +600,6 @@ fn fresh_machine_id(platform: &Platform) -> MachineId {
     }
 }
 
-/// A fresh loopback address where each of the Machine's ports is free right now (another
-/// program may hold one: a leftover of an earlier run, or another flyby-local).
-fn free_ip(platform: &Platform, ports: &[u16]) -> Ipv4Addr {
-    for _ in 0..64 {
-        let ip = platform.registry.allocate_ip();
-        if ports
-            .iter()
-            .all(|&port| std::net::TcpListener::bind((ip, port)).is_ok())
-        {
-            return ip;
-        }
-        tracing::debug!(%ip, "address busy, trying the next one");
-    }
-    platform.registry.allocate_ip()
-}
-
 /// Inserts the Machine under its requested name (refused if taken), or under a generated one.
 fn insert_named(
     platform: &Platform,
@@ -661,7 +654,7 @@ pub fn machine_json(machine: &MachineRecord) -> Value {
         "image_ref": image_ref(image),
         "instance_id": machine.instance_id,
         // Fly: the Machine's 6PN IPv6 address. Locally: its own 127.x.y.z.
-        "private_ip": machine.private_ip.to_string(),
+        "private_ip": machine.addrs.private.to_string(),
         "config": machine.config,
         "events": machine.events,
         "created_at": rfc3339(machine.created_at),
@@ -969,7 +962,8 @@ async fn admin_machines(State(platform): State<Arc<Platform>>) -> Json<Value> {
                 "name": m.name,
                 "state": m.state.as_str(),
                 "region": m.region,
-                "private_ip": m.private_ip.to_string(),
+                "private_ip": m.addrs.private.to_string(),
+                "proxy_ip": m.addrs.proxy.to_string(),
                 "pid": m.pid,
             })
         })

@@ -3,7 +3,9 @@
 //!
 //! Module map:
 //! - [`registry`]: apps and Machines, their states and addresses; shared by everything below.
-//! - [`supervisor`]: Machines as real OS processes on their own loopback address.
+//! - [`network`]: each Machine's two addresses, Fly's proxy address and 6PN address, in a
+//!   network namespace of its own.
+//! - [`supervisor`]: Machines as real OS processes, each in its place on the network.
 //! - [`machines_api`]: the Machines REST API (`/v1/apps/{app}/machines...`) and the admin
 //!   endpoint (`/_local/stats`, `/_local/faults`).
 //! - [`proxy`]: fly-proxy: routing by Host, load balancing, Fly's request headers, `fly-replay`
@@ -18,6 +20,7 @@
 pub mod faults;
 pub mod launchers;
 pub mod machines_api;
+pub mod network;
 pub mod proxy;
 pub mod registry;
 pub mod stats;
@@ -126,6 +129,11 @@ pub struct Args {
     /// flyby-local executable, i.e. target/site.
     #[arg(long)]
     pub site_root: Option<PathBuf>,
+    /// How Machines sit on the network: `isolated` gives each Machine a network namespace of
+    /// its own with Fly's two addresses (IPv4 for the proxy, IPv6 6PN for other Machines);
+    /// `shared` puts them all on loopback addresses and rewrites where they listen.
+    #[arg(long, value_enum, default_value_t = NetworkMode::Isolated)]
+    pub network: NetworkMode,
     /// The token the Machines API expects (and hands to the launchers).
     #[arg(long, env = "FLY_API_TOKEN", default_value = DEFAULT_API_TOKEN, hide_env_values = true)]
     pub api_token: ApiToken,
@@ -170,17 +178,25 @@ pub struct Platform {
     pub proxy_addr: SocketAddr,
     /// Where the Machines API really listens.
     pub api_addr: SocketAddr,
+    /// How the proxy reaches Machines and Machines reach each other and the API.
+    pub network: Network,
 }
 
 pub use faults::Faults;
 pub use machines_api::RateLimits;
+pub use network::{Network, NetworkMode};
 pub use registry::Registry;
 pub use stats::Stats;
 pub use supervisor::Supervisor;
 
 impl Platform {
     /// A platform with no Machines; `proxy_addr` and `api_addr` are where its listeners are.
-    pub fn new(args: Args, proxy_addr: SocketAddr, api_addr: SocketAddr) -> Platform {
+    pub fn new(
+        args: Args,
+        network: Network,
+        proxy_addr: SocketAddr,
+        api_addr: SocketAddr,
+    ) -> Platform {
         let mut images: BTreeMap<String, PathBuf> = BTreeMap::new();
         if let Some(flyby) = sibling_executable("flyby") {
             images.insert(LAUNCHER_IMAGE.to_owned(), flyby);
@@ -196,6 +212,7 @@ impl Platform {
             images,
             proxy_addr,
             api_addr,
+            network,
             args,
         }
     }
@@ -233,6 +250,8 @@ pub enum StartError {
     },
     #[error("--edge-region {0:?} is not a Fly region code")]
     EdgeRegion(String),
+    #[error(transparent)]
+    Network(#[from] network::NetworkError),
     #[error(transparent)]
     Launchers(#[from] launchers::LaunchersError),
 }
@@ -298,14 +317,25 @@ pub async fn start(args: Args) -> Result<RunningPlatform, StartError> {
     };
     let api_addr = local_addr(&api, "Machines API", args.api_addr)?;
     let proxy_addr = local_addr(&proxy, "proxy", args.proxy_addr)?;
-    let platform = Arc::new(Platform::new(args, proxy_addr, api_addr));
+    let network = Network::new(args.network)?;
+    let private_api = network
+        .api_listener()
+        .await
+        .map_err(|e| StartError::Network(network::NetworkError::Setup(e)))?;
+    let platform = Arc::new(Platform::new(args, network, proxy_addr, api_addr));
     platform.registry.ensure_app(LAUNCHER_APP);
     platform.registry.ensure_app(EPHEMERAL_APP);
 
-    let servers = vec![
+    let mut servers = vec![
         tokio::spawn(machines_api::serve(api, platform.clone())),
         tokio::spawn(proxy::serve(proxy, platform.clone())),
     ];
+    if let Some(private_api) = private_api {
+        servers.push(tokio::spawn(machines_api::serve(
+            private_api,
+            platform.clone(),
+        )));
+    }
     let running = RunningPlatform {
         platform: platform.clone(),
         servers,

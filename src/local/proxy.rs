@@ -51,7 +51,7 @@ use self::{
 };
 use crate::{
     fly::{MachineId, RegionCode},
-    local::{registry::new_ulid, Balance, Platform},
+    local::{registry::new_ulid, Balance, Network, Platform},
 };
 use bytes::Bytes;
 use http::{
@@ -67,7 +67,7 @@ use hyper::{
     upgrade::OnUpgrade,
 };
 use hyper_util::{
-    client::legacy::{connect::HttpConnector, Client},
+    client::legacy::Client,
     rt::{TokioExecutor, TokioIo, TokioTimer},
 };
 use std::{
@@ -194,7 +194,7 @@ struct Proxy {
     /// The port clients connect to: `Fly-Forwarded-Port` and `X-Forwarded-Port`.
     port_value: HeaderValue,
     /// Pooled keep-alive connections to Machines.
-    client: Client<HttpConnector, UpstreamBody>,
+    client: Client<Network, UpstreamBody>,
     /// The routing snapshot and the registry version it was built from.
     table: Mutex<Arc<Table>>,
     /// Tells when the registry changed since the snapshot.
@@ -397,14 +397,10 @@ impl Proxy {
             warn!(edge_region = %platform.args.edge_region, "not a region code; using ams");
             RegionCode::parse("ams").expect("a region code")
         });
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        // Loopback refuses at once; this only bounds a Machine whose address is blackholed.
-        connector.set_connect_timeout(Some(Duration::from_secs(2)));
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_timer(TokioTimer::new())
-            .build(connector);
+            .build(platform.network.clone());
         let registry_version = platform.registry.subscribe();
         Proxy {
             edge_region,
@@ -1118,7 +1114,7 @@ impl Proxy {
                 ttl,
                 allow_bypass,
             }) => {
-                if let Some(field) = replay.path_cache_obstacle() {
+                if let Some(field) = replay.cache_obstacle() {
                     warn!(machine = %source.id, field, "fly-replay-cache ignored: a cached replay cannot carry {field}");
                 } else if !pattern.matches(&exchange.host, exchange.path()) {
                     warn!(machine = %source.id, "fly-replay-cache ignored: the pattern must match the request");
@@ -1136,10 +1132,9 @@ impl Proxy {
             }
             None => {}
         }
-        // Session-based: the replaying Machine's service rules. Fly restricts what a
-        // path-cached replay may carry; for session rules it says nothing (undocumented), so
-        // only transforms, which a hit could not reproduce, keep a replay out of it.
-        if replay.transform.is_none() {
+        // Session-based: the replaying Machine's service rules, under the same limitations:
+        // Fly lists them for the replay cache as a whole.
+        if replay.cache_obstacle().is_none() {
             if let Some(rule) =
                 cache::rule_for(&source.session_rules, &exchange.host, exchange.path())
             {

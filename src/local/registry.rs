@@ -2,11 +2,13 @@
 //! changes, and what the proxy routes on. One lock around plain data; every state change
 //! bumps a version on a watch channel so `wait` and tests can await a change instead of polling.
 
-use crate::fly::{MachineId, RegionCode};
+use crate::{
+    fly::{MachineId, RegionCode},
+    local::network::MachineAddrs,
+};
 use serde_json::Value;
 use std::{
     collections::BTreeMap,
-    net::{Ipv4Addr, SocketAddr},
     sync::Mutex,
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -114,8 +116,8 @@ pub struct MachineRecord {
     pub state: MachineState,
     /// A ULID that changes with each update of the Machine, as on Fly.
     pub instance_id: String,
-    /// 127.0.0.N: the Machine's own loopback address, its `FLY_PRIVATE_IP`.
-    pub private_ip: Ipv4Addr,
+    /// Where the proxy reaches it, and where other Machines do (its `FLY_PRIVATE_IP`).
+    pub addrs: MachineAddrs,
     /// The config exactly as the creator sent it (Fly echoes it back), `image` resolved.
     pub config: Value,
     pub created_at: SystemTime,
@@ -174,22 +176,11 @@ pub struct ServiceRoute {
     pub replay_cache: Vec<Value>,
 }
 
-/// A started Machine the proxy may send a request to.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Candidate {
-    pub id: MachineId,
-    pub region: RegionCode,
-    pub addr: SocketAddr,
-}
-
 #[derive(Debug, Default)]
 struct Inner {
     /// App name -> its Machines. Destroyed Machines stay, in state `destroyed`, so that
     /// `include_deleted` and `wait?state=destroyed` can see them.
     apps: BTreeMap<String, BTreeMap<MachineId, MachineRecord>>,
-    /// The last octet handed out in 127.0.0.0/8, so addresses are not reused while a
-    /// lingering connection might still reach an old Machine.
-    next_ip: u32,
 }
 
 /// The shared record. Cheap to read; every write notifies [`Registry::subscribe`]rs.
@@ -200,14 +191,8 @@ pub struct Registry {
 
 impl Default for Registry {
     fn default() -> Self {
-        // Each platform starts at a random 127.X.Y.2, so that two flyby-local running side by
-        // side (parallel tests, a test next to `make run`) do not hand out the same addresses.
-        let block = (rand::random_range(1u32..=254) << 16) | (rand::random_range(0u32..=255) << 8);
         Registry {
-            inner: Mutex::new(Inner {
-                next_ip: block | 2,
-                ..Inner::default()
-            }),
+            inner: Mutex::default(),
             version: watch::channel(0).0,
         }
     }
@@ -228,18 +213,6 @@ impl Registry {
     /// Every app, with or without Machines.
     pub fn apps(&self) -> Vec<String> {
         self.read(|inner| inner.apps.keys().cloned().collect())
-    }
-
-    /// A fresh loopback address for a new Machine: 127.X.Y.2, .3, ... skipping the .0 and .255
-    /// of each /24, which some tools treat as network and broadcast addresses.
-    pub fn allocate_ip(&self) -> Ipv4Addr {
-        self.write(|inner| loop {
-            let n = inner.next_ip & 0x00ff_ffff;
-            inner.next_ip = inner.next_ip.wrapping_add(1);
-            if !matches!(n & 0xff, 0 | 255) && n > 1 {
-                return Ipv4Addr::from(0x7f00_0000 | n);
-            }
-        })
     }
 
     /// Inserts a new Machine unless a Machine of its app that is not destroyed already has its
@@ -335,30 +308,6 @@ impl Registry {
         })
     }
 
-    /// Started Machines of `app` with a service on `public_port`, with the address to reach it.
-    pub fn candidates(&self, app: &str, public_port: u16) -> Vec<Candidate> {
-        self.read(|inner| {
-            let Some(machines) = inner.apps.get(app) else {
-                return Vec::new();
-            };
-            machines
-                .values()
-                .filter(|m| m.state == MachineState::Started)
-                .filter_map(|m| {
-                    let service = m
-                        .services()
-                        .into_iter()
-                        .find(|s| s.ports.contains(&public_port))?;
-                    Some(Candidate {
-                        id: m.id,
-                        region: m.region,
-                        addr: SocketAddr::from((m.private_ip, service.internal_port)),
-                    })
-                })
-                .collect()
-        })
-    }
-
     /// A receiver that sees a new version after every change.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.version.subscribe()
@@ -378,6 +327,7 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::local::network::MachineNet;
 
     fn record(app: &str, name: &str, id: &str) -> MachineRecord {
         let now = SystemTime::now();
@@ -388,7 +338,7 @@ mod tests {
             region: RegionCode::parse("ams").unwrap(),
             state: MachineState::Created,
             instance_id: new_ulid(),
-            private_ip: Ipv4Addr::LOCALHOST,
+            addrs: MachineNet::shared(std::net::Ipv4Addr::LOCALHOST.into()).addrs,
             config: Value::Null,
             created_at: now,
             updated_at: now,
@@ -433,17 +383,5 @@ mod tests {
             registry.state_counts()["a"],
             BTreeMap::from([("created", 1), ("destroyed", 1)])
         );
-    }
-
-    #[test]
-    fn addresses_are_fresh_loopback_hosts() {
-        let registry = Registry::default();
-        let mut seen = std::collections::HashSet::new();
-        for _ in 0..600 {
-            let ip = registry.allocate_ip();
-            assert!(ip.is_loopback() && ip != Ipv4Addr::LOCALHOST, "{ip}");
-            assert!(!matches!(ip.octets()[3], 0 | 255), "{ip}");
-            assert!(seen.insert(ip), "{ip} handed out twice");
-        }
     }
 }

@@ -6,17 +6,21 @@
 //! What a runner does that Fly does too: the env a Fly Machine has, the stop signal (SIGINT by
 //! default) then SIGKILL after the stop timeout (5 s by default, like `kill_timeout`), the
 //! restart policy, `auto_destroy`, log lines prefixed like `fly logs`.
-//! What differs, because all local Machines share one host and one network namespace:
+//! Each process runs in its Machine's network namespace ([`super::network`]), where it binds
+//! what its config says, as in a VM.
+//! What differs, because Machines are processes on one host, not VMs:
 //! - a Machine is `started` only once something accepts TCP connections on each service's
-//!   `internal_port` at its address (on Fly, `started` means the VM booted);
-//! - `LEPTOS_SITE_ADDR` is always set to `<private ip>:<first internal_port>`, overriding the
-//!   config: a wildcard `0.0.0.0:8080` bind would collide between Machines;
+//!   `internal_port`, at either of its addresses (on Fly, `started` means the VM booted);
+//! - with `--network shared` only, `LEPTOS_SITE_ADDR` is set to `<its address>:<first
+//!   internal_port>`, overriding the config: there a wildcard bind would collide between
+//!   Machines;
 //! - each process runs in its own process group, which is signalled as a whole, and dies with
 //!   flyby-local (`PR_SET_PDEATHSIG` on Linux, `kill_on_drop` everywhere).
 
 use crate::{
     fly::MachineId,
     local::{
+        network::{join_netns, MachineNet, Network},
         registry::{MachineEvent, MachineRecord, MachineState, Registry},
         Platform,
     },
@@ -26,7 +30,7 @@ use serde_json::json;
 use std::{
     collections::{BTreeMap, HashMap},
     io::Write,
-    net::Ipv4Addr,
+    net::{IpAddr, SocketAddr},
     os::unix::process::ExitStatusExt,
     path::PathBuf,
     process::{ExitStatus, Stdio},
@@ -38,7 +42,6 @@ use std::{
 };
 use tokio::{
     io::{AsyncBufReadExt, AsyncRead, BufReader},
-    net::{TcpListener, TcpStream},
     process::Child,
     sync::{mpsc, oneshot},
     task::{JoinHandle, JoinSet},
@@ -247,8 +250,8 @@ pub struct LaunchSpec {
     pub args: Vec<String>,
     /// The complete environment of the process.
     pub env: Vec<(String, String)>,
-    /// The Machine's own loopback address.
-    pub ip: Ipv4Addr,
+    /// The Machine's place on the network: its addresses and its namespace.
+    pub net: MachineNet,
     /// `internal_port` of each service: `started` waits until each accepts connections.
     pub ports: Vec<u16>,
     pub stop_signal: i32,
@@ -268,6 +271,7 @@ impl LaunchSpec {
         config: &MachineConfig,
         program: PathBuf,
         guest: GuestKind,
+        net: MachineNet,
     ) -> LaunchSpec {
         let ports: Vec<u16> =
             record
@@ -288,8 +292,8 @@ impl LaunchSpec {
                 .as_ref()
                 .and_then(|i| i.cmd.clone())
                 .unwrap_or_default(),
-            env: machine_env(record, config, ports.first().copied()),
-            ip: record.private_ip,
+            env: machine_env(record, config, &net, ports.first().copied()),
+            net,
             ports,
             stop_signal: stop
                 .and_then(|s| s.signal.as_ref()?.resolve())
@@ -308,10 +312,11 @@ impl LaunchSpec {
 
 impl LaunchSpec {
     /// Adds variables the process sees but the Machine config does not show; they never
-    /// override `LEPTOS_SITE_ADDR`.
+    /// override the `LEPTOS_SITE_ADDR` the shared network imposes.
     pub fn add_secrets(&mut self, secrets: &[(String, String)]) {
+        let imposed = self.net.site_addr_override(0).is_some();
         for (key, value) in secrets {
-            if key == "LEPTOS_SITE_ADDR" {
+            if imposed && key == SITE_ADDR {
                 continue;
             }
             self.env.retain(|(k, _)| k != key);
@@ -320,11 +325,16 @@ impl LaunchSpec {
     }
 }
 
+/// Where the Machine's server listens, by the convention of flyby's images.
+const SITE_ADDR: &str = "LEPTOS_SITE_ADDR";
+
 /// The environment of a Machine's process: the few inherited variables, what Fly sets in every
-/// Machine, `config.env`, then `LEPTOS_SITE_ADDR` (always last, see the module docs).
+/// Machine, `config.env`, then, on the shared network only, `LEPTOS_SITE_ADDR` (see the module
+/// docs).
 pub fn machine_env(
     record: &MachineRecord,
     config: &MachineConfig,
+    net: &MachineNet,
     first_port: Option<u16>,
 ) -> Vec<(String, String)> {
     let mut env: BTreeMap<String, String> = INHERITED_ENV
@@ -343,7 +353,7 @@ pub fn machine_env(
         ("FLY_ALLOC_ID", id),
         ("FLY_REGION", record.region.to_string()),
         ("FLY_IMAGE_REF", config.image.clone().unwrap_or_default()),
-        ("FLY_PRIVATE_IP", record.private_ip.to_string()),
+        ("FLY_PRIVATE_IP", record.addrs.private.to_string()),
         ("FLY_MACHINE_VERSION", record.instance_id.clone()),
         ("FLY_PROCESS_GROUP", "app".to_owned()),
         ("FLY_VM_MEMORY_MB", memory.to_string()),
@@ -351,10 +361,9 @@ pub fn machine_env(
     ];
     env.extend(fly.into_iter().map(|(k, v)| (k.to_owned(), v)));
     env.extend(config.env.clone().unwrap_or_default());
-    env.insert(
-        "LEPTOS_SITE_ADDR".to_owned(),
-        format!("{}:{}", record.private_ip, first_port.unwrap_or(8080)),
-    );
+    if let Some(addr) = net.site_addr_override(first_port.unwrap_or(8080)) {
+        env.insert(SITE_ADDR.to_owned(), addr.to_string());
+    }
     env.into_iter().collect()
 }
 
@@ -722,7 +731,8 @@ impl Runner {
     }
 
     async fn running(&mut self) -> Flow {
-        let ip = self.spec.ip;
+        let network = &self.platform.network;
+        let addrs = [self.spec.net.addrs.proxy, self.spec.net.addrs.private];
         let ports = &self.spec.ports;
         let guest = self.guest.as_mut().expect("running has a guest");
         let probing = !guest.ready && !guest.stopping && matches!(guest.body, Body::Process { .. });
@@ -733,7 +743,7 @@ impl Runner {
         };
         let wake = tokio::select! {
             exit = guest.body.exited() => Wake::Exited(exit),
-            () = probe_ready(ip, ports), if probing => Wake::Ready,
+            () = probe_ready(network, addrs, ports), if probing => Wake::Ready,
             () = sleep_until(kill_at.unwrap_or_else(Instant::now)), if kill_at.is_some() => Wake::KillNow,
             () = sleep_until(backoff.unwrap_or_else(Instant::now)), if backoff.is_some() => Wake::Respawn,
             command = self.commands.recv() => Wake::Command(command),
@@ -968,7 +978,10 @@ impl Runner {
     fn spawn_guest(&mut self) -> Flow {
         let (body, ready) = match self.spec.guest {
             GuestKind::NeverStart => (Body::Inert, false),
-            GuestKind::NeverServe => (Body::Tarpit(tarpit(self.spec.ip, &self.spec.ports)), true),
+            GuestKind::NeverServe => (
+                Body::Tarpit(tarpit(self.spec.net.clone(), &self.spec.ports)),
+                true,
+            ),
             GuestKind::Process => match spawn(&self.spec) {
                 Ok(child) => {
                     let pid = child.id().unwrap_or_default();
@@ -1060,12 +1073,19 @@ fn push_event(machine: &mut MachineRecord, event: MachineEvent) {
     machine.events.truncate(MAX_EVENTS);
 }
 
-/// Resolves once every port accepts a TCP connection at `ip`.
-async fn probe_ready(ip: Ipv4Addr, ports: &[u16]) {
+/// Resolves once every port accepts a TCP connection at one of `addrs`.
+async fn probe_ready(network: &Network, addrs: [IpAddr; 2], ports: &[u16]) {
     loop {
         let mut all = true;
         for &port in ports {
-            if TcpStream::connect((ip, port)).await.is_err() {
+            let mut open = false;
+            for ip in addrs {
+                if network.connect(SocketAddr::new(ip, port)).await.is_ok() {
+                    open = true;
+                    break;
+                }
+            }
+            if !open {
                 all = false;
                 break;
             }
@@ -1090,14 +1110,18 @@ fn spawn(spec: &LaunchSpec) -> std::io::Result<Child> {
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    #[cfg(target_os = "linux")]
-    // SAFETY: the closure runs between fork and exec and only calls prctl(2), which is
-    // async-signal-safe. PDEATHSIG fires when the thread that forked exits; that is a tokio
-    // worker, which lives as long as the runtime, i.e. as long as flyby-local.
+    let netns = spec.net.netns_fd();
+    // SAFETY: the closure runs between fork and exec and only calls prctl(2) and setns(2),
+    // which are async-signal-safe. PDEATHSIG fires when the thread that forked exits; that is a
+    // tokio worker, which lives as long as the runtime, i.e. as long as flyby-local. The
+    // namespace's descriptor is held by the spec, open until after the spawn.
     unsafe {
-        command.pre_exec(|| {
+        command.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
                 return Err(std::io::Error::last_os_error());
+            }
+            if let Some(netns) = netns {
+                join_netns(netns)?;
             }
             Ok(())
         });
@@ -1134,14 +1158,14 @@ async fn forward_lines(prefix: String, pipe: impl AsyncRead + Unpin) {
 
 /// The `never_serve` stand-in: accepts on each port, holds every connection open, answers
 /// nothing. Ends (closing everything) when aborted.
-fn tarpit(ip: Ipv4Addr, ports: &[u16]) -> JoinHandle<()> {
+fn tarpit(net: MachineNet, ports: &[u16]) -> JoinHandle<()> {
     let ports = ports.to_vec();
     tokio::spawn(async move {
         let mut listeners = Vec::new();
         for port in ports {
-            match TcpListener::bind((ip, port)).await {
+            match net.listen(port).await {
                 Ok(listener) => listeners.push(listener),
-                Err(e) => tracing::warn!(%ip, port, error = %e, "never_serve: cannot listen"),
+                Err(e) => tracing::warn!(port, error = %e, "never_serve: cannot listen"),
             }
         }
         let mut held = JoinSet::new();

@@ -67,8 +67,8 @@ pub const VARIABLES: &[Variable] = &[
     var("FLYBY_EPHEMERAL_ORIGIN", Some(""), "an http(s) origin", "launcher: public origin of the ephemeral app (default: the launcher's host with the app name swapped)"),
     var("FLYBY_MAX_MACHINES", Some("8"), "a whole number, 1 to 100", "launcher: most visitor Machines alive at once, across all launchers"),
     var("FLYBY_LAUNCHES_PER_MINUTE", Some("3"), "a whole number, 1 to 600", "launcher: launches one visitor (Fly-Client-IP) may start per minute"),
-    var("FLYBY_METRICS_PORT", Some("9091"), "a port number", "launcher: Prometheus /metrics, on this Machine's private address"),
-    var("LEPTOS_SITE_ADDR", Some("127.0.0.1:3000"), "an address like 0.0.0.0:8080", "where the server listens"),
+    var("FLYBY_METRICS_PORT", Some("9091"), "a port number", "launcher: Prometheus /metrics, on every address of the Machine (no service forwards it)"),
+    var("LEPTOS_SITE_ADDR", Some("127.0.0.1:3000"), "an address like [::]:8080", "where the server listens; [::] is every IPv6 and IPv4 address (the image's, on Fly)"),
     var("LEPTOS_SITE_ROOT", Some("target/site"), "a directory", "where the built site (pkg/, favicon) is"),
     var("LEPTOS_SITE_PKG_DIR", Some("pkg"), "a directory name", "the site-root folder with the JS, WASM and CSS bundle"),
     var("LEPTOS_OUTPUT_NAME", Some("flyby"), "a file stem", "the name of the JS/WASM/CSS bundle files"),
@@ -76,7 +76,6 @@ pub const VARIABLES: &[Variable] = &[
     var("FLY_MACHINE_ID", Some(""), "14 lowercase hex characters", "set by Fly: this Machine's id (required for the ephemeral role)"),
     var("FLY_REGION", Some(""), "a region code like `ams`", "set by Fly: the region this Machine runs in"),
     var("FLY_IMAGE_REF", Some(""), "an image reference", "set by Fly: the image this Machine runs, reused for visitors' Machines"),
-    var("FLY_PRIVATE_IP", Some(""), "an IP address", "set by Fly: this Machine's private address"),
 ];
 
 /// A variable that is missing or does not hold what is expected. Displays as the one line
@@ -171,7 +170,6 @@ pub struct FlyEnvironment {
     pub machine_id: Option<MachineId>,
     pub region: Option<RegionCode>,
     pub image_ref: Option<String>,
-    pub private_ip: Option<std::net::IpAddr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -295,7 +293,6 @@ impl Config {
             machine_id: r.parse_optional("FLY_MACHINE_ID", |s| MachineId::parse(s).ok())?,
             region: r.parse_optional("FLY_REGION", |s| RegionCode::parse(s).ok())?,
             image_ref: r.optional("FLY_IMAGE_REF")?,
-            private_ip: r.parse_optional("FLY_PRIVATE_IP", |s| s.parse().ok())?,
         };
         let ephemeral_app = r.parse("FLYBY_EPHEMERAL_APP", app_name)?;
         let timings = Timings {
@@ -533,7 +530,6 @@ mod tests {
             ("FLY_MACHINE_ID", "0123456789abc"),
             ("FLY_REGION", "Amsterdam"),
             ("FLY_APP_NAME", "Fly App"),
-            ("FLY_PRIVATE_IP", "nowhere"),
             ("LEPTOS_SITE_PKG_DIR", "../etc"),
             ("FLYBY_TTL_SECS", "5"),
             ("FLYBY_TTL_SECS", "two minutes"),

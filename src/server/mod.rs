@@ -13,6 +13,7 @@
 //! - [`launcher`], [`fly_api`]: the launcher role: launches through the Machines API, the
 //!   tracker of Machines alive and its reaper, limits, metrics.
 //! - [`assets`]: the JS/WASM/CSS bundle under `/pkg`, precompressed and cached by content hash.
+//! - [`listen`]: the listening sockets, on both of a Fly Machine's networks.
 //! - [`telemetry`]: the logs, one line per request.
 
 pub mod affinity;
@@ -23,6 +24,7 @@ pub mod ephemeral;
 pub mod fly_api;
 pub mod launcher;
 pub mod lifecycle;
+pub mod listen;
 pub mod ownership;
 pub mod telemetry;
 
@@ -34,21 +36,27 @@ use ephemeral::EphemeralMachine;
 use launcher::Launcher;
 use leptos::prelude::*;
 use leptos_axum::{generate_route_list, LeptosRoutes};
-use std::{future::Future, io, net::SocketAddr, sync::Arc, time::Duration};
-use tokio::net::TcpListener;
+use listen::SiteListener;
+use std::{
+    future::Future,
+    io,
+    net::{Ipv6Addr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
 use tower_http::set_header::SetResponseHeaderLayer;
 
 /// A bound, ready-to-run server.
 pub struct Application {
     /// Bound in `build`, so the port is known (and taken) before `run` is called.
-    listener: TcpListener,
+    listener: SiteListener,
     router: Router,
     /// The ephemeral role's Machine, whose end ends the process.
     ephemeral: Option<Arc<EphemeralMachine>>,
     /// How long in-flight requests may take once stopping.
     grace: Duration,
     /// The launcher's Prometheus endpoint, bound in `build`.
-    metrics: Option<(TcpListener, Arc<launcher::metrics::Metrics>)>,
+    metrics: Option<(SiteListener, Arc<launcher::metrics::Metrics>)>,
 }
 
 /// Why the server could not be built.
@@ -63,24 +71,18 @@ pub enum BuildError {
 impl Application {
     /// Binds `config.site_addr` and builds the router for the configured role.
     pub async fn build(config: Config) -> Result<Self, BuildError> {
-        let bind = |addr: SocketAddr| async move {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| BuildError::Listen { addr, source })
+        let bind = |addr: SocketAddr| {
+            SiteListener::bind(addr).map_err(|source| BuildError::Listen { addr, source })
         };
-        let listener = bind(config.site_addr).await?;
+        let listener = bind(config.site_addr)?;
         let ephemeral = EphemeralMachine::start(&config);
         let launcher = Launcher::start(&config)?;
         let metrics = match (&launcher, &config.role_config) {
             (Some(launcher), RoleConfig::Launcher(settings)) => {
-                // On the Machine's private address: reachable by Fly's metrics scraper over the
-                // private network, never through the public service.
-                let ip = config
-                    .fly
-                    .private_ip
-                    .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
-                let addr = SocketAddr::new(ip, settings.metrics_port);
-                Some((bind(addr).await?, launcher.metrics.clone()))
+                // On every address, as Fly's metrics docs ask: the scraper reaches it over the
+                // private network. No public service forwards this port.
+                let addr = SocketAddr::from((Ipv6Addr::UNSPECIFIED, settings.metrics_port));
+                Some((bind(addr)?, launcher.metrics.clone()))
             }
             _ => None,
         };

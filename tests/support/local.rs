@@ -42,6 +42,27 @@ pub async fn start(extra: &[&str]) -> RunningPlatform {
 
 use clap::Parser;
 
+/// Awaits the platform's registry changes until `found` finds something; bounded (30 s), so a
+/// platform that never gets there fails the test.
+pub async fn until<T>(
+    platform: &RunningPlatform,
+    what: &str,
+    found: impl Fn(&flyby::local::Registry) -> Option<T>,
+) -> T {
+    let view = platform.platform();
+    let mut changes = view.registry.subscribe();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if let Some(out) = found(&view.registry) {
+                return out;
+            }
+            changes.changed().await.expect("the registry lives");
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what}: not within 30 s"))
+}
+
 /// Samples, every 50 ms, how many visitor Machines are alive (in a `flyby-slot-N`, not
 /// destroyed), from the platform's registry, until stopped: the peak checks the cap.
 pub struct AliveSampler {

@@ -50,10 +50,11 @@ pub struct Replay {
 }
 
 impl Replay {
-    /// Why this replay may not be stored in the path-based cache, if it may not. Fly: "The
+    /// Why this replay may not be stored in the replay cache, path- or session-based, if it
+    /// may not. Fly (networking/dynamic-request-routing, the replay cache's limitations): "The
     /// `state` field cannot be set ... Transformations ... cannot be defined ... The `timeout`
     /// and `fallback` fields cannot be set in the `fly-replay` intended to be cached".
-    pub fn path_cache_obstacle(&self) -> Option<&'static str> {
+    pub fn cache_obstacle(&self) -> Option<&'static str> {
         if self.state.is_some() {
             Some("state")
         } else if self.timeout.is_some() {

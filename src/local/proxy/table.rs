@@ -121,7 +121,7 @@ impl Table {
                         record.id,
                         app.clone(),
                         record.region,
-                        SocketAddr::from((record.private_ip, service.internal_port)),
+                        SocketAddr::new(record.addrs.proxy, service.internal_port),
                         rules.into(),
                     ));
                     apps.routes.push(route.clone());

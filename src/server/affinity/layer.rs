@@ -2,7 +2,10 @@
 //! either calls the router or answers itself. It holds no policy of its own; what it adds is
 //! only the shape of each answer.
 
-use super::{decide, Decision, Here, Refusal, RequestFacts, LAUNCH_COOKIE, OWNER_COOKIE};
+use super::{
+    decide, Decision, Here, Refusal, ReplayKind, RequestFacts, LAUNCH_COOKIE, OWNER_COOKIE,
+    SERVER_FN_PREFIX,
+};
 use crate::{
     app::{AppError, Role},
     fly::MachineId,
@@ -27,16 +30,16 @@ use tower::{Layer, Service};
 /// enough that a visitor whose Machine is gone is told so quickly.
 pub const REPLAY_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Where server functions live; their callers get typed errors instead of pages.
-const SERVER_FN_PREFIX: &str = "/api/";
-
 /// The value of the `fly-replay` header sending a request to `target`. Built only from a
 /// validated [`MachineId`] and constants.
-pub fn replay_header(target: MachineId) -> String {
-    format!(
-        "instance={target};timeout={}s;fallback=prefer_self",
-        REPLAY_TIMEOUT.as_secs()
-    )
+pub fn replay_header(target: MachineId, kind: ReplayKind) -> String {
+    match kind {
+        ReplayKind::Guarded => format!(
+            "instance={target};timeout={}s;fallback=prefer_self",
+            REPLAY_TIMEOUT.as_secs()
+        ),
+        ReplayKind::Cacheable => format!("instance={target}"),
+    }
 }
 
 /// Wraps a service (the whole router) with the affinity decision.
@@ -135,7 +138,9 @@ where
                 self.inner.call(request),
                 Some(cookies::clear(LAUNCH_COOKIE)),
             ),
-            Decision::Replay(target) => AffinityFuture::ready(answered(request, replay(target))),
+            Decision::Replay(target, kind) => {
+                AffinityFuture::ready(answered(request, replay(target, kind)))
+            }
             Decision::Gone(target) => {
                 let response = self.gone(&request, target);
                 AffinityFuture::ready(answered(request, response))
@@ -239,12 +244,12 @@ fn answered(request: Request<Body>, response: Response) -> Response {
     response
 }
 
-fn replay(target: MachineId) -> Response {
+fn replay(target: MachineId, kind: ReplayKind) -> Response {
     let mut response = plain(
         StatusCode::TEMPORARY_REDIRECT,
         "Replaying to the right Fly Machine.\n",
     );
-    let value = HeaderValue::try_from(replay_header(target))
+    let value = HeaderValue::try_from(replay_header(target, kind))
         .expect("ids and constants are valid header text");
     response.headers_mut().insert("fly-replay", value);
     response
@@ -376,8 +381,12 @@ mod tests {
     fn the_replay_header_names_only_a_valid_id_and_fixed_fields() {
         let id = MachineId::parse("0123456789abcd").unwrap();
         assert_eq!(
-            replay_header(id),
+            replay_header(id, ReplayKind::Guarded),
             "instance=0123456789abcd;timeout=2s;fallback=prefer_self"
+        );
+        assert_eq!(
+            replay_header(id, ReplayKind::Cacheable),
+            "instance=0123456789abcd"
         );
     }
 }

@@ -14,9 +14,13 @@
 //!   (queries end up in logs, history and Referers: the anchors' `?instance=` leak).
 //!   Ids are validated (`MachineId::parse`, 14 lowercase hex) before anything else, so nothing
 //!   untrusted can reach the `fly-replay` header; a malformed id is refused with 400.
-//! - Wrong Machine: answer with a replay to the right one (`fly-replay: instance=<id>` plus a
-//!   `timeout` and `fallback=prefer_self`, so a target that is gone comes back here as
-//!   `fly-replay-failed`).
+//! - Wrong Machine: answer with a replay to the right one. A page, a server function or the
+//!   live channel must learn that its Machine is gone, so its replay carries a `timeout` and
+//!   `fallback=prefer_self` (a target that is gone comes back here as `fly-replay-failed`).
+//!   A static file's replay is a plain `instance=<id>`: Fly's replay cache takes no replay with
+//!   `timeout` or `fallback` (Fly docs, networking/dynamic-request-routing), and this one is
+//!   what lets the session cache on the owner cookie send the owner's later requests straight
+//!   to their Machine.
 //! - Loop guard: a request that already carries `fly-replay-src` was replayed by a flyby Machine
 //!   that decided on these same facts, so it is never replayed again (the proxy misdelivered
 //!   it, or a client forged the header). The replay carries no `state`, so that Fly may cache it.
@@ -43,6 +47,8 @@ pub const OWNER_COOKIE: &str = "flyby_owner";
 pub const LAUNCH_COOKIE: &str = "flyby_launch";
 /// Prefix of the paths that name a Machine: `/m/<id>` and below.
 pub const MACHINE_PREFIX: &str = "/m/";
+/// Where server functions live (and the live channels, which are server functions too).
+pub const SERVER_FN_PREFIX: &str = "/api/";
 
 /// This Machine, as far as the decision is concerned.
 #[derive(Debug, Clone)]
@@ -78,10 +84,34 @@ pub enum Decision {
     /// Serve here, and clear the visitor's launch pin: it names no launcher that can serve.
     ServeAndUnpin,
     /// Ask fly-proxy to deliver the request to that Machine instead.
-    Replay(MachineId),
+    Replay(MachineId, ReplayKind),
     /// The Machine the request belongs to is gone: say so and clear the owner cookie.
     Gone(MachineId),
     Refuse(Refusal),
+}
+
+/// What a replay must be able to do, by what the request is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayKind {
+    /// A page, a server function, the live channel: if the target is gone, the request comes
+    /// back here to be told so (`timeout` and `fallback`); such a replay is never cached.
+    Guarded,
+    /// A static file, whose loss the page survives: a plain replay, which Fly may cache.
+    Cacheable,
+}
+
+impl ReplayKind {
+    /// Static files are GETs outside the pages (`/m/`) and the server functions (`/api/`).
+    fn of(request: &RequestFacts<'_>) -> ReplayKind {
+        let read = request.method == Method::GET || request.method == Method::HEAD;
+        let dynamic =
+            request.path.starts_with(MACHINE_PREFIX) || request.path.starts_with(SERVER_FN_PREFIX);
+        if read && !dynamic {
+            ReplayKind::Cacheable
+        } else {
+            ReplayKind::Guarded
+        }
+    }
 }
 
 /// Why a request is refused.
@@ -125,7 +155,8 @@ fn decide_launcher(request: &RequestFacts<'_>, here: &Here) -> Decision {
         Some(_) if request.replay_failed.is_some() || request.replay_src.is_some() => {
             Decision::ServeAndUnpin
         }
-        Some(_) => Decision::Replay(target),
+        // Nothing caches the launch pin's replays: keep the way back for a gone launcher.
+        Some(_) => Decision::Replay(target, ReplayKind::Guarded),
     }
 }
 
@@ -149,7 +180,7 @@ fn decide_ephemeral(request: &RequestFacts<'_>, here: &Here) -> Decision {
         } else if request.replay_src.is_some() {
             Decision::Refuse(Refusal::Misdirected)
         } else {
-            Decision::Replay(target)
+            Decision::Replay(target, ReplayKind::of(request))
         };
     }
     // Only a Machine with an owner can be claimed (the concierge has none).

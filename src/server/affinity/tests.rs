@@ -3,6 +3,7 @@
 use super::*;
 use crate::server::ownership::OwnerSecret;
 use proptest::prelude::*;
+use ReplayKind::{Cacheable, Guarded};
 
 const ME: &str = "0123456789abcd";
 const OTHER: &str = "fedcba98765432";
@@ -107,7 +108,7 @@ fn launcher_replays_a_launch_pinned_to_another_launcher() {
             &facts(GET, "/pkg/flyby.wasm", Some(&c)),
             &launcher(Some(ME))
         ),
-        Decision::Replay(id(OTHER))
+        Decision::Replay(id(OTHER), Guarded)
     );
 }
 
@@ -239,17 +240,46 @@ fn ephemeral_replays_requests_for_another_machine_by_path_or_cookie() {
     let other_page = format!("/m/{OTHER}");
     assert_eq!(
         decide(&facts(GET, &other_page, None), &e.here),
-        Decision::Replay(id(OTHER))
+        Decision::Replay(id(OTHER), Guarded)
     );
     let claim = format!("/m/{OTHER}/claim");
     assert_eq!(
         decide(&facts(POST, &claim, None), &e.here),
-        Decision::Replay(id(OTHER))
+        Decision::Replay(id(OTHER), Guarded)
     );
     let c = format!("flyby_owner={OTHER}.whatever");
     assert_eq!(
         decide(&facts(GET, "/api/rtt", Some(&c)), &e.here),
-        Decision::Replay(id(OTHER))
+        Decision::Replay(id(OTHER), Guarded)
+    );
+}
+
+#[test]
+fn only_static_files_get_a_replay_fly_may_cache() {
+    let e = ephemeral();
+    let c = format!("flyby_owner={OTHER}.whatever");
+    let kind = |method: &Method, path: &str| match decide(&facts(method, path, Some(&c)), &e.here) {
+        Decision::Replay(target, kind) => {
+            assert_eq!(target, id(OTHER));
+            kind
+        }
+        other => panic!("{method} {path}: {other:?}"),
+    };
+    // The bundle and the site's other files: the page survives losing one.
+    assert_eq!(kind(GET, "/pkg/flyby.wasm"), Cacheable);
+    assert_eq!(kind(&Method::HEAD, "/pkg/flyby.js"), Cacheable);
+    assert_eq!(kind(GET, "/favicon.ico"), Cacheable);
+    // Pages, server functions and the live channel must hear that their Machine is gone.
+    assert_eq!(kind(GET, &format!("/m/{OTHER}")), Guarded);
+    assert_eq!(kind(GET, "/api/channel"), Guarded);
+    assert_eq!(kind(POST, "/api/switch-off"), Guarded);
+    assert_eq!(kind(POST, "/pkg/flyby.wasm"), Guarded);
+    // And the header says so: only a guarded replay carries what Fly's cache refuses.
+    let guarded = layer::replay_header(id(OTHER), Guarded);
+    assert!(guarded.contains(";timeout=") && guarded.contains(";fallback=prefer_self"));
+    assert_eq!(
+        layer::replay_header(id(OTHER), Cacheable),
+        format!("instance={OTHER}")
     );
 }
 
@@ -259,7 +289,7 @@ fn ephemeral_path_wins_over_cookie() {
     let c = format!("flyby_owner={ME}.{}", e.secret.expose());
     assert_eq!(
         decide(&facts(GET, &format!("/m/{OTHER}/x"), Some(&c)), &e.here),
-        Decision::Replay(id(OTHER))
+        Decision::Replay(id(OTHER), Guarded)
     );
 }
 
@@ -379,7 +409,7 @@ fn the_concierge_replays_for_every_machine_and_serves_nobody() {
     let c = format!("flyby_owner={OTHER}.s");
     assert_eq!(
         decide(&facts(GET, "/", Some(&c)), &here),
-        Decision::Replay(id(OTHER))
+        Decision::Replay(id(OTHER), Cacheable)
     );
     let other_page = format!("/m/{OTHER}");
     let mut failed = facts(GET, &other_page, None);
@@ -487,7 +517,7 @@ proptest! {
             replay_failed: replay_failed.as_deref(),
         };
         let decision = decide(&request, &here);
-        if let Decision::Replay(target) = decision {
+        if let Decision::Replay(target, _) = decision {
             // A replay names a valid id (the type guarantees it) that is not this Machine,
             // and never a request that already came through a replay.
             prop_assert!(replay_src.is_none(), "replayed twice: {request:?}");

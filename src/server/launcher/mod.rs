@@ -381,12 +381,10 @@ impl Launcher {
             policy: RestartPolicy::Always,
             max_retries: None,
         });
+        // The same service, session replay cache included: its replays fill it too.
         for service in &mut config.services {
             service.autostart = Some(true);
             service.autostop = Some(Autostop::Stop);
-            for port in &mut service.ports {
-                port.http_options = None;
-            }
         }
         config
     }
@@ -621,9 +619,11 @@ impl Launcher {
             ("FLYBY_ROLE".to_owned(), role.as_str().to_owned()),
             ("FLYBY_LAUNCHER_URL".to_owned(), origin.to_owned()),
             ("FLYBY_LOG_FORMAT".to_owned(), self.log_format.to_owned()),
+            // Every address: fly-proxy delivers to the Machine's IPv4 address, and this
+            // launcher probes it over the 6PN, at its IPv6 one (`server::listen`).
             (
                 "LEPTOS_SITE_ADDR".to_owned(),
-                format!("0.0.0.0:{MACHINE_PORT}"),
+                format!("[::]:{MACHINE_PORT}"),
             ),
             ("LEPTOS_SITE_ROOT".to_owned(), self.site_root.clone()),
         ])
