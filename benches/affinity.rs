@@ -135,6 +135,7 @@ fn facts(case: &Case) -> RequestFacts<'_> {
     RequestFacts {
         method: &case.method,
         path: &case.path,
+        query: None,
         cookies: case.cookies.as_deref(),
         replay_src: case.replay_src,
         replay_failed: None,

@@ -192,6 +192,35 @@ async fn the_owners_requests_go_straight_to_their_machine_once_the_replay_cache_
     platform.shutdown().await;
 }
 
+/// Fly's proxies learn of a Machine a moment after it starts, while the launcher sees it serve
+/// at once over the private network: a hand-over that comes back undelivered is made again
+/// (`307`), a few times, before its Machine counts as gone. Here the proxy learns of each new
+/// Machine 3 s after it starts, longer than the hand-over's replay `timeout` (2 s).
+#[tokio::test]
+async fn a_hand_over_the_proxy_cannot_deliver_yet_is_made_again_until_it_can() {
+    let platform = local::start(&[]).await;
+    let api = Api::new(&platform);
+    // A Machine the hand-over lands on first (wrong-first), which replays it to the new one.
+    let bob = Visitor::new(&platform, "203.0.113.2");
+    bob.launch_and_claim().await;
+    api.fault(json!({"kind": "routing_delay", "ms": 3000}))
+        .await;
+    let alice = Visitor::new(&platform, "203.0.113.1");
+    let a = alice.launch_and_claim().await;
+    let page = alice.machine_page(a).await;
+    assert_eq!(page.status(), StatusCode::OK);
+    assert_eq!(answered_by(&page), a.as_str());
+    let stats = api.stats().await;
+    assert!(
+        stats["counters"]["proxy.replays.fallback"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1,
+        "the first hand-over did come back undelivered: {stats}"
+    );
+    platform.shutdown().await;
+}
+
 #[tokio::test]
 async fn every_kind_of_request_of_the_owner_reaches_their_machine_and_nobody_elses() {
     let platform = local::start(&[]).await;

@@ -272,6 +272,7 @@ impl Local {
             updated_at: now,
             events: Vec::new(),
             pid: None,
+            routable_from: None,
         });
         id
     }
@@ -529,6 +530,48 @@ async fn bodies_up_to_1_mb_are_replayed_byte_for_byte_and_larger_ones_refused() 
         .await;
     assert_eq!(answer.machine(), a);
     assert_eq!(answer.report()["body_len"], 1_500_000);
+    local.shutdown().await;
+}
+
+/// Fly's proxy nodes learn of a started Machine a moment later (the `routing_delay` fault):
+/// meanwhile nothing reaches it through the proxy, and a replay that keeps trying long enough
+/// gets there once it is known.
+#[tokio::test]
+async fn a_machine_is_unknown_to_the_proxy_for_the_routing_delay_after_it_starts() {
+    let local = Local::start("nearest").await;
+    let a = local.machine(APP, "ord").await;
+    local
+        .api(
+            reqwest::Method::POST,
+            "/_local/faults",
+            // Longer than the proxy's own retries (about 1.5 s without a `timeout`).
+            Some(json!({"kind": "routing_delay", "ms": 3000})),
+        )
+        .await;
+    let b = local.machine(APP, "ord").await;
+    let straight = local
+        .send(
+            local
+                .get("/")
+                .header("fly-force-instance-id", b.to_string()),
+        )
+        .await;
+    assert_eq!(
+        straight.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not known yet"
+    );
+    // Balanced requests go to the Machine the proxy knows.
+    assert_eq!(local.send(local.get("/")).await.machine(), a);
+    let replayed = local
+        .send(
+            local
+                .get("/")
+                .header("fly-force-instance-id", a.to_string())
+                .query(&replay(format!("instance={b};timeout=10s"), b)),
+        )
+        .await;
+    assert_eq!(replayed.machine(), b, "known once the delay is over");
     local.shutdown().await;
 }
 

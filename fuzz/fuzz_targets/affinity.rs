@@ -35,6 +35,7 @@ fuzz_target!(|data: &[u8]| {
     let request = RequestFacts {
         method: &method,
         path: &path,
+        query: None,
         cookies: cookies.as_deref(),
         replay_src: replay_src.as_deref(),
         replay_failed: replay_failed.as_deref(),

@@ -43,6 +43,10 @@ pub enum Fault {
     /// The proxy can no longer reach this Machine (connection refused), though its process
     /// still runs; cleared by `DELETE /_local/faults`.
     DropListener { machine: MachineId },
+    /// Machines that start from now on are unknown to the proxy for `ms` after they start (no
+    /// request is balanced to them, a replay to them finds no candidate), as Fly's proxy nodes
+    /// learn of a started Machine a moment later; cleared by `DELETE /_local/faults`.
+    RoutingDelay { ms: u64 },
 }
 
 fn one() -> u32 {
@@ -78,6 +82,7 @@ struct Armed {
     never_start: u32,
     never_serve: u32,
     dropped: HashSet<MachineId>,
+    routing_delay: Duration,
 }
 
 impl Faults {
@@ -104,6 +109,7 @@ impl Faults {
             Fault::DropListener { machine } => {
                 armed.dropped.insert(*machine);
             }
+            Fault::RoutingDelay { ms } => armed.routing_delay = Duration::from_millis(*ms),
         }
     }
 
@@ -142,6 +148,11 @@ impl Faults {
     /// Whether the Machine being created now must never serve (consumes one).
     pub fn take_never_serve(&self) -> bool {
         take_one(&mut self.inner.lock().expect("faults lock").never_serve)
+    }
+
+    /// How long after it starts a Machine stays unknown to the proxy.
+    pub fn routing_delay(&self) -> Duration {
+        self.inner.lock().expect("faults lock").routing_delay
     }
 
     /// Whether the proxy has lost this Machine's listener.

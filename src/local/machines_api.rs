@@ -487,6 +487,7 @@ pub async fn create_machine_with_secrets(
         updated_at: now,
         events: vec![MachineEvent::new("launch", MachineState::Created, "user")],
         pid: None,
+        routable_from: None,
     };
     insert_named(
         platform,

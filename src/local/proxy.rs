@@ -425,9 +425,10 @@ impl Proxy {
     /// The routing snapshot, rebuilt if the registry changed since.
     fn table(&self) -> Arc<Table> {
         let version = *self.registry_version.borrow();
+        let now = std::time::Instant::now();
         let mut table = self.table.lock().expect("table lock");
-        if table.version != version {
-            let fresh = Arc::new(Table::build(&self.platform.registry, version));
+        if table.version != version || table.stale_at.is_some_and(|at| at <= now) {
+            let fresh = Arc::new(Table::build(&self.platform.registry, version, now));
             // Fly drops cached routes to Machines that are gone; so does this cache.
             self.cache.retain_machines(|id| fresh.is_routable(id));
             *table = fresh;

@@ -125,6 +125,10 @@ pub struct MachineRecord {
     pub events: Vec<MachineEvent>,
     /// The OS process serving as this Machine, while there is one.
     pub pid: Option<u32>,
+    /// When the proxy learns that this Machine, once started, is running. Fly: "After a Machine
+    /// starts, there may be a short delay before all proxy nodes recognize that it is running"
+    /// (reference/fly-proxy-autostop-autostart); the `routing_delay` fault plays it.
+    pub routable_from: Option<std::time::Instant>,
 }
 
 impl MachineRecord {
@@ -344,6 +348,7 @@ mod tests {
             updated_at: now,
             events: Vec::new(),
             pid: None,
+            routable_from: None,
         }
     }
 

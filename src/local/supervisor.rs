@@ -1019,6 +1019,10 @@ impl Runner {
         if let Some(guest) = self.guest.as_mut() {
             guest.ready = true;
         }
+        let routable_from = Instant::now().into_std() + self.platform.faults.routing_delay();
+        self.platform.registry.update(&self.app, self.id, |m| {
+            m.routable_from = Some(routable_from);
+        });
         self.set_state(
             MachineState::Started,
             Some(MachineEvent::new("start", MachineState::Started, "flyd")),

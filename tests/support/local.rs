@@ -432,14 +432,27 @@ impl Visitor {
 
     /// Posts the secret to the claim URL, as the launcher's page does; the owner cookie lands
     /// in the jar.
+    /// A `307` is followed as a browser follows it: the same form, posted again.
     pub async fn claim(&self, handover: &Handover) -> MachineId {
-        let response = self
-            .http
-            .post(&handover.claim_url)
-            .form(&[("secret", &handover.secret)])
-            .send()
-            .await
-            .unwrap();
+        let mut url = handover.claim_url.clone();
+        let mut response;
+        let mut redirects = 0;
+        loop {
+            response = self
+                .http
+                .post(&url)
+                .form(&[("secret", &handover.secret)])
+                .send()
+                .await
+                .unwrap();
+            if response.status() != 307 {
+                break;
+            }
+            redirects += 1;
+            assert!(redirects <= 10, "a browser stops after that many redirects");
+            let next = response.headers()[header::LOCATION].to_str().unwrap();
+            url = response.url().join(next).unwrap().to_string();
+        }
         assert_eq!(response.status(), 303, "claim");
         let location = response.headers()[header::LOCATION].to_str().unwrap();
         MachineId::parse(location.trim_start_matches("/m/")).unwrap()

@@ -9,7 +9,7 @@ use crate::{
     local::registry::{MachineState, Registry},
 };
 use http::uri::Authority;
-use std::{collections::HashMap, net::SocketAddr, sync::Arc};
+use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Instant};
 use tracing::warn;
 
 /// The public ports whose services take HTTP from the proxy. Locally both are plain HTTP.
@@ -67,6 +67,9 @@ pub struct AppRoutes {
 #[derive(Debug, Default)]
 pub struct Table {
     pub version: u64,
+    /// When a started Machine the table leaves out becomes known to the proxy: the table is
+    /// stale from then on, though the registry did not change.
+    pub stale_at: Option<Instant>,
     apps: HashMap<Arc<str>, AppRoutes>,
     machines: HashMap<MachineId, MachineInfo>,
 }
@@ -80,7 +83,7 @@ impl Table {
         }
     }
 
-    pub fn build(registry: &Registry, version: u64) -> Table {
+    pub fn build(registry: &Registry, version: u64, now: Instant) -> Table {
         let mut table = Table {
             version,
             ..Table::default()
@@ -98,8 +101,15 @@ impl Table {
                 .services()
                 .into_iter()
                 .find(|s| s.ports.iter().any(|p| HTTP_PORTS.contains(p)));
+            let known = match record.routable_from {
+                Some(at) if at > now => {
+                    table.stale_at = Some(table.stale_at.map_or(at, |s| s.min(at)));
+                    false
+                }
+                _ => true,
+            };
             let route = match service {
-                Some(service) if record.state == MachineState::Started => {
+                Some(service) if record.state == MachineState::Started && known => {
                     let rules: Vec<SessionRule> = service
                         .replay_cache
                         .iter()

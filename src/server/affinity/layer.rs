@@ -3,8 +3,8 @@
 //! only the shape of each answer.
 
 use super::{
-    decide, Decision, Here, Refusal, ReplayKind, RequestFacts, LAUNCH_COOKIE, OWNER_COOKIE,
-    SERVER_FN_PREFIX,
+    claim_path, decide, Decision, Here, Refusal, ReplayKind, RequestFacts, CLAIM_ATTEMPT_PARAM,
+    LAUNCH_COOKIE, OWNER_COOKIE, SERVER_FN_PREFIX,
 };
 use crate::{
     app::{AppError, Role},
@@ -124,6 +124,7 @@ where
             let facts = RequestFacts {
                 method: request.method(),
                 path: request.uri().path(),
+                query: request.uri().query(),
                 cookies: cookies.as_deref(),
                 replay_src: header_str(&request, "fly-replay-src"),
                 replay_failed: header_str(&request, "fly-replay-failed"),
@@ -144,6 +145,13 @@ where
             Decision::Gone(target) => {
                 let response = self.gone(&request, target);
                 AffinityFuture::ready(answered(request, response))
+            }
+            Decision::RetryClaim(target, attempt) => {
+                tracing::info!(machine = %target, attempt, "hand-over not delivered yet: made again");
+                AffinityFuture::after(
+                    CLAIM_RETRY_PAUSE,
+                    answered(request, claim_again(target, attempt)),
+                )
             }
             Decision::Refuse(refusal) => {
                 let response = self.refuse(&request, refusal);
@@ -255,6 +263,27 @@ fn replay(target: MachineId, kind: ReplayKind) -> Response {
     response
 }
 
+/// How long a hand-over that could not be delivered waits before it is made again: the
+/// proxy may have given up at once (no candidate yet), and the proxies need a moment.
+pub const CLAIM_RETRY_PAUSE: Duration = Duration::from_millis(500);
+
+/// `307` back to the hand-over: the browser posts the same form again (307 keeps the method
+/// and the body), as attempt `attempt`.
+fn claim_again(target: MachineId, attempt: u8) -> Response {
+    let mut response = plain(
+        StatusCode::TEMPORARY_REDIRECT,
+        "Your Machine is almost there.\n",
+    );
+    let location = format!("{}?{CLAIM_ATTEMPT_PARAM}={attempt}", claim_path(target));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::LOCATION,
+        HeaderValue::try_from(location).expect("an id, constants and a number"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
 fn wants_page<B>(request: &Request<B>) -> bool {
     (request.method() == Method::GET || request.method() == Method::HEAD)
         && request
@@ -325,12 +354,15 @@ fn set_cookie(response: &mut Response, cookie: String) {
 }
 
 pin_project! {
-    /// Either the router's answer (possibly with a cookie to clear) or one made here.
+    /// Either the router's answer (possibly with a cookie to clear) or one made here, at once
+    /// or after a pause.
     pub struct AffinityFuture<F> {
         #[pin]
         inner: Option<F>,
         ready: Option<Response>,
         unpin: Option<String>,
+        #[pin]
+        pause: Option<tokio::time::Sleep>,
     }
 }
 
@@ -340,6 +372,7 @@ impl<F> AffinityFuture<F> {
             inner: Some(future),
             ready: None,
             unpin,
+            pause: None,
         }
     }
 
@@ -348,6 +381,14 @@ impl<F> AffinityFuture<F> {
             inner: None,
             ready: Some(response),
             unpin: None,
+            pause: None,
+        }
+    }
+
+    fn after(pause: Duration, response: Response) -> Self {
+        AffinityFuture {
+            pause: Some(tokio::time::sleep(pause)),
+            ..AffinityFuture::ready(response)
         }
     }
 }
@@ -360,6 +401,9 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
+        if let Some(pause) = this.pause.as_pin_mut() {
+            ready!(pause.poll(cx));
+        }
         match this.inner.as_pin_mut() {
             None => Poll::Ready(Ok(this.ready.take().expect("polled after completion"))),
             Some(inner) => {

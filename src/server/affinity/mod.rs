@@ -26,6 +26,11 @@
 //!   it, or a client forged the header). The replay carries no `state`, so that Fly may cache it.
 //! - `fly-replay-failed`: the target is gone. The ephemeral app answers "your Machine is gone"
 //!   and clears the owner cookie; the launcher serves the visitor here and clears its launch pin.
+//!   The one exception is the hand-over: its Machine has just started, and "there may be a
+//!   short delay before all proxy nodes recognize that it is running" (Fly docs,
+//!   reference/fly-proxy-autostop-autostart). A failed claim is sent back to be made again
+//!   (`307`, the browser posts the same form), a few times (`?attempt=<n>`), before it is
+//!   told the Machine is gone.
 //! - Ownership on the ephemeral app: the owner cookie holds `<machine id>.<secret>`; the Machine
 //!   knows only the secret's hash. Without a secret that verifies, 403. The single exception is
 //!   the hand-over `POST /m/<id>/claim`, whose handler checks the secret in the form body.
@@ -66,6 +71,8 @@ pub struct RequestFacts<'a> {
     pub method: &'a Method,
     /// The raw (still percent-encoded) path, without the query.
     pub path: &'a str,
+    /// The raw query, read for the hand-over's attempt count only: never for a Machine id.
+    pub query: Option<&'a str>,
     /// Every `Cookie` header value, joined with `; `.
     pub cookies: Option<&'a str>,
     /// `fly-replay-src`: set by fly-proxy on a replayed request.
@@ -87,6 +94,9 @@ pub enum Decision {
     Replay(MachineId, ReplayKind),
     /// The Machine the request belongs to is gone: say so and clear the owner cookie.
     Gone(MachineId),
+    /// The hand-over to that Machine could not be delivered yet: have it made again, as
+    /// attempt number `.1`.
+    RetryClaim(MachineId, u8),
     Refuse(Refusal),
 }
 
@@ -176,7 +186,12 @@ fn decide_ephemeral(request: &RequestFacts<'_>, here: &Here) -> Decision {
     };
     if target != me {
         return if request.replay_failed.is_some() {
-            Decision::Gone(target)
+            match claim_attempt(request, target) {
+                Some(attempt) if attempt + 1 < CLAIM_ATTEMPTS => {
+                    Decision::RetryClaim(target, attempt + 1)
+                }
+                _ => Decision::Gone(target),
+            }
         } else if request.replay_src.is_some() {
             Decision::Refuse(Refusal::Misdirected)
         } else {
@@ -193,6 +208,30 @@ fn decide_ephemeral(request: &RequestFacts<'_>, here: &Here) -> Decision {
         }
         _ => Decision::Refuse(Refusal::NotOwner),
     }
+}
+
+/// How many times a hand-over is made before its Machine counts as gone.
+pub const CLAIM_ATTEMPTS: u8 = 4;
+/// The query parameter that counts a hand-over's attempts.
+pub const CLAIM_ATTEMPT_PARAM: &str = "attempt";
+
+/// For a hand-over to `target` (`POST /m/<target>/claim`), which attempt this is (0: the
+/// first); `None` for any other request. An attempt count that is not a small number counts as
+/// the last.
+fn claim_attempt(request: &RequestFacts<'_>, target: MachineId) -> Option<u8> {
+    if request.method != Method::POST || !is_claim_path(request.path, target) {
+        return None;
+    }
+    let Some(query) = request.query else {
+        return Some(0);
+    };
+    let value = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix(CLAIM_ATTEMPT_PARAM)?.strip_prefix('='));
+    Some(match value {
+        None => 0,
+        Some(n) => n.parse().unwrap_or(CLAIM_ATTEMPTS),
+    })
 }
 
 /// The parts of an owner cookie; the secret is unverified.

@@ -16,6 +16,7 @@ fn facts<'a>(method: &'a Method, path: &'a str, cookies: Option<&'a str>) -> Req
     RequestFacts {
         method,
         path,
+        query: None,
         cookies,
         replay_src: None,
         replay_failed: None,
@@ -316,6 +317,48 @@ fn ephemeral_answers_gone_when_the_replay_failed() {
 }
 
 #[test]
+fn a_hand_over_that_was_not_delivered_is_made_again_a_few_times_then_gone() {
+    let e = ephemeral();
+    let claim = format!("/m/{OTHER}/claim");
+    let failed = "instance=fedcba98765432;reason=no_candidate;elapsed_ms=3";
+    let attempt = |query: Option<&str>| {
+        let mut f = facts(POST, &claim, None);
+        f.replay_failed = Some(failed);
+        f.query = query;
+        decide(&f, &e.here)
+    };
+    assert_eq!(attempt(None), Decision::RetryClaim(id(OTHER), 1));
+    assert_eq!(
+        attempt(Some("attempt=1")),
+        Decision::RetryClaim(id(OTHER), 2)
+    );
+    assert_eq!(
+        attempt(Some("x=y&attempt=2")),
+        Decision::RetryClaim(id(OTHER), 3)
+    );
+    let last = format!("attempt={}", CLAIM_ATTEMPTS - 1);
+    assert_eq!(attempt(Some(&last)), Decision::Gone(id(OTHER)));
+    for odd in ["attempt=99", "attempt=-1", "attempt=x", "attempt=300"] {
+        assert_eq!(attempt(Some(odd)), Decision::Gone(id(OTHER)), "{odd}");
+    }
+    // Only the hand-over: a failed page, call or claim of another Machine is gone at once.
+    let mut page = facts(GET, &claim, None);
+    page.replay_failed = Some(failed);
+    assert_eq!(decide(&page, &e.here), Decision::Gone(id(OTHER)));
+    let elsewhere = format!("/m/{OTHER}/claim/x");
+    let mut f = facts(POST, &elsewhere, None);
+    f.replay_failed = Some(failed);
+    assert_eq!(decide(&f, &e.here), Decision::Gone(id(OTHER)));
+    // And a claim that was not replayed is replayed, whatever its query says.
+    let mut fresh = facts(POST, &claim, None);
+    fresh.query = Some("attempt=2");
+    assert_eq!(
+        decide(&fresh, &e.here),
+        Decision::Replay(id(OTHER), Guarded)
+    );
+}
+
+#[test]
 fn ephemeral_refuses_requests_that_name_no_machine() {
     let e = ephemeral();
     for path in [
@@ -507,11 +550,13 @@ proptest! {
         path in any_path(),
         replay_src in proptest::option::of(".*"),
         replay_failed in proptest::option::of(".*"),
+        query in proptest::option::of(prop_oneof![".*", (0u8..=9).prop_map(|n| format!("attempt={n}"))]),
     ) {
         let method = if post { Method::POST } else { Method::GET };
         let request = RequestFacts {
             method: &method,
             path: &path,
+            query: query.as_deref(),
             cookies: cookies.as_deref(),
             replay_src: replay_src.as_deref(),
             replay_failed: replay_failed.as_deref(),
@@ -524,6 +569,12 @@ proptest! {
             prop_assert!(replay_failed.is_none());
             prop_assert_ne!(Some(target), here.id);
             prop_assert!(MachineId::parse(target.as_str()).is_ok());
+        }
+        if let Decision::RetryClaim(target, attempt) = decision {
+            // Only a hand-over that came back undelivered, a bounded number of times.
+            prop_assert!(post && replay_failed.is_some(), "{request:?}");
+            prop_assert!(attempt < CLAIM_ATTEMPTS);
+            prop_assert_ne!(Some(target), here.id);
         }
         prop_assert_eq!(decision == Decision::Pass, path == HEALTH_PATH);
         if here.role == Role::Ephemeral && decision == Decision::Serve {
