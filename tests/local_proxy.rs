@@ -1128,8 +1128,19 @@ async fn hosts_route_to_apps_and_apps_without_machines_have_no_candidate() {
     assert_eq!(answer.error(), Some("PR01"));
     assert_eq!(local.counter("proxy.errors.PR01").await, 1);
 
+    // An app whose Machines come from the API has no public address until one is allocated
+    // (Fly docs, networking/services): its name resolves to nothing.
     local.platform.registry.ensure_app("other");
     let o = local.machine("other", "ord").await;
+    let answer = local.send(local.http.get(local.url("other", "/"))).await;
+    assert_eq!(answer.status, StatusCode::NOT_FOUND);
+    assert_eq!(answer.error(), Some("unknown_host"));
+    assert!(
+        answer.text().contains("fly ips allocate-v6"),
+        "{}",
+        answer.text()
+    );
+    assert!(local.platform.registry.allocate_public_ips("other"));
     let answer = local.send(local.http.get(local.url("other", "/"))).await;
     assert_eq!(answer.machine(), o);
     local.shutdown().await;

@@ -323,8 +323,12 @@ pub async fn start(args: Args) -> Result<RunningPlatform, StartError> {
         .await
         .map_err(|e| StartError::Network(network::NetworkError::Setup(e)))?;
     let platform = Arc::new(Platform::new(args, network, proxy_addr, api_addr));
-    platform.registry.ensure_app(LAUNCHER_APP);
-    platform.registry.ensure_app(EPHEMERAL_APP);
+    // What the deploy guide does: `fly apps create` both apps, then `fly ips allocate-v6` and
+    // `fly ips allocate-v4 --shared` for both (`fly deploy` does it for the launcher's).
+    for app in [LAUNCHER_APP, EPHEMERAL_APP] {
+        platform.registry.ensure_app(app);
+        platform.registry.allocate_public_ips(app);
+    }
 
     let mut servers = vec![
         tokio::spawn(machines_api::serve(api, platform.clone())),

@@ -483,6 +483,9 @@ impl Proxy {
         if table.app(&app).is_none() && !self.platform.registry.app_exists(&app) {
             return Err(ProxyError::UnknownApp(app));
         }
+        if !self.platform.registry.has_public_ips(&app) {
+            return Err(ProxyError::NoPublicIp(app));
+        }
 
         let headers = request.headers_mut();
         let edge = take_parsed(headers, EDGE_REGION_HEADER, |s| RegionCode::parse(s).ok())?

@@ -185,6 +185,10 @@ struct Inner {
     /// App name -> its Machines. Destroyed Machines stay, in state `destroyed`, so that
     /// `include_deleted` and `wait?state=destroyed` can see them.
     apps: BTreeMap<String, BTreeMap<MachineId, MachineRecord>>,
+    /// Apps with public addresses (`fly ips allocate-v6`, `fly ips allocate-v4 --shared`):
+    /// only those are reachable by their `<app>.fly.dev` name. Fly: an app whose services come
+    /// from Machine configs, not a deployed fly.toml, gets none by itself (networking/services).
+    public: std::collections::BTreeSet<String>,
 }
 
 /// The shared record. Cheap to read; every write notifies [`Registry::subscribe`]rs.
@@ -212,6 +216,22 @@ impl Registry {
 
     pub fn app_exists(&self, app: &str) -> bool {
         self.read(|inner| inner.apps.contains_key(app))
+    }
+
+    /// Gives an existing app its public addresses, as `fly ips allocate-v6` and
+    /// `fly ips allocate-v4 --shared` do; false if there is no such app.
+    pub fn allocate_public_ips(&self, app: &str) -> bool {
+        self.write(|inner| {
+            inner.apps.contains_key(app) && {
+                inner.public.insert(app.to_owned());
+                true
+            }
+        })
+    }
+
+    /// Whether the app's public name resolves to anything.
+    pub fn has_public_ips(&self, app: &str) -> bool {
+        self.read(|inner| inner.public.contains(app))
     }
 
     /// Every app, with or without Machines.

@@ -23,6 +23,11 @@ pub enum ProxyError {
     /// The Host names an app the platform does not have.
     #[error("app {0:?} does not exist")]
     UnknownApp(String),
+    /// The Host names an app without public addresses: on Fly its name resolves to nothing.
+    #[error(
+        "app {0:?} has no public IP address (fly ips allocate-v6; fly ips allocate-v4 --shared)"
+    )]
+    NoPublicIp(String),
     /// A `flyby-local-*` or client routing header that cannot be understood.
     #[error("invalid {header} header: {reason}")]
     BadHeader {
@@ -64,7 +69,7 @@ impl ProxyError {
     /// the `proxy.errors.<code>` counter.
     pub fn code(&self) -> &'static str {
         match self {
-            ProxyError::UnknownHost(_) => "unknown_host",
+            ProxyError::UnknownHost(_) | ProxyError::NoPublicIp(_) => "unknown_host",
             ProxyError::UnknownApp(_) => "unknown_app",
             ProxyError::BadHeader { .. } => "bad_header",
             ProxyError::ClientBody(_) => "client_body",
@@ -81,7 +86,9 @@ impl ProxyError {
     /// The status the client gets (the choice of this platform, see the module comment).
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::UnknownHost(_) | ProxyError::UnknownApp(_) => StatusCode::NOT_FOUND,
+            ProxyError::UnknownHost(_) | ProxyError::UnknownApp(_) | ProxyError::NoPublicIp(_) => {
+                StatusCode::NOT_FOUND
+            }
             ProxyError::BadHeader { .. } | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoCandidate(_) | ProxyError::Unreachable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
