@@ -553,13 +553,14 @@ async fn a_rate_limited_create_is_reported_and_leaves_nothing() {
 
 #[tokio::test]
 async fn a_machine_that_never_starts_is_destroyed() {
-    let error = failed_launch(json!({"kind": "never_start", "count": 1})).await;
+    // Aimed at the visitor's Machine: the launch also creates the app's concierge.
+    let error = failed_launch(json!({"kind": "never_start", "name_prefix": "flyby-slot-"})).await;
     assert_eq!(error, AppError::MachineDidNotStart);
 }
 
 #[tokio::test]
 async fn a_machine_that_never_serves_is_destroyed() {
-    let error = failed_launch(json!({"kind": "never_serve", "count": 1})).await;
+    let error = failed_launch(json!({"kind": "never_serve", "name_prefix": "flyby-slot-"})).await;
     assert_eq!(error, AppError::MachineDidNotStart);
 }
 
@@ -665,5 +666,115 @@ async fn a_later_visit_after_the_last_machine_is_gone_still_ends_on_the_gone_pag
         .await
         .unwrap();
     assert_eq!(own.status(), StatusCode::FORBIDDEN);
+    platform.shutdown().await;
+}
+
+/// The concierges of the visitors' app that are not destroyed: (id, image, state).
+fn concierges(
+    registry: &flyby::local::Registry,
+) -> Vec<(
+    flyby::fly::MachineId,
+    String,
+    flyby::local::registry::MachineState,
+)> {
+    registry
+        .list("flyby-machines")
+        .into_iter()
+        .filter(|m| m.state != flyby::local::registry::MachineState::Destroyed)
+        .filter(|m| m.config["metadata"]["flyby"] == "concierge")
+        .map(|m| {
+            (
+                m.id,
+                m.config["image"].as_str().unwrap().to_owned(),
+                m.state,
+            )
+        })
+        .collect()
+}
+
+/// The concierge runs the launcher's image, which a deploy changes: the new deploy's launchers
+/// create the new image's concierge, then retire the old one, so that a visitor coming back to
+/// a gone Machine always reaches flyby code of this deploy, through a Machine that is always
+/// running (no autostop: fly-proxy's wake-up is not relied on) and restarts on failure.
+#[tokio::test]
+async fn a_deploy_that_changes_the_image_replaces_the_concierge() {
+    use flyby::local::registry::MachineState::Started;
+    use flyby::local::{launchers::launcher_request, machines_api::create_machine_with_secrets};
+    const NEW_IMAGE: &str = "registry.fly.io/flyby:deployment-02NEW";
+    let image = format!("--image={NEW_IMAGE}={}", env!("CARGO_BIN_EXE_flyby"));
+    let platform = local::start(&[&image]).await;
+    let view = platform.platform();
+    let alice = Visitor::new(&platform, "203.0.113.1");
+    let a = alice.launch_and_claim().await;
+    let old = local::until(&platform, "the first concierge", |r| {
+        match concierges(r).as_slice() {
+            [(id, image, Started)] => Some((*id, image.clone())),
+            _ => None,
+        }
+    })
+    .await;
+    assert_eq!(old.1, flyby::local::LAUNCHER_IMAGE);
+    let config = view.registry.find(old.0).unwrap().config;
+    assert_eq!(config["restart"]["policy"], "on-failure");
+    assert_eq!(
+        config["services"][0]["autostop"], false,
+        "never stopped by fly-proxy"
+    );
+    assert_ne!(config["auto_destroy"], true);
+
+    // The deploy, as fly deploy rolls it: new launcher Machines of the new image, then the old
+    // ones destroyed.
+    let old_launchers = view.registry.list("flyby");
+    for region in ["ams", "ord"] {
+        let mut body = launcher_request(&view, region);
+        body["config"]["image"] = json!(NEW_IMAGE);
+        let secrets = [("FLY_API_TOKEN".to_owned(), local::TOKEN.to_owned())];
+        create_machine_with_secrets(&view, "flyby", body.to_string().as_bytes(), &secrets)
+            .await
+            .expect("a launcher of the new image");
+    }
+    local::until(&platform, "the new launchers", |r| {
+        (r.list("flyby")
+            .iter()
+            .filter(|m| m.state == Started && m.config["image"] == NEW_IMAGE)
+            .count()
+            == 2)
+            .then_some(())
+    })
+    .await;
+    let api = Api::new(&platform);
+    for launcher in old_launchers {
+        let deleted = api
+            .delete(&format!(
+                "/v1/apps/flyby/machines/{}?force=true",
+                launcher.id
+            ))
+            .await;
+        assert_eq!(deleted.status(), 200);
+    }
+
+    // The first launch through the new deploy brings its concierge, and the old one goes.
+    let bob = Visitor::new(&platform, "203.0.113.2");
+    bob.launch_and_claim().await;
+    let new = local::until(
+        &platform,
+        "the new image's concierge alone",
+        |r| match concierges(r).as_slice() {
+            [(id, image, Started)] if image == NEW_IMAGE => Some(*id),
+            _ => None,
+        },
+    )
+    .await;
+    assert_ne!(new, old.0);
+
+    // Alice's Machine goes; her next visit still ends on the gone page.
+    alice
+        .client()
+        .post(alice.machines("/api/switch-off"))
+        .send()
+        .await
+        .unwrap();
+    api.wait_destroyed(a).await;
+    alice.assert_sent_to_gone_page(&alice.machine_page(a).await);
     platform.shutdown().await;
 }

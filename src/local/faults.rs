@@ -27,16 +27,21 @@ pub enum Fault {
         #[serde(default)]
         refuse: bool,
     },
-    /// The next `count` Machines created never reach `started` (their process is not run).
+    /// The next `count` Machines created (whose name starts with `name_prefix`, if given)
+    /// never reach `started` (their process is not run).
     NeverStart {
         #[serde(default = "one")]
         count: u32,
+        #[serde(default)]
+        name_prefix: String,
     },
-    /// The next `count` Machines created reach `started` (something listens on their port)
-    /// but never answer a request.
+    /// The next `count` Machines created (whose name starts with `name_prefix`, if given)
+    /// reach `started` (something listens on their port) but never answer a request.
     NeverServe {
         #[serde(default = "one")]
         count: u32,
+        #[serde(default)]
+        name_prefix: String,
     },
     /// Kill this Machine's process now (SIGKILL), as a crash would.
     Crash { machine: MachineId },
@@ -79,8 +84,8 @@ pub struct Faults {
 #[derive(Debug, Default)]
 struct Armed {
     api: Vec<ArmedApi>,
-    never_start: u32,
-    never_serve: u32,
+    never_start: Vec<(String, u32)>,
+    never_serve: Vec<(String, u32)>,
     dropped: HashSet<MachineId>,
     routing_delay: Duration,
 }
@@ -103,8 +108,12 @@ impl Faults {
                 delay: delay_ms.map(Duration::from_millis),
                 refuse: *refuse,
             }),
-            Fault::NeverStart { count } => armed.never_start += count,
-            Fault::NeverServe { count } => armed.never_serve += count,
+            Fault::NeverStart { count, name_prefix } => {
+                armed.never_start.push((name_prefix.clone(), *count))
+            }
+            Fault::NeverServe { count, name_prefix } => {
+                armed.never_serve.push((name_prefix.clone(), *count))
+            }
             Fault::Crash { .. } => {}
             Fault::DropListener { machine } => {
                 armed.dropped.insert(*machine);
@@ -140,14 +149,20 @@ impl Faults {
         Some(out)
     }
 
-    /// Whether the Machine being created now must never start (consumes one).
-    pub fn take_never_start(&self) -> bool {
-        take_one(&mut self.inner.lock().expect("faults lock").never_start)
+    /// Whether the Machine being created now, called `name`, must never start (consumes one).
+    pub fn take_never_start(&self, name: &str) -> bool {
+        take_one(
+            &mut self.inner.lock().expect("faults lock").never_start,
+            name,
+        )
     }
 
-    /// Whether the Machine being created now must never serve (consumes one).
-    pub fn take_never_serve(&self) -> bool {
-        take_one(&mut self.inner.lock().expect("faults lock").never_serve)
+    /// Whether the Machine being created now, called `name`, must never serve (consumes one).
+    pub fn take_never_serve(&self, name: &str) -> bool {
+        take_one(
+            &mut self.inner.lock().expect("faults lock").never_serve,
+            name,
+        )
     }
 
     /// How long after it starts a Machine stays unknown to the proxy.
@@ -165,13 +180,19 @@ impl Faults {
     }
 }
 
-fn take_one(n: &mut u32) -> bool {
-    if *n > 0 {
-        *n -= 1;
-        true
-    } else {
-        false
+/// Consumes one of the first armed fault whose prefix `name` has.
+fn take_one(armed: &mut Vec<(String, u32)>, name: &str) -> bool {
+    let Some(i) = armed
+        .iter()
+        .position(|(prefix, n)| *n > 0 && name.starts_with(prefix.as_str()))
+    else {
+        return false;
+    };
+    armed[i].1 -= 1;
+    if armed[i].1 == 0 {
+        armed.remove(i);
     }
+    true
 }
 
 #[cfg(test)]
@@ -212,9 +233,22 @@ mod tests {
     #[test]
     fn machine_faults_are_consumed() {
         let faults = Faults::default();
-        faults.arm(&Fault::NeverStart { count: 1 });
-        assert!(faults.take_never_start());
-        assert!(!faults.take_never_start());
+        faults.arm(&Fault::NeverStart {
+            count: 1,
+            name_prefix: String::new(),
+        });
+        assert!(faults.take_never_start("any"));
+        assert!(!faults.take_never_start("any"));
+        faults.arm(&Fault::NeverServe {
+            count: 1,
+            name_prefix: "flyby-slot-".into(),
+        });
+        assert!(
+            !faults.take_never_serve("flyby-concierge-1"),
+            "not its prefix"
+        );
+        assert!(faults.take_never_serve("flyby-slot-3"));
+        assert!(!faults.take_never_serve("flyby-slot-4"));
         let id = MachineId::parse("0123456789abcd").unwrap();
         faults.arm(&Fault::DropListener { machine: id });
         assert!(faults.listener_dropped(id));

@@ -495,9 +495,9 @@ pub async fn create_machine_with_secrets(
         request.name.filter(|n| !n.is_empty()),
     )?;
 
-    let guest = if platform.faults.take_never_start() {
+    let guest = if platform.faults.take_never_start(&record.name) {
         GuestKind::NeverStart
-    } else if platform.faults.take_never_serve() {
+    } else if platform.faults.take_never_serve(&record.name) {
         GuestKind::NeverServe
     } else {
         GuestKind::Process

@@ -279,6 +279,15 @@ impl Api {
             .unwrap()
     }
 
+    pub async fn delete(&self, path: &str) -> reqwest::Response {
+        self.http
+            .delete(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn post(&self, path: &str, body: serde_json::Value) -> reqwest::Response {
         self.http
             .post(format!("{}{path}", self.base))

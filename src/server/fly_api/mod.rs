@@ -409,6 +409,21 @@ impl FlyApi {
             .await
     }
 
+    /// Starts a stopped Machine. Fly answers once the start has begun; `wait` tells when it
+    /// is done.
+    pub async fn start(&self, app: &str, id: MachineId) -> Result<(), FlyApiError> {
+        let url = self.machines_url(app, &[id.as_str(), "start"]);
+        self.execute(
+            "start",
+            Method::POST,
+            None,
+            self.inner.retry.max_elapsed,
+            |left| (url.clone(), self.attempt_timeout(left)),
+        )
+        .await
+        .map(drop)
+    }
+
     /// Stops the Machine with its configured signal and grace time.
     ///
     /// Fly answers 409 for a Machine that is not started. When a first attempt stopped the

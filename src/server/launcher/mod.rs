@@ -9,6 +9,7 @@
 //!   launcher destroys whatever outlives its TTL.
 //! - The token for the Machines API stays in [`FlyApi`]; nothing here logs it.
 
+pub mod concierge;
 pub mod limits;
 pub mod metrics;
 mod tracker;
@@ -52,10 +53,7 @@ pub use tracker::Tracked;
 pub const MACHINE_PORT: u16 = 8080;
 /// Metadata that marks a Machine as a visitor's Machine launched by flyby.
 pub const METADATA_ROLE: (&str, &str) = ("flyby", "ephemeral");
-/// Metadata that marks the visitors' app's concierge.
-pub const CONCIERGE_ROLE: (&str, &str) = ("flyby", "concierge");
-/// The concierge's name: one per app, whichever launcher creates it first.
-pub const CONCIERGE_NAME: &str = "flyby-concierge";
+pub use concierge::CONCIERGE_ROLE;
 /// How long a launch may take from request to serving before it is abandoned.
 const LAUNCH_DEADLINE: Duration = Duration::from_secs(60);
 /// How long a launch waits out the Machines API's rate limit before telling the visitor the
@@ -103,18 +101,10 @@ pub struct Launcher {
     /// One visitor, one launch at a time: visitor -> launch id.
     active: Mutex<HashMap<String, String>>,
     alive: watch::Receiver<Vec<Tracked>>,
-    /// Whether the visitors' app has its concierge, and whether this launcher is creating it.
-    concierge: Concierge,
+    /// The visitors' app's concierges as the tracker last saw them, and this launcher's work on
+    /// them.
+    concierges: concierge::Concierges,
     pub metrics: Arc<Metrics>,
-}
-
-/// What the launcher knows of the concierge.
-#[derive(Default)]
-struct Concierge {
-    /// The tracker saw it alive at its last poll.
-    seen: std::sync::atomic::AtomicBool,
-    /// A create is under way here, so concurrent launches don't start another.
-    creating: std::sync::atomic::AtomicBool,
 }
 
 /// The launcher of this process, for server functions.
@@ -170,7 +160,7 @@ impl Launcher {
             launches: Mutex::default(),
             active: Mutex::default(),
             alive,
-            concierge: Concierge::default(),
+            concierges: concierge::Concierges::default(),
             metrics,
         });
         tracker::spawn(launcher.clone(), alive_tx);
@@ -232,14 +222,14 @@ impl Launcher {
         let secure = origin.starts_with("https://");
         let this = self.clone();
         let launch_id = id.clone();
+        // Visitors' Machines are about to exist, which may vanish under their visitors: from
+        // now on the visitors' app has a concierge.
+        if self.concierges.learn_origin(&origin) {
+            self.tend_concierges();
+        }
         tokio::spawn(async move {
-            if this
-                .run(&launch_id, &launch, region, &origin, &ephemeral_origin)
-                .await
-            {
-                // There is a visitor's Machine now, one that may vanish under its visitor.
-                this.ensure_concierge(&origin);
-            }
+            this.run(&launch_id, &launch, region, &origin, &ephemeral_origin)
+                .await;
             this.active
                 .lock()
                 .expect("active lock")
@@ -328,65 +318,6 @@ impl Launcher {
             steps: last.steps,
             handover: handover.ok_or_else(no_handover)?,
         })
-    }
-
-    /// Makes sure the visitors' app has its concierge: a Machine that belongs to nobody and
-    /// never ends, so that a request for a Machine that is gone always reaches flyby code (which
-    /// sends the visitor to the "gone" page) even when no visitor's Machine is left. On Fly it
-    /// is stopped while idle and started by fly-proxy on demand (autostop/autostart).
-    fn ensure_concierge(self: &Arc<Self>, origin: &str) {
-        use std::sync::atomic::Ordering;
-        let Some(image) = self.image.clone() else {
-            return;
-        };
-        if self.concierge.seen.load(Ordering::Relaxed)
-            || self.concierge.creating.swap(true, Ordering::AcqRel)
-        {
-            return;
-        }
-        let this = self.clone();
-        let origin = origin.to_owned();
-        tokio::spawn(async move {
-            this.creates.take(|| ()).await;
-            let request = CreateMachineRequest {
-                name: Some(CONCIERGE_NAME.to_owned()),
-                config: this.concierge_config(image, &origin),
-                ..CreateMachineRequest::default()
-            };
-            match this.api.create(&this.ephemeral_app, &request).await {
-                Ok(machine) => {
-                    tracing::info!(machine = %machine.id, "created the concierge");
-                    this.concierge.seen.store(true, Ordering::Relaxed);
-                }
-                Err(FlyApiError::NameTaken { .. }) => {
-                    this.concierge.seen.store(true, Ordering::Relaxed)
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not create the concierge; next launch retries")
-                }
-            }
-            this.concierge.creating.store(false, Ordering::Release);
-        });
-    }
-
-    /// The concierge's whole config: the same image and service as a visitor's Machine, but no
-    /// owner, no end, and started by fly-proxy only when it is needed.
-    fn concierge_config(&self, image: String, origin: &str) -> MachineConfig {
-        let mut config = self.machine_config(image, "", &OwnerSecret::mint(), origin);
-        config.env = self.server_env(Role::Concierge, origin);
-        config.metadata =
-            BTreeMap::from([(CONCIERGE_ROLE.0.to_owned(), CONCIERGE_ROLE.1.to_owned())]);
-        config.auto_destroy = false;
-        config.restart = Some(Restart {
-            policy: RestartPolicy::Always,
-            max_retries: None,
-        });
-        // The same service, session replay cache included: its replays fill it too.
-        for service in &mut config.services {
-            service.autostart = Some(true);
-            service.autostop = Some(Autostop::Stop);
-        }
-        config
     }
 
     /// The Machines alive, streamed on every change of the tracker's view.

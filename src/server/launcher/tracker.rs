@@ -2,7 +2,7 @@
 //! the Machines alive that every open page's map follows, that the launch uses to pick a free
 //! slot, and that the reaper acts on.
 
-use super::{Launcher, CONCIERGE_ROLE, METADATA_ROLE};
+use super::{concierge, Launcher, METADATA_ROLE};
 use crate::{
     app::launcher::AliveMachine,
     fly::MachineId,
@@ -86,14 +86,8 @@ pub fn spawn(launcher: Arc<Launcher>, alive: watch::Sender<Vec<Tracked>>) {
                 .filter(|m| labelled(m, METADATA_ROLE))
                 .map(Tracked::from_machine)
                 .collect();
-            let concierge = machines
-                .iter()
-                .filter(living)
-                .any(|m| labelled(m, CONCIERGE_ROLE));
-            launcher
-                .concierge
-                .seen
-                .store(concierge, std::sync::atomic::Ordering::Relaxed);
+            launcher.concierges.saw(concierge::Seen::among(&machines));
+            launcher.tend_concierges();
             launcher.metrics.machines_alive(now_alive.len());
             reap(&launcher, &now_alive);
             alive.send_if_modified(|seen| {
