@@ -194,6 +194,16 @@ pub const REGIONS: &[Region] = &[
     region("yyz", "Toronto", 43.7, -79.4),
 ];
 
+/// Every known region, nearest to `from` first (`from` itself first when it is known).
+pub fn nearest_regions(from: RegionCode) -> Vec<RegionCode> {
+    let Some(origin) = from.region() else {
+        return Vec::new();
+    };
+    let mut regions: Vec<&Region> = REGIONS.iter().collect();
+    regions.sort_by(|a, b| origin.distance_km(a).total_cmp(&origin.distance_km(b)));
+    regions.into_iter().map(Region::code).collect()
+}
+
 /// Distance in km between two region codes, when both are known regions.
 pub fn distance_km(a: RegionCode, b: RegionCode) -> Option<f64> {
     Some(a.region()?.distance_km(b.region()?))

@@ -778,3 +778,75 @@ async fn a_deploy_that_changes_the_image_replaces_the_concierge() {
     alice.assert_sent_to_gone_page(&alice.machine_page(a).await);
     platform.shutdown().await;
 }
+
+/// A region without room (Fly's `insufficient_capacity`) sends the launch to the next nearest
+/// region; with none of the nearest three free, the visitor is told so and nothing is left.
+#[tokio::test]
+async fn a_full_region_launches_in_the_next_nearest_one() {
+    let platform = local::start(&[]).await;
+    let api = Api::new(&platform);
+    api.fault(json!({"kind": "no_capacity", "region": "ams"}))
+        .await;
+    let alice = Visitor::new(&platform, "203.0.113.1");
+    let launch = alice.start_launch().await.unwrap();
+    let progress = alice.follow_launch(&launch).await;
+    assert_eq!(progress.outcome, Some(Ok(())), "{progress:?}");
+    let created = progress
+        .steps
+        .iter()
+        .find_map(|s| match &s.step {
+            Step::Created { region, .. } => Some(region.clone()),
+            _ => None,
+        })
+        .expect("a created step");
+    // The visitor's edge is ams; its nearest regions are a few hundred km away.
+    assert!(
+        ["lhr", "cdg", "fra"].contains(&created.as_str()),
+        "{created}"
+    );
+    let machines = api.machines().await;
+    assert_eq!(machines.len(), 1);
+    assert_eq!(machines[0]["region"], created.as_str());
+
+    for region in ["lhr", "cdg", "fra"] {
+        api.fault(json!({"kind": "no_capacity", "region": region}))
+            .await;
+    }
+    let bob = Visitor::new(&platform, "203.0.113.2");
+    let launch = bob.start_launch().await.unwrap();
+    let progress = bob.follow_launch(&launch).await;
+    assert_eq!(progress.outcome, Some(Err(AppError::NoRoomNearby)));
+    assert_eq!(
+        api.machines().await.len(),
+        1,
+        "nothing left of the failed launch"
+    );
+    platform.shutdown().await;
+}
+
+/// Three launchers list the visitors' app without ever hitting Fly's limit of 1 list a second
+/// per app (bursts of 3): each lists every few seconds, at a jittered pace. (A list every 2 s
+/// each, the old pace, is 1.5 a second: rate-limited within seconds.)
+#[tokio::test]
+async fn three_launchers_list_within_flys_rate_limit() {
+    let platform = local::start(&["--launchers", "3"]).await;
+    let api = Api::new(&platform);
+    let counter =
+        |stats: &serde_json::Value, name: &str| stats["counters"][name].as_u64().unwrap_or(0);
+    // The one place this test waits on time: lists happen on a clock, not on an event. It
+    // reads the platform's counters until enough lists were answered, bounded.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    let stats = loop {
+        let stats = api.stats().await;
+        if counter(&stats, "api.list.200") >= 12 {
+            break stats;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "too few lists: {stats}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    };
+    assert_eq!(counter(&stats, "api.list.429"), 0, "{stats}");
+    platform.shutdown().await;
+}

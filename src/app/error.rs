@@ -25,6 +25,9 @@ pub enum AppError {
     /// The Fly Machines API is failing or too slow.
     #[error("the Fly Machines API is not answering properly right now, try again shortly")]
     FlyApiUnavailable,
+    /// Fly has no room for a Machine in the regions nearest the visitor.
+    #[error("Fly has no room for a Machine near you right now, try again in a minute")]
+    NoRoomNearby,
     /// The new Machine did not come up in time.
     #[error("your Machine did not start in time; nothing was left behind, try again")]
     MachineDidNotStart,
@@ -46,7 +49,7 @@ impl AppError {
             AppError::CapacityReached { .. } => 409,
             AppError::TooManyLaunches { .. } => 429,
             AppError::BadRequest(_) => 400,
-            AppError::FlyApiUnavailable => 503,
+            AppError::FlyApiUnavailable | AppError::NoRoomNearby => 503,
             AppError::MachineDidNotStart => 504,
             AppError::Internal => 500,
         }

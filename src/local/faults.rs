@@ -52,6 +52,9 @@ pub enum Fault {
     /// request is balanced to them, a replay to them finds no candidate), as Fly's proxy nodes
     /// learn of a started Machine a moment later; cleared by `DELETE /_local/faults`.
     RoutingDelay { ms: u64 },
+    /// Fly has no room in `region`: every create there fails with `insufficient_capacity`
+    /// until `DELETE /_local/faults`.
+    NoCapacity { region: String },
 }
 
 fn one() -> u32 {
@@ -88,6 +91,7 @@ struct Armed {
     never_serve: Vec<(String, u32)>,
     dropped: HashSet<MachineId>,
     routing_delay: Duration,
+    full_regions: HashSet<String>,
 }
 
 impl Faults {
@@ -119,6 +123,9 @@ impl Faults {
                 armed.dropped.insert(*machine);
             }
             Fault::RoutingDelay { ms } => armed.routing_delay = Duration::from_millis(*ms),
+            Fault::NoCapacity { region } => {
+                armed.full_regions.insert(region.clone());
+            }
         }
     }
 
@@ -163,6 +170,15 @@ impl Faults {
             &mut self.inner.lock().expect("faults lock").never_serve,
             name,
         )
+    }
+
+    /// Whether Fly has no room in `region`.
+    pub fn region_full(&self, region: &str) -> bool {
+        self.inner
+            .lock()
+            .expect("faults lock")
+            .full_regions
+            .contains(region)
     }
 
     /// How long after it starts a Machine stays unknown to the proxy.

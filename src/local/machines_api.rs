@@ -168,6 +168,10 @@ pub enum ApiError {
     /// The platform itself failed (its network); the text says how.
     #[error("{0}")]
     Internal(String),
+    // Undocumented: Fly's status code for a region without room. fly-go (flaps_error.go) reads
+    // the body's `status`, whatever the code; its comments call 422 the proper one.
+    #[error("insufficient resources available to fulfill request: could not reserve resource for machine: insufficient memory available to fulfill request")]
+    NoCapacity,
 }
 
 impl ApiError {
@@ -194,13 +198,18 @@ impl ApiError {
             ApiError::NotLoopback => StatusCode::FORBIDDEN,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::NoCapacity => StatusCode::UNPROCESSABLE_ENTITY,
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status(), Json(json!({ "error": self.to_string() }))).into_response()
+        let mut body = json!({ "error": self.to_string() });
+        if let ApiError::NoCapacity = self {
+            body["status"] = json!("insufficient_capacity");
+        }
+        (self.status(), Json(body)).into_response()
     }
 }
 
@@ -454,6 +463,9 @@ pub async fn create_machine_with_secrets(
     let program = resolve_program(platform, &image)?;
     validate_config(&typed)?;
     let region = resolve_region(platform, request.region.as_deref())?;
+    if platform.faults.region_full(region.as_str()) {
+        return Err(ApiError::NoCapacity);
+    }
     if platform.supervisor.is_closed() {
         return Err(SupervisorError::ShuttingDown.into());
     }

@@ -386,6 +386,7 @@ impl Launcher {
                 self.metrics.launch(match error {
                     AppError::CapacityReached { .. } => "capacity",
                     AppError::FlyApiUnavailable => "api_failed",
+                    AppError::NoRoomNearby => "no_room",
                     AppError::MachineDidNotStart => "did_not_start",
                     _ => "failed",
                 });
@@ -468,6 +469,7 @@ impl Launcher {
     ) -> Result<super::fly_api::Machine, AppError> {
         let cap = self.settings.max_machines;
         let mut tried: Vec<String> = Vec::new();
+        let mut regions_tried: Vec<RegionCode> = Vec::new();
         let patience = Instant::now() + RATE_LIMIT_PATIENCE;
         loop {
             let Some(name) = self.reserve_slot(&tried) else {
@@ -483,6 +485,15 @@ impl Launcher {
                         step(Step::WaitingForSlot);
                         self.creates
                             .pause(retry_after.unwrap_or(Duration::from_secs(1)));
+                    }
+                    Err(FlyApiError::InsufficientCapacity { message }) => {
+                        // That region is full: the next nearest to the visitor may not be.
+                        let Some(next) = next_region(request.region, &mut regions_tried) else {
+                            tracing::warn!(%message, "no capacity in the regions nearest the visitor");
+                            break Err(FlyApiError::InsufficientCapacity { message });
+                        };
+                        tracing::info!(full = ?request.region, next = %next, "no capacity; trying the next nearest region");
+                        request.region = Some(next);
                     }
                     other => break other,
                 }
@@ -654,10 +665,31 @@ impl Launcher {
     }
 }
 
+/// How many regions a launch tries, nearest to the visitor first, when Fly has no room.
+const CAPACITY_REGIONS: usize = 3;
+
+/// After `full` had no room: the region to try next, the nearest to the first region tried
+/// that was not tried yet; `None` once [`CAPACITY_REGIONS`] were, or without a region to
+/// measure from (Fly chose it).
+fn next_region(full: Option<RegionCode>, tried: &mut Vec<RegionCode>) -> Option<RegionCode> {
+    let full = full?;
+    if !tried.contains(&full) {
+        tried.push(full);
+    }
+    if tried.len() >= CAPACITY_REGIONS {
+        return None;
+    }
+    let next = crate::fly::nearest_regions(tried[0])
+        .into_iter()
+        .find(|r| !tried.contains(r))?;
+    Some(next)
+}
+
 /// What a visitor is told about a Machines API failure.
 fn visitor_error(error: &FlyApiError, cap: u32) -> AppError {
     match error {
         FlyApiError::NameTaken { .. } => AppError::CapacityReached { cap },
+        FlyApiError::InsufficientCapacity { .. } => AppError::NoRoomNearby,
         FlyApiError::WaitTimedOut => AppError::MachineDidNotStart,
         FlyApiError::Unauthorized { .. } => {
             tracing::error!("the Machines API refused the token");
@@ -796,6 +828,28 @@ mod tests {
         let mut broken = serde_json::to_value(&request).unwrap();
         broken["config"]["restart"]["policy"] = serde_json::json!("sometimes");
         assert!(!schema_errors(&create_machine_schema(false), &broken).is_empty());
+    }
+
+    #[test]
+    fn a_full_region_sends_the_launch_to_the_next_nearest_twice_at_most() {
+        let code = |c: &str| RegionCode::parse(c).unwrap();
+        let mut tried = Vec::new();
+        let first = next_region(Some(code("ams")), &mut tried).unwrap();
+        // Amsterdam's nearest other regions are London, Paris, Frankfurt (a few hundred km).
+        assert!(["lhr", "cdg", "fra"].contains(&first.as_str()), "{first}");
+        let second = next_region(Some(first), &mut tried).unwrap();
+        assert!(second != first && second.as_str() != "ams");
+        assert!(
+            crate::fly::distance_km(code("ams"), second).unwrap() < 1000.0,
+            "still near the visitor: {second}"
+        );
+        assert_eq!(
+            next_region(Some(second), &mut tried),
+            None,
+            "three regions at most"
+        );
+        // Without a region to start from (Fly chose one), there is no nearest to go to.
+        assert_eq!(next_region(None, &mut Vec::new()), None);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use super::{concierge, Launcher, METADATA_ROLE};
 use crate::{
     app::launcher::AliveMachine,
     fly::MachineId,
-    server::fly_api::{ListFilter, Machine, MachineState},
+    server::fly_api::{FlyApiError, ListFilter, Machine, MachineState},
 };
 use std::{
     sync::Arc,
@@ -14,9 +14,12 @@ use std::{
 };
 use tokio::sync::watch;
 
-/// How often the launcher lists the Machines: a list per 2 s per launcher stays within Fly's
-/// 1 list/s per app with two launchers, and the map is live enough.
-const POLL: Duration = Duration::from_secs(2);
+/// How often a launcher lists the Machines. Fly allows 1 list a second per app, in bursts of 3
+/// (machines/api/working-with-machines-api), for all launchers together: `fly deploy` starts 2
+/// of them, and a list every 4 s each leaves room for a third, and for a burst.
+const POLL: Duration = Duration::from_secs(4);
+/// The longest wait between two lists, after rate limits in a row.
+const MAX_POLL: Duration = Duration::from_secs(30);
 /// How long past its TTL a Machine may linger before the reaper destroys it: it is meant to
 /// exit by itself at its TTL; the grace covers a slow exit and clock skew.
 const REAPER_GRACE: Duration = Duration::from_secs(30);
@@ -58,16 +61,46 @@ impl Tracked {
     }
 }
 
+/// The wait before the next list: [`POLL`], or the back-off after rate limits, give or take a
+/// quarter (`spread` in 0..1), so that launchers started together drift apart instead of
+/// listing in step.
+fn next_wait(backoff: Duration, spread: f64) -> Duration {
+    let base = if backoff.is_zero() { POLL } else { backoff };
+    base.mul_f64(0.75 + 0.5 * spread.clamp(0.0, 1.0))
+}
+
+/// The back-off after a list: none after an answer, twice the last (at least [`POLL`], at least
+/// what Fly asked, at most [`MAX_POLL`]) after a rate limit.
+fn backoff_after(last: Duration, rate_limited: Option<Option<Duration>>) -> Duration {
+    match rate_limited {
+        None => Duration::ZERO,
+        Some(asked) => (last * 2)
+            .max(POLL)
+            .max(asked.unwrap_or_default())
+            .min(MAX_POLL),
+    }
+}
+
 /// Runs the tracker (and the reaper) for as long as the process lives.
 pub fn spawn(launcher: Arc<Launcher>, alive: watch::Sender<Vec<Tracked>>) {
     tokio::spawn(async move {
         // All of the app's Machines: the visitors' and the concierge.
         let filter = ListFilter::default();
-        let mut ticks = tokio::time::interval(POLL);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut backoff = Duration::ZERO;
+        let mut first = true;
         loop {
-            ticks.tick().await;
-            let machines = match launcher.api.list(&launcher.ephemeral_app, &filter).await {
+            if !std::mem::take(&mut first) {
+                tokio::time::sleep(next_wait(backoff, rand::random::<f64>())).await;
+            }
+            let listed = launcher.api.list(&launcher.ephemeral_app, &filter).await;
+            backoff = backoff_after(
+                backoff,
+                match &listed {
+                    Err(FlyApiError::RateLimited { retry_after }) => Some(*retry_after),
+                    _ => None,
+                },
+            );
+            let machines = match listed {
                 Ok(machines) => machines,
                 Err(e) => {
                     tracing::warn!(error = %e, "could not list Machines; keeping the last view");
@@ -127,6 +160,35 @@ fn reap(launcher: &Arc<Launcher>, alive: &[Tracked]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lists_come_every_poll_give_or_take_a_quarter() {
+        assert_eq!(next_wait(Duration::ZERO, 0.0), POLL.mul_f64(0.75));
+        assert_eq!(next_wait(Duration::ZERO, 1.0), POLL.mul_f64(1.25));
+        assert_eq!(next_wait(Duration::ZERO, 0.5), POLL);
+        assert_eq!(
+            next_wait(Duration::ZERO, 7.0),
+            POLL.mul_f64(1.25),
+            "clamped"
+        );
+        // Two launchers' lists stay within Fly's 1 a second per app, with room for a third.
+        assert!(3.0 / POLL.mul_f64(0.75).as_secs_f64() <= 1.0);
+    }
+
+    #[test]
+    fn a_rate_limit_backs_off_doubling_to_a_bound_and_an_answer_resets() {
+        let limited = |last, asked| backoff_after(last, Some(asked));
+        let first = limited(Duration::ZERO, None);
+        assert_eq!(first, POLL);
+        assert_eq!(limited(first, None), POLL * 2);
+        assert_eq!(
+            limited(POLL * 2, Some(Duration::from_secs(20))),
+            Duration::from_secs(20)
+        );
+        assert_eq!(limited(MAX_POLL, None), MAX_POLL);
+        assert_eq!(backoff_after(MAX_POLL, None), Duration::ZERO);
+        assert_eq!(next_wait(POLL * 2, 0.5), POLL * 2);
+    }
 
     #[test]
     fn a_machine_is_overdue_only_past_ttl_plus_grace() {
