@@ -13,8 +13,9 @@ export interface LocalMachine {
 export const EPHEMERAL_APP = 'flyby-machines';
 /** The name of the Machines the suite itself creates as other visitors' (see `bystander`). */
 export const BYSTANDER_PREFIX = 'e2e-bystander-';
-/** The visitors' app's concierge: belongs to nobody, never ends (see src/server/launcher). */
-export const CONCIERGE_NAME = 'flyby-concierge';
+/** The visitors' app's concierges, one per image: belong to nobody, never end (see
+ * src/server/launcher/concierge.rs). */
+export const CONCIERGE_PREFIX = 'flyby-concierge-';
 /** The token flyby-local expects by default (the suite starts it without FLY_API_TOKEN). */
 const API_TOKEN = 'flyby-local-token';
 
@@ -51,7 +52,7 @@ export class LocalApi {
         m.app === EPHEMERAL_APP &&
         m.state !== 'destroyed' &&
         !m.name.startsWith(BYSTANDER_PREFIX) &&
-        m.name !== CONCIERGE_NAME,
+        !m.name.startsWith(CONCIERGE_PREFIX),
     );
   }
 
@@ -72,7 +73,7 @@ export class LocalApi {
           FLYBY_CLAIM_SECS: '600',
           FLYBY_TTL_SECS: '3600',
           FLYBY_LAUNCHER_URL: launcher,
-          LEPTOS_SITE_ADDR: '0.0.0.0:8080',
+          LEPTOS_SITE_ADDR: '[::]:8080',
         },
         services: [{ protocol: 'tcp', internal_port: 8080, ports: [{ port: 80, handlers: ['http'] }] }],
         auto_destroy: true,
@@ -83,9 +84,9 @@ export class LocalApi {
     return created.id;
   }
 
-  /** How many Machines were ever created for visitors (the concierge, made once, aside). */
+  /** How many Machines were ever created for visitors (the concierges aside). */
   async created(): Promise<number> {
-    return (await this.machines()).filter((m) => m.name !== CONCIERGE_NAME).length;
+    return (await this.machines()).filter((m) => !m.name.startsWith(CONCIERGE_PREFIX)).length;
   }
 
   /** A Machine's state; `absent` if the platform never had it. */

@@ -167,3 +167,30 @@ test.describe('the hand-over request is cut on its way', () => {
     await expectNoMore(page, api, id, 'It switched itself off and was destroyed, for good.');
   });
 });
+
+test.describe('the proxy learns of the new Machine late', () => {
+  // Fly's proxies learn of a started Machine a moment after it starts, while the launcher saw it
+  // serve at once over the private network: the hand-over, replayed to it before then, comes
+  // back undelivered, and the Machine it landed on has the browser post it again (307).
+  test('the hand-over is made again and the visitor lands on their Machine', async ({
+    page,
+    platform,
+    api,
+  }) => {
+    // A Machine for the hand-over to land on first and be replayed from.
+    const bystander = await api.startBystander(platform.launcher);
+    const before = (await api.counters())['proxy.replays.fallback'] ?? 0;
+    await api.fault({ kind: 'routing_delay', ms: 3000 });
+    try {
+      await openLauncher(page, platform);
+      const id = await launch(page);
+      const after = (await api.counters())['proxy.replays.fallback'] ?? 0;
+      expect(after, 'the first hand-over came back undelivered').toBeGreaterThan(before);
+      await page.getByRole('button', { name: 'Switch it off now' }).click();
+      await expectNoMore(page, api, id, 'It switched itself off and was destroyed, for good.');
+    } finally {
+      await api.clearFaults();
+      await api.crash(bystander);
+    }
+  });
+});

@@ -983,8 +983,14 @@ impl Runner {
                 true,
             ),
             GuestKind::Process => match spawn(&self.spec) {
-                Ok(child) => {
+                Ok(mut child) => {
                     let pid = child.id().unwrap_or_default();
+                    // Recorded before its first line is shown: whoever reads that line can
+                    // find the process.
+                    self.platform
+                        .registry
+                        .update(&self.app, self.id, |m| m.pid = Some(pid));
+                    forward_output(&mut child, &self.spec.log_prefix);
                     let ready = self.spec.ports.is_empty();
                     (Body::Process { child, pid }, ready)
                 }
@@ -1101,8 +1107,8 @@ async fn probe_ready(network: &Network, addrs: [IpAddr; 2], ports: &[u16]) {
     }
 }
 
-/// Starts the Machine's process: its own process group, only its own environment, output
-/// forwarded line by line with the `fly logs` prefix.
+/// Starts the Machine's process: its own process group, only its own environment, in its
+/// network namespace; its output is piped, for [`forward_output`].
 fn spawn(spec: &LaunchSpec) -> std::io::Result<Child> {
     let mut command = tokio::process::Command::new(&spec.program);
     command
@@ -1130,14 +1136,17 @@ fn spawn(spec: &LaunchSpec) -> std::io::Result<Child> {
             Ok(())
         });
     }
-    let mut child = command.spawn()?;
+    command.spawn()
+}
+
+/// Shows the process's output, line by line, with the `fly logs` prefix.
+fn forward_output(child: &mut Child, prefix: &str) {
     if let Some(stdout) = child.stdout.take() {
-        tokio::spawn(forward_lines(spec.log_prefix.clone(), stdout));
+        tokio::spawn(forward_lines(prefix.to_owned(), stdout));
     }
     if let Some(stderr) = child.stderr.take() {
-        tokio::spawn(forward_lines(spec.log_prefix.clone(), stderr));
+        tokio::spawn(forward_lines(prefix.to_owned(), stderr));
     }
-    Ok(child)
 }
 
 /// Copies a Machine's output to flyby-local's stdout, one prefixed line at a time. Bytes that
