@@ -1,4 +1,4 @@
-//! The affinity decision and the affinity layer (issue 4; issue 9 items 1 and 2, in process).
+//! The affinity decision and the affinity layer, in process (BENCHMARKS.md rows 1 and 2a).
 //!
 //! - `decide/*`: ns per decision for each kind of request the layer sees, and `decide/mix`, a
 //!   realistic mix (per element = per request). Budget: < 1 µs per decision.

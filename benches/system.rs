@@ -1,4 +1,4 @@
-//! The system figures of BENCHMARKS.md (issue 9): everything but the affinity decision
+//! The system figures of BENCHMARKS.md: everything but the affinity decision
 //! (`benches/affinity.rs`) and the click-to-own-page time (`benches/click/`, Playwright).
 //!
 //! - 2: the affinity layer's cost over loopback: the launcher's SSR home page served by the

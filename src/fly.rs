@@ -172,7 +172,8 @@ const fn region(code: &'static str, city: &'static str, lat: f64, lon: f64) -> R
     }
 }
 
-/// Fly's current regions (2026), from `shared/reference/fly-platform.md`.
+/// Fly's current regions (2026), from Fly's docs (reference/regions); coordinates are the
+/// cities'.
 pub const REGIONS: &[Region] = &[
     region("ams", "Amsterdam", 52.4, 4.9),
     region("arn", "Stockholm", 59.3, 18.1),

@@ -1,5 +1,5 @@
 //! Every way a visitor's Machine ends makes the process exit with status 0, so that Fly's
-//! `auto_destroy` removes it. (Through flyby-local, with the Machine destroyed: `tests/machine.rs`.)
+//! `auto_destroy` removes it. (Through flyby-local, with the Machine destroyed: `tests/journey.rs`.)
 #![cfg(feature = "ssr")]
 
 mod support;

@@ -1124,7 +1124,11 @@ async fn hosts_route_to_apps_and_apps_without_machines_have_no_candidate() {
     assert_eq!(answer.error(), Some("unknown_app"));
 
     let answer = local.send(local.http.get(local.url("flyby", "/"))).await;
-    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE, "case 21");
+    assert_eq!(
+        answer.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "an app with no started Machine"
+    );
     assert_eq!(answer.error(), Some("PR01"));
     assert_eq!(local.counter("proxy.errors.PR01").await, 1);
 

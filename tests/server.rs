@@ -1,6 +1,6 @@
 //! The `flyby` binary as a user runs it: configuration errors, `--help`, pages, `/health`, logs,
 //! the hand-over and the affinity answers of a single Machine (the proxy's part is tested
-//! through flyby-local in `tests/affinity.rs`).
+//! through flyby-local in `tests/journey.rs`).
 #![cfg(feature = "ssr")]
 
 mod support;

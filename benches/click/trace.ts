@@ -1,4 +1,4 @@
-// The profile behind row 7 (issue 9: "where a budget is not met, the profile that shows why"):
+// The profile behind row 7 of BENCHMARKS.md (where a budget is not met, the profile that shows why):
 // with FLYBY_BENCH_TRACE=<file>, the click bench records a Chrome trace of its last launch
 // (open it in https://ui.perfetto.dev or chrome://tracing) and prints, from it, the launch's
 // timeline from the click to the hydrated mark, and where the main thread of the visitor's

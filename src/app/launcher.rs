@@ -267,7 +267,7 @@ fn LaunchPanel(info: Option<LauncherInfo>) -> impl IntoView {
 
 /// Follows a launch to its end and takes the hand-over. Both at once: the live channel shows
 /// the steps, and the hand-over, asked for now, answers the moment the Machine serves, without
-/// waiting for the channel's handshake or its last message (issue 9, BENCHMARKS.md). A
+/// waiting for the channel's handshake or its last message (BENCHMARKS.md, row 7). A
 /// hand-over request cut on its way is made again: the launcher answers its visitor as often
 /// as they ask.
 async fn run(

@@ -6,7 +6,7 @@
 //! The pages are Leptos islands: the server renders the whole page, and the browser hydrates
 //! only the `#[island]` components (the launcher's panel, the visitor's Machine view). The router,
 //! the static pages and the page frames never reach the WASM bundle, which is what keeps it
-//! small enough for a visitor waiting on a cold Machine (issue 9, BENCHMARKS.md).
+//! small enough for a visitor waiting on a cold Machine (BENCHMARKS.md, row 6).
 
 pub mod ephemeral;
 mod error;
@@ -174,7 +174,7 @@ fn NotFound() -> impl IntoView {
 }
 
 /// `value` written with `places` decimals (rounded half up), by integer arithmetic: the WASM
-/// bundle then carries none of Rust's float formatting, a sizeable part of it (issue 9).
+/// bundle then carries none of Rust's float formatting, a sizeable part of it.
 pub fn fixed(value: f64, places: u32) -> String {
     let scale = 10u64.pow(places);
     let scaled = (value.abs() * scale as f64 + 0.5).floor() as u64;

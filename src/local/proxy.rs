@@ -336,7 +336,7 @@ struct Retry {
     rounds: u32,
     deadline: Duration,
     /// Keep trying when no Machine fits yet (a replay's target may be starting); a client
-    /// request to an app with no Machine fails at once instead (Fly's case 21).
+    /// request to an app with no started Machine fails at once instead.
     wait_for_candidates: bool,
 }
 

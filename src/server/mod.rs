@@ -1,4 +1,5 @@
-//! The `flyby` server: one binary, two roles, chosen by [`config::Config::role`].
+//! The `flyby` server: one binary, three roles (launcher, ephemeral, concierge), chosen by
+//! [`config::Config::role`].
 //!
 //! [`Application::build`] binds the listener and assembles the router; `main` only reads the
 //! config, builds and runs. Tests start an `Application` on port 0 the same way.

@@ -37,7 +37,7 @@ pub enum ProxyError {
     /// The client's body could not be read.
     #[error("could not read the request body: {0}")]
     ClientBody(hyper::Error),
-    /// The app has no started Machine with an HTTP service (Fly's case 21).
+    /// The app has no started Machine with an HTTP service: no candidate.
     #[error("no started Machine of app {0:?} serves HTTP")]
     NoCandidate(String),
     /// Every attempt to reach a Machine failed (or none fitted), and there was no fallback.

@@ -3,8 +3,8 @@
 //! ride along, and what the proxy tells the next Machine (`fly-replay-src`,
 //! `fly-replay-failed`). Nothing here touches a socket, so every rule is unit-tested.
 //!
-//! Source: Fly's "Dynamic Request Routing with fly-replay" page (see
-//! `shared/reference/fly-platform.md`). Where Fly leaves a detail open, the choice made here is
+//! Source: Fly's docs, networking/dynamic-request-routing ("Dynamic Request Routing with
+//! fly-replay"). Where Fly leaves a detail open, the choice made here is
 //! marked "undocumented" and leans strict: a local platform that accepts what Fly might refuse
 //! would hide an app's bug until production.
 

@@ -636,7 +636,7 @@ pub(crate) mod tests {
     use super::*;
     use serde_json::json;
 
-    /// The create body the launcher sends (issue 5), built the way it will build it.
+    /// The create body the launcher sends, built the way it will build it.
     pub(crate) fn launcher_request() -> CreateMachineRequest {
         let http = |port: u16, handlers: &[&str], force_https: bool| Port {
             port: Some(port),
