@@ -69,6 +69,55 @@ impl Replay {
     }
 }
 
+/// What the proxy does with a replay a Machine answered with, by the facts of the exchange so
+/// far (fly-proxy-cases: the fallback's answer, the 10-replay limit, the 1 MB body, the
+/// target app).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextStep {
+    /// Deliver the request again, where the replay says.
+    Replay,
+    /// The Machine answering a fallback may not replay again (PA03).
+    FallbackReplayed,
+    /// The chain already has its [`MAX_CHAIN`] replays (PA02).
+    Limit,
+    /// The request's body was too large to keep for another delivery (PA01).
+    TooLarge,
+    /// The replay names an app there is no such thing as (PA04).
+    NoSuchApp,
+}
+
+/// The most replays one request may go through. Fly: "up to 10 times"; the 11th `fly-replay`
+/// of one request is PA02.
+pub const MAX_CHAIN: u32 = 10;
+
+/// The facts [`next_step`] decides on.
+#[derive(Debug, Clone, Copy)]
+pub struct ChainFacts {
+    /// The answer came from the Machine a fallback brought the request back to.
+    pub from_fallback: bool,
+    /// Replays already followed for this request.
+    pub replays: u32,
+    /// The body can be sent again.
+    pub body_replayable: bool,
+    /// The replay's target app (the replaying Machine's own when it names none) exists.
+    pub app_exists: bool,
+}
+
+/// What to do with a replay: pure, so that its table is tested on its own.
+pub fn next_step(facts: ChainFacts) -> NextStep {
+    if facts.from_fallback {
+        NextStep::FallbackReplayed
+    } else if facts.replays >= MAX_CHAIN {
+        NextStep::Limit
+    } else if !facts.body_replayable {
+        NextStep::TooLarge
+    } else if !facts.app_exists {
+        NextStep::NoSuchApp
+    } else {
+        NextStep::Replay
+    }
+}
+
 /// `fallback=`: what happens when the replay target cannot be reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fallback {
@@ -914,6 +963,69 @@ pub fn region_list_string(regions: &[RegionChoice]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_next_step_of_a_replay_follows_flys_rules_in_their_order() {
+        let ok = ChainFacts {
+            from_fallback: false,
+            replays: 0,
+            body_replayable: true,
+            app_exists: true,
+        };
+        assert_eq!(next_step(ok), NextStep::Replay);
+        assert_eq!(
+            next_step(ChainFacts {
+                replays: MAX_CHAIN - 1,
+                ..ok
+            }),
+            NextStep::Replay
+        );
+        assert_eq!(
+            next_step(ChainFacts {
+                replays: MAX_CHAIN,
+                ..ok
+            }),
+            NextStep::Limit
+        );
+        assert_eq!(
+            next_step(ChainFacts {
+                body_replayable: false,
+                ..ok
+            }),
+            NextStep::TooLarge
+        );
+        assert_eq!(
+            next_step(ChainFacts {
+                app_exists: false,
+                ..ok
+            }),
+            NextStep::NoSuchApp
+        );
+        // A fallback's answer may not replay at all, whatever else holds.
+        let all_wrong = ChainFacts {
+            from_fallback: true,
+            replays: MAX_CHAIN,
+            body_replayable: false,
+            app_exists: false,
+        };
+        assert_eq!(next_step(all_wrong), NextStep::FallbackReplayed);
+        // Then the limit before the body, and the body before the app.
+        assert_eq!(
+            next_step(ChainFacts {
+                from_fallback: false,
+                ..all_wrong
+            }),
+            NextStep::Limit
+        );
+        assert_eq!(
+            next_step(ChainFacts {
+                from_fallback: false,
+                replays: 0,
+                ..all_wrong
+            }),
+            NextStep::TooLarge
+        );
+    }
 
     const A: &str = "0123456789abcd";
     const B: &str = "fedcba98765432";
