@@ -30,14 +30,20 @@ soak: build
 
 ## Coverage-guided fuzzing of the affinity decision and the parsers (FUZZ_SECONDS each, default
 ## 600). Needs cargo-fuzz (installed when missing); libFuzzer's flags need nightly features,
-## which RUSTC_BOOTSTRAP=1 unlocks on the stable toolchain. New corpus entries land in fuzz/corpus.
-## No sanitizer (`-s none`): the code under test is safe Rust, so AddressSanitizer finds nothing
-## the assertions do not, and its build takes over 30 minutes on 2 cores (9 without).
+## which RUSTC_BOOTSTRAP=1 unlocks on the stable toolchain. No sanitizer (`-s none`): the code
+## under test is safe Rust, so AddressSanitizer finds nothing the assertions do not, and its
+## build takes over 30 minutes on 2 cores (9 without). Then each corpus is minimised to the
+## smallest set of inputs with the same coverage (libFuzzer's set-cover merge), which is what
+## is committed in fuzz/corpus and what `cargo test` replays (tests/fuzz_corpus.rs).
 FUZZ_SECONDS ?= 600
 fuzz:
 	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
-	cd fuzz && for target in affinity parsers; do \
+	cd fuzz && host=$$(rustc -vV | sed -n 's/^host: //p') && for target in affinity parsers; do \
 		RUSTC_BOOTSTRAP=1 cargo fuzz run -O -s none $$target -- -max_total_time=$(FUZZ_SECONDS) -max_len=4096; \
+		rm -rf corpus/$$target.min && mkdir corpus/$$target.min; \
+		target/$$host/release/$$target -set_cover_merge=1 -use_counters=0 -use_value_profile=0 \
+			corpus/$$target.min corpus/$$target; \
+		rm -rf corpus/$$target && mv corpus/$$target.min corpus/$$target; \
 	done
 
 setup-build:
