@@ -1,0 +1,90 @@
+//! The admin endpoint, `/_local/…`, for tests and curious people on this machine only
+//! (loopback peers, never a Machine): the counters, every Machine with its addresses and
+//! process, and the fault knobs.
+
+use super::*;
+
+/// The admin endpoint is for this host only: a fault knob must not be reachable from the LAN
+/// even when the API is bound to a wildcard address.
+pub(super) async fn loopback_only(request: Request, next: Next) -> Response {
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(peer)| *peer);
+    if !peer.is_some_and(is_loopback) {
+        return ApiError::NotLoopback.into_response();
+    }
+    next.run(request).await
+}
+
+pub(super) fn is_loopback(peer: SocketAddr) -> bool {
+    peer.ip().to_canonical().is_loopback()
+}
+
+pub(super) async fn stats(State(platform): State<Arc<Platform>>) -> Json<Value> {
+    let machines: BTreeMap<String, Value> = platform
+        .registry
+        .state_counts()
+        .into_iter()
+        .map(|(app, counts)| (app, json!(counts)))
+        .collect();
+    Json(json!({
+        "counters": platform.stats.snapshot(),
+        "machines": machines,
+    }))
+}
+
+/// Every Machine with its OS process id: what tests need to prove no process is left behind.
+pub(super) async fn admin_machines(State(platform): State<Arc<Platform>>) -> Json<Value> {
+    let machines: Vec<Value> = platform
+        .registry
+        .all()
+        .iter()
+        .map(|m| {
+            json!({
+                "app": m.app,
+                "id": m.id,
+                "name": m.name,
+                "state": m.state.as_str(),
+                "region": m.region,
+                "private_ip": m.addrs.private.to_string(),
+                "proxy_ip": m.addrs.proxy.to_string(),
+                "pid": m.pid,
+            })
+        })
+        .collect();
+    Json(Value::Array(machines))
+}
+
+pub(super) async fn arm_fault(
+    State(platform): State<Arc<Platform>>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let fault: Fault = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid fault: {e}")))?;
+    if let Fault::Crash { machine } = &fault {
+        platform.supervisor.crash(*machine)?;
+    }
+    tracing::info!(?fault, "fault armed");
+    platform.faults.arm(&fault);
+    Ok(Json(json!({"ok": true})))
+}
+
+pub(super) async fn clear_faults(State(platform): State<Arc<Platform>>) -> Json<Value> {
+    platform.faults.clear();
+    Json(json!({"ok": true}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_peers_reach_the_admin_endpoint() {
+        assert!(is_loopback("127.0.0.1:1".parse().unwrap()));
+        assert!(is_loopback("[::1]:1".parse().unwrap()));
+        assert!(is_loopback("[::ffff:127.0.0.1]:1".parse().unwrap()));
+        assert!(!is_loopback("192.168.1.2:1".parse().unwrap()));
+        assert!(!is_loopback("[::ffff:10.0.0.1]:1".parse().unwrap()));
+    }
+}
