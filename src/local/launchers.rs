@@ -79,7 +79,7 @@ pub fn launcher_request(platform: &Platform, region: &str) -> Value {
         put("FLYBY_METRICS_PORT", "0".into());
     }
     // flyctl puts fly.toml's primary_region here.
-    put("PRIMARY_REGION", platform.args.edge_region.clone());
+    put("PRIMARY_REGION", platform.args.edge_region.to_string());
     for (key, value) in &platform.args.launcher_env {
         put(key, value.clone());
     }
@@ -118,7 +118,7 @@ pub fn launcher_request(platform: &Platform, region: &str) -> Value {
 
 /// Creates `--launchers` launcher Machines and waits until each is `started`.
 pub async fn boot(platform: &Arc<Platform>) -> Result<(), LaunchersError> {
-    let regions = regions(&platform.args.edge_region, platform.args.launchers);
+    let regions = regions(platform.args.edge_region.as_str(), platform.args.launchers);
     // The token is a secret on Fly (`fly secrets set`): in the process's environment, not in
     // the Machine config that the API shows.
     let secrets = [("FLY_API_TOKEN".to_owned(), platform.token.clone())];

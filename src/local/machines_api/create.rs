@@ -202,9 +202,9 @@ pub(super) fn resolve_region(
     platform: &Platform,
     region: Option<&str>,
 ) -> Result<RegionCode, ApiError> {
-    let code = region
-        .filter(|r| !r.is_empty())
-        .unwrap_or(&platform.args.edge_region);
+    let Some(code) = region.filter(|r| !r.is_empty()) else {
+        return Ok(platform.args.edge_region);
+    };
     RegionCode::parse(code)
         .ok()
         .filter(|r| r.region().is_some())

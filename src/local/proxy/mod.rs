@@ -217,10 +217,7 @@ impl ClientRouting {
 
 impl Proxy {
     fn new(platform: Arc<Platform>, port: u16, shutdown: watch::Receiver<()>) -> Proxy {
-        let edge_region = RegionCode::parse(&platform.args.edge_region).unwrap_or_else(|_| {
-            warn!(edge_region = %platform.args.edge_region, "not a region code; using ams");
-            RegionCode::parse("ams").expect("a region code")
-        });
+        let edge_region = platform.args.edge_region;
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_timer(TokioTimer::new())
