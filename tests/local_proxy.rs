@@ -258,6 +258,8 @@ impl Local {
             axum::serve(listener, router).await
         });
         let now = SystemTime::now();
+        let config = json!({"services": [{"protocol": "tcp", "internal_port": 8080,
+                                          "ports": [{"port": 80, "handlers": ["http"]}]}]});
         registry.insert(MachineRecord {
             id,
             name: format!("scripted-{id}"),
@@ -266,8 +268,8 @@ impl Local {
             state: MachineState::Started,
             instance_id: new_ulid(),
             addrs,
-            config: json!({"services": [{"protocol": "tcp", "internal_port": 8080,
-                                          "ports": [{"port": 80, "handlers": ["http"]}]}]}),
+            spec: serde_json::from_value(config.clone()).unwrap(),
+            config,
             created_at: now,
             updated_at: now,
             events: Vec::new(),

@@ -4,7 +4,7 @@
 
 use crate::{
     fly::{MachineId, RegionCode},
-    local::network::MachineAddrs,
+    local::{network::MachineAddrs, supervisor::MachineConfig},
 };
 use serde_json::Value;
 use std::{
@@ -118,8 +118,10 @@ pub struct MachineRecord {
     pub instance_id: String,
     /// Where the proxy reaches it, and where other Machines do (its `FLY_PRIVATE_IP`).
     pub addrs: MachineAddrs,
-    /// The config exactly as the creator sent it (Fly echoes it back), `image` resolved.
+    /// The config exactly as the creator sent it: Fly echoes it back, and only that reads it.
     pub config: Value,
+    /// The same config, parsed once at create: what the platform acts on.
+    pub spec: MachineConfig,
     pub created_at: SystemTime,
     pub updated_at: SystemTime,
     pub events: Vec<MachineEvent>,
@@ -134,38 +136,33 @@ pub struct MachineRecord {
 impl MachineRecord {
     /// The `internal_port` of each service in the config, with the public ports it serves.
     pub fn services(&self) -> Vec<ServiceRoute> {
-        let Some(services) = self.config.get("services").and_then(Value::as_array) else {
-            return Vec::new();
-        };
-        services
+        let port = |n: Option<i64>| n.and_then(|n| u16::try_from(n).ok());
+        self.spec
+            .services
             .iter()
+            .flatten()
             .filter_map(|s| {
-                let internal_port = u16::try_from(s.get("internal_port")?.as_u64()?).ok()?;
-                let ports = s
-                    .get("ports")
-                    .and_then(Value::as_array)
-                    .map(|ports| {
-                        ports
-                            .iter()
-                            .filter_map(|p| u16::try_from(p.get("port")?.as_u64()?).ok())
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                let replay_cache = s
-                    .get("ports")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|p| p.pointer("/http_options/replay_cache")?.as_array().cloned())
-                    .flatten()
-                    .collect();
+                let ports = s.ports.iter().flatten();
                 Some(ServiceRoute {
-                    internal_port,
-                    ports,
-                    replay_cache,
+                    internal_port: port(s.internal_port)?,
+                    ports: ports.clone().filter_map(|p| port(p.port)).collect(),
+                    replay_cache: ports
+                        .filter_map(|p| p.http_options.as_ref()?.replay_cache.clone())
+                        .flatten()
+                        .collect(),
                 })
             })
             .collect()
+    }
+
+    /// The config's metadata value for `key`.
+    pub fn metadata(&self, key: &str) -> Option<&str> {
+        self.spec.metadata.as_ref()?.get(key).map(String::as_str)
+    }
+
+    /// The config's image.
+    pub fn image(&self) -> &str {
+        self.spec.image.as_deref().unwrap_or_default()
     }
 }
 
@@ -364,6 +361,7 @@ mod tests {
             instance_id: new_ulid(),
             addrs: MachineNet::shared(std::net::Ipv4Addr::LOCALHOST.into()).addrs,
             config: Value::Null,
+            spec: MachineConfig::default(),
             created_at: now,
             updated_at: now,
             events: Vec::new(),

@@ -98,6 +98,7 @@ pub async fn create_machine_with_secrets(
         instance_id: new_ulid(),
         addrs: net.addrs,
         config,
+        spec: typed.clone(),
         created_at: now,
         updated_at: now,
         events: vec![MachineEvent::new("launch", MachineState::Created, "user")],

@@ -5,19 +5,14 @@ use super::*;
 
 /// A Machine as Fly's API shows it.
 pub fn machine_json(machine: &MachineRecord) -> Value {
-    let image = machine
-        .config
-        .get("image")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
     json!({
         "id": machine.id,
         "name": machine.name,
         "state": machine.state.as_str(),
         "region": machine.region,
-        "image_ref": image_ref(image),
+        "image_ref": image_ref(machine.image()),
         "instance_id": machine.instance_id,
-        // Fly: the Machine's 6PN IPv6 address. Locally: its own 127.x.y.z.
+        // Fly: the Machine's 6PN IPv6 address; so here, but with --network shared.
         "private_ip": machine.addrs.private.to_string(),
         "config": machine.config,
         "events": machine.events,

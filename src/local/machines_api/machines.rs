@@ -49,20 +49,14 @@ pub(super) async fn list(
     machines.retain(|m| {
         (include_deleted || m.state != MachineState::Destroyed)
             && region.as_ref().is_none_or(|r| m.region.as_str() == r)
-            && metadata.iter().all(|(k, v)| {
-                m.config
-                    .pointer(&format!("/metadata/{}", pointer_escape(k)))
-                    == Some(&Value::String(v.clone()))
-            })
+            && metadata
+                .iter()
+                .all(|(k, v)| m.metadata(k) == Some(v.as_str()))
     });
     machines.sort_by_key(|m| (m.created_at, m.id));
     Ok(Json(Value::Array(
         machines.iter().map(machine_json).collect(),
     )))
-}
-
-pub(super) fn pointer_escape(key: &str) -> String {
-    key.replace('~', "~0").replace('/', "~1")
 }
 
 /// The Machine named by the path, destroyed ones included (Fly still shows them).

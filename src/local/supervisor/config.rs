@@ -44,6 +44,20 @@ pub struct RestartConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct ServiceConfig {
     pub internal_port: Option<i64>,
+    pub ports: Option<Vec<PortConfig>>,
+}
+
+/// One public port of a service: what the proxy takes traffic for, and its HTTP options.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct PortConfig {
+    pub port: Option<i64>,
+    pub http_options: Option<HttpOptionsConfig>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct HttpOptionsConfig {
+    /// The session-based replay cache rules, read by the proxy's cache (`proxy::cache`).
+    pub replay_cache: Option<Vec<serde_json::Value>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -23,8 +23,8 @@ mod runner;
 pub mod spec;
 
 pub use config::{
-    DurationSpec, GuestConfig, InitConfig, MachineConfig, RestartConfig, RestartPolicy,
-    ServiceConfig, SignalSpec, StopConfig,
+    DurationSpec, GuestConfig, HttpOptionsConfig, InitConfig, MachineConfig, PortConfig,
+    RestartConfig, RestartPolicy, ServiceConfig, SignalSpec, StopConfig,
 };
 use process::signal_group;
 use runner::Runner;
