@@ -634,131 +634,37 @@ fn lenient_time<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::server::launcher::machine_spec::tests::create_request;
     use serde_json::json;
 
-    /// The create body the launcher sends, built the way it will build it.
-    pub(crate) fn launcher_request() -> CreateMachineRequest {
-        let http = |port: u16, handlers: &[&str], force_https: bool| Port {
-            port: Some(port),
-            handlers: handlers.iter().map(|h| h.to_string()).collect(),
-            force_https,
-            http_options: Some(HttpOptions {
-                replay_cache: vec![ReplayCacheRule {
-                    path_prefix: "/".into(),
-                    ttl_seconds: 300,
-                    kind: ReplayCacheKind::Cookie,
-                    name: "flyby_owner".into(),
-                }],
-            }),
-        };
-        CreateMachineRequest {
-            name: Some("flyby-slot-3".into()),
-            region: Some(RegionCode::parse("ams").unwrap()),
-            config: MachineConfig {
-                image: "registry.fly.io/flyby:deployment-01J9Z".into(),
-                env: BTreeMap::from([
-                    ("FLYBY_ROLE".into(), "ephemeral".into()),
-                    ("FLYBY_OWNER_HASH".into(), "ab".repeat(32)),
-                    ("FLYBY_TTL_SECS".into(), "60".into()),
-                ]),
-                guest: Some(Guest {
-                    cpu_kind: "shared".into(),
-                    cpus: 1,
-                    memory_mb: 256,
-                }),
-                auto_destroy: true,
-                restart: Some(Restart {
-                    policy: RestartPolicy::No,
-                    max_retries: None,
-                }),
-                services: vec![Service {
-                    protocol: "tcp".into(),
-                    internal_port: 8080,
-                    autostart: Some(false),
-                    autostop: Some(Autostop::Off),
-                    ports: vec![
-                        http(80, &["http"], true),
-                        http(443, &["tls", "http"], false),
-                    ],
-                    concurrency: Some(Concurrency {
-                        kind: "requests".into(),
-                        soft_limit: Some(50),
-                        hard_limit: Some(100),
-                    }),
-                    min_machines_running: None,
-                }],
-                checks: BTreeMap::from([(
-                    "health".into(),
-                    Check {
-                        kind: "http".into(),
-                        port: Some(8080),
-                        interval: Some(Duration::from_secs(15).into()),
-                        timeout: Some(Duration::from_secs(2).into()),
-                        grace_period: Some(Duration::from_millis(1500).into()),
-                        method: Some("GET".into()),
-                        path: Some("/health".into()),
-                    },
-                )]),
-                metadata: BTreeMap::from([
-                    ("flyby".into(), "ephemeral".into()),
-                    ("flyby_launched_at".into(), "1767225600".into()),
-                    ("flyby_launch".into(), "01JAAAAAAAAAAAAAAAAAAAAAAA".into()),
-                ]),
-                stop_config: Some(StopConfig {
-                    signal: Some("SIGTERM".into()),
-                    timeout: Some(Duration::from_secs(5).into()),
-                }),
-            },
-            ..CreateMachineRequest::default()
-        }
-    }
-
+    /// The fields a visitor's Machine leaves unset, set on it, serialise as Fly spells them
+    /// (what it sets is checked whole in `launcher::machine_spec`).
     #[test]
-    fn the_launcher_create_body_is_exactly_what_fly_expects() {
-        let body = serde_json::to_value(launcher_request()).unwrap();
-        let replay_cache = json!({"replay_cache": [
-            {"path_prefix": "/", "ttl_seconds": 300, "type": "cookie", "name": "flyby_owner"}
-        ]});
+    fn the_fields_the_launcher_leaves_unset_serialise_as_fly_spells_them() {
+        let mut request = create_request();
+        request.config.services[0].concurrency = Some(Concurrency {
+            kind: "requests".into(),
+            soft_limit: Some(50),
+            hard_limit: Some(100),
+        });
+        request.config.services[0].min_machines_running = Some(1);
+        request.config.stop_config = Some(StopConfig {
+            signal: Some("SIGTERM".into()),
+            timeout: Some(Duration::from_secs(5).into()),
+        });
+        let body = serde_json::to_value(&request).unwrap();
         assert_eq!(
-            body,
-            json!({
-                "name": "flyby-slot-3",
-                "region": "ams",
-                "config": {
-                    "image": "registry.fly.io/flyby:deployment-01J9Z",
-                    "env": {
-                        "FLYBY_OWNER_HASH": "ab".repeat(32),
-                        "FLYBY_ROLE": "ephemeral",
-                        "FLYBY_TTL_SECS": "60"
-                    },
-                    "guest": {"cpu_kind": "shared", "cpus": 1, "memory_mb": 256},
-                    "auto_destroy": true,
-                    "restart": {"policy": "no"},
-                    "services": [{
-                        "protocol": "tcp",
-                        "internal_port": 8080,
-                        "autostart": false,
-                        "autostop": false,
-                        "ports": [
-                            {"port": 80, "handlers": ["http"], "force_https": true,
-                             "http_options": replay_cache},
-                            {"port": 443, "handlers": ["tls", "http"],
-                             "http_options": replay_cache}
-                        ],
-                        "concurrency": {"type": "requests", "soft_limit": 50, "hard_limit": 100}
-                    }],
-                    "checks": {"health": {
-                        "type": "http", "port": 8080, "interval": "15s", "timeout": "2s",
-                        "grace_period": "1500ms", "method": "GET", "path": "/health"
-                    }},
-                    "metadata": {
-                        "flyby": "ephemeral",
-                        "flyby_launch": "01JAAAAAAAAAAAAAAAAAAAAAAA",
-                        "flyby_launched_at": "1767225600"
-                    },
-                    "stop_config": {"signal": "SIGTERM", "timeout": "5s"}
-                }
-            })
+            body["config"]["services"][0]["concurrency"],
+            json!({"type": "requests", "soft_limit": 50, "hard_limit": 100})
+        );
+        assert_eq!(body["config"]["services"][0]["min_machines_running"], 1);
+        assert_eq!(
+            body["config"]["stop_config"],
+            json!({"signal": "SIGTERM", "timeout": "5s"})
+        );
+        assert_eq!(
+            serde_json::from_value::<CreateMachineRequest>(body).unwrap(),
+            request
         );
     }
 
@@ -777,7 +683,7 @@ pub(crate) mod tests {
 
     #[test]
     fn the_create_body_round_trips() {
-        let request = launcher_request();
+        let request = create_request();
         let json = serde_json::to_string(&request).unwrap();
         assert_eq!(
             serde_json::from_str::<CreateMachineRequest>(&json).unwrap(),
@@ -1052,24 +958,16 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn the_launcher_create_body_validates_against_fly_openapi() {
-        let body = serde_json::to_value(launcher_request()).unwrap();
-        for strict in [false, true] {
-            let errors = schema_errors(&create_machine_schema(strict), &body);
-            assert!(errors.is_empty(), "strict={strict}: {errors:#?}");
-        }
-    }
-
-    #[test]
     fn the_schema_check_can_fail() {
-        // Proof that the test above is not vacuous: wrong types and a misspelt field are caught.
-        let mut body = serde_json::to_value(launcher_request()).unwrap();
+        // Proof that the schema checks (`launcher::machine_spec`) are not vacuous: wrong types and
+        // a misspelt field are caught.
+        let mut body = serde_json::to_value(create_request()).unwrap();
         body["config"]["guest"]["memory_mb"] = json!("256");
         assert!(!schema_errors(&create_machine_schema(false), &body).is_empty());
-        let mut body = serde_json::to_value(launcher_request()).unwrap();
+        let mut body = serde_json::to_value(create_request()).unwrap();
         body["config"]["restart"]["policy"] = json!("never");
         assert!(!schema_errors(&create_machine_schema(false), &body).is_empty());
-        let mut body = serde_json::to_value(launcher_request()).unwrap();
+        let mut body = serde_json::to_value(create_request()).unwrap();
         body["config"]["auto_destory"] = json!(true);
         assert!(schema_errors(&create_machine_schema(false), &body).is_empty());
         assert!(!schema_errors(&create_machine_schema(true), &body).is_empty());

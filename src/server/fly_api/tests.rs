@@ -2,9 +2,9 @@
 //! (a 500 after performing a create, a connection dropped mid-call, a `Retry-After`), and a
 //! record of every request the client made.
 
-use super::model::tests::launcher_request;
 use super::*;
 use crate::fly::RegionCode;
+use crate::server::launcher::machine_spec::tests::create_request as launcher_request;
 use http_body_util::{BodyExt, Full};
 use hyper::{body::Incoming, service::service_fn, Response, StatusCode};
 use hyper_util::rt::TokioIo;

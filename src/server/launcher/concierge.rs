@@ -11,21 +11,13 @@
 //! policy, a pure function of one list of the app's Machines; the tracker runs it after each
 //! poll.
 
-use super::{Launcher, MACHINE_PORT};
+use super::Launcher;
 use crate::{
-    app::Role,
     fly::MachineId,
-    server::{
-        fly_api::{
-            Autostop, CreateMachineRequest, FlyApiError, Machine, MachineConfig, MachineState,
-            Restart, RestartPolicy,
-        },
-        ownership::OwnerSecret,
-    },
+    server::fly_api::{CreateMachineRequest, FlyApiError, Machine, MachineState},
 };
 use sha2::{Digest, Sha256};
 use std::{
-    collections::BTreeMap,
     sync::{atomic::AtomicBool, Arc, Mutex},
     time::SystemTime,
 };
@@ -183,7 +175,7 @@ impl Launcher {
                 self.creates.take(|| ()).await;
                 let request = CreateMachineRequest {
                     name: Some(name(image)),
-                    config: self.concierge_config(image.to_owned(), origin),
+                    config: self.spec.concierge(image, origin),
                     ..CreateMachineRequest::default()
                 };
                 match self.api.create(app, &request).await {
@@ -204,27 +196,6 @@ impl Launcher {
                 Err(e) => tracing::warn!(machine = %id, error = %e, "could not retire a concierge"),
             },
         }
-    }
-
-    /// The concierge's whole config: the same image and service as a visitor's Machine, session
-    /// replay cache included (its replays fill it too), but no owner and no end, always
-    /// running, restarted on failure.
-    pub(super) fn concierge_config(&self, image: String, origin: &str) -> MachineConfig {
-        let mut config = self.machine_config(image, "", &OwnerSecret::mint(), origin);
-        config.env = self.server_env(Role::Concierge, origin);
-        config.metadata =
-            BTreeMap::from([(CONCIERGE_ROLE.0.to_owned(), CONCIERGE_ROLE.1.to_owned())]);
-        config.auto_destroy = false;
-        config.restart = Some(Restart {
-            policy: RestartPolicy::OnFailure,
-            max_retries: None,
-        });
-        for service in &mut config.services {
-            debug_assert_eq!(service.internal_port, MACHINE_PORT);
-            service.autostart = Some(false);
-            service.autostop = Some(Autostop::Off);
-        }
-        config
     }
 }
 

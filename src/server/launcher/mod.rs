@@ -11,18 +11,15 @@
 
 pub mod concierge;
 pub mod limits;
+pub mod machine_spec;
 pub mod metrics;
 mod tracker;
 
 use super::{
     affinity::{claim_path, LAUNCH_COOKIE},
-    config::{Config, LauncherConfig, Timings},
+    config::{Config, LauncherConfig},
     cookies,
-    fly_api::{
-        Autostop, Check, CreateMachineRequest, FlyApi, FlyApiConfig, FlyApiError, FlyDuration,
-        Guest, HttpOptions, MachineConfig, Port, ReplayCacheKind, ReplayCacheRule, Restart,
-        RestartPolicy, Service, WaitState,
-    },
+    fly_api::{CreateMachineRequest, FlyApi, FlyApiConfig, FlyApiError, WaitState},
     ownership::OwnerSecret,
 };
 use crate::{
@@ -31,7 +28,7 @@ use crate::{
             AliveMachine, Handover, LaunchEnd, LaunchProgress, LaunchTicket, LauncherInfo, Step,
             StepView,
         },
-        AppError, Role,
+        AppError,
     },
     fly::{MachineId, RegionCode},
 };
@@ -39,9 +36,10 @@ use futures::{SinkExt, StreamExt};
 use http::HeaderMap;
 use leptos::{prelude::use_context, server_fn::BoxedStream};
 use limits::{TokenBucket, VisitorLimits};
+use machine_spec::{MachineSpec, VisitorMachine};
 use metrics::Metrics;
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::HashMap,
     net::{IpAddr, SocketAddr},
     sync::{Arc, Mutex},
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -76,8 +74,9 @@ struct Launch {
 
 /// The launcher role's state, shared by its server functions and background tasks.
 pub struct Launcher {
-    /// This launcher Machine, for the launch pin; `None` outside Fly.
-    me: Option<MachineId>,
+    /// What every Machine it creates is made of; `spec.launcher` is this launcher Machine, for
+    /// the launch pin (`None` outside Fly).
+    spec: MachineSpec,
     /// The launcher's own app name, to derive the ephemeral app's host from the request's.
     app_name: String,
     /// The app visitors' Machines are created in.
@@ -85,11 +84,6 @@ pub struct Launcher {
     /// The image visitors' Machines run: the launcher's own.
     image: Option<String>,
     settings: LauncherConfig,
-    timings: Timings,
-    /// Passed on to visitors' Machines so their logs look like the launcher's.
-    log_format: &'static str,
-    /// The site folder, the same path in the same image.
-    site_root: String,
     api: FlyApi,
     /// Probes a new Machine's `/health` over the private network.
     probe: reqwest::Client,
@@ -136,17 +130,19 @@ impl Launcher {
         let api = FlyApi::new(api_config)?;
         let (alive_tx, alive) = watch::channel(Vec::new());
         let launcher = Arc::new(Launcher {
-            me: config.fly.machine_id,
+            spec: MachineSpec {
+                timings: config.timings,
+                log_format: match config.log_format {
+                    super::config::LogFormat::Human => "human",
+                    super::config::LogFormat::Json => "json",
+                },
+                site_root: config.leptos.site_root.to_string(),
+                launcher: config.fly.machine_id,
+            },
             app_name: config.fly.app_name.clone(),
             ephemeral_app: config.ephemeral_app.clone(),
             image: config.fly.image_ref.clone(),
             settings: settings.clone(),
-            timings: config.timings,
-            log_format: match config.log_format {
-                super::config::LogFormat::Human => "human",
-                super::config::LogFormat::Json => "json",
-            },
-            site_root: config.leptos.site_root.to_string(),
             api,
             probe: reqwest::Client::builder()
                 .timeout(Duration::from_millis(500))
@@ -240,7 +236,7 @@ impl Launcher {
                 .expect("launches lock")
                 .remove(&launch_id);
         });
-        if let Some(me) = self.me {
+        if let Some(me) = self.spec.launcher {
             set_cookie(cookies::launch_pin(me, PIN_LIFETIME, secure));
         }
         Ok(LaunchTicket { id })
@@ -412,10 +408,20 @@ impl Launcher {
             (AppError::Internal, None)
         })?;
         let secret = OwnerSecret::mint();
+        let launched_at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
         let mut request = CreateMachineRequest {
             name: None,
             region,
-            config: self.machine_config(image, id, &secret, origin),
+            config: self.spec.visitor(VisitorMachine {
+                image: &image,
+                launch: id,
+                owner: &secret.hash(),
+                origin,
+                launched_at,
+            }),
             ..CreateMachineRequest::default()
         };
         let phase = Instant::now();
@@ -554,115 +560,6 @@ impl Launcher {
             Err(e) => tracing::warn!(%machine, error = %e, "could not destroy; the reaper will"),
         }
     }
-
-    /// What every Machine of the visitors' app needs to run `flyby` in `role`.
-    fn server_env(&self, role: Role, origin: &str) -> BTreeMap<String, String> {
-        BTreeMap::from([
-            ("FLYBY_ROLE".to_owned(), role.as_str().to_owned()),
-            ("FLYBY_LAUNCHER_URL".to_owned(), origin.to_owned()),
-            ("FLYBY_LOG_FORMAT".to_owned(), self.log_format.to_owned()),
-            // Every address: fly-proxy delivers to the Machine's IPv4 address, and this
-            // launcher probes it over the 6PN, at its IPv6 one (`server::listen`).
-            (
-                "LEPTOS_SITE_ADDR".to_owned(),
-                format!("[::]:{MACHINE_PORT}"),
-            ),
-            ("LEPTOS_SITE_ROOT".to_owned(), self.site_root.clone()),
-        ])
-    }
-
-    /// The whole config of a visitor's Machine, from code.
-    fn machine_config(
-        &self,
-        image: String,
-        launch: &str,
-        secret: &OwnerSecret,
-        origin: &str,
-    ) -> MachineConfig {
-        let t = self.timings;
-        let mut env = self.server_env(Role::Ephemeral, origin);
-        env.extend([
-            ("FLYBY_OWNER_HASH".to_owned(), secret.hash().to_hex()),
-            ("FLYBY_TTL_SECS".to_owned(), t.ttl.as_secs().to_string()),
-            (
-                "FLYBY_CLAIM_SECS".to_owned(),
-                t.claim_window.as_secs().to_string(),
-            ),
-            ("FLYBY_SHOW_SECS".to_owned(), t.show.as_secs().to_string()),
-        ]);
-        let launched_at = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
-        let metadata = BTreeMap::from([
-            (METADATA_ROLE.0.to_owned(), METADATA_ROLE.1.to_owned()),
-            ("flyby_launch".to_owned(), launch.to_owned()),
-            ("flyby_launched_at".to_owned(), launched_at.to_string()),
-            (
-                "flyby_launcher".to_owned(),
-                self.me.map(|m| m.to_string()).unwrap_or_default(),
-            ),
-        ]);
-        // Fly may route a visitor's later requests straight to their Machine, keyed on the
-        // owner cookie, for as long as the Machine may live.
-        let http_options = Some(HttpOptions {
-            replay_cache: vec![ReplayCacheRule {
-                path_prefix: "/".into(),
-                ttl_seconds: t.ttl.as_secs() as u32,
-                kind: ReplayCacheKind::Cookie,
-                name: super::affinity::OWNER_COOKIE.into(),
-            }],
-        });
-        MachineConfig {
-            image,
-            env,
-            guest: Some(Guest {
-                cpu_kind: "shared".into(),
-                cpus: 1,
-                memory_mb: 256,
-            }),
-            auto_destroy: true,
-            restart: Some(Restart {
-                policy: RestartPolicy::No,
-                max_retries: None,
-            }),
-            services: vec![Service {
-                protocol: "tcp".into(),
-                internal_port: MACHINE_PORT,
-                autostart: Some(false),
-                autostop: Some(Autostop::Off),
-                ports: vec![
-                    Port {
-                        port: Some(80),
-                        handlers: vec!["http".into()],
-                        force_https: true,
-                        http_options: http_options.clone(),
-                    },
-                    Port {
-                        port: Some(443),
-                        handlers: vec!["tls".into(), "http".into()],
-                        force_https: false,
-                        http_options,
-                    },
-                ],
-                ..Service::default()
-            }],
-            checks: BTreeMap::from([(
-                "health".to_owned(),
-                Check {
-                    kind: "http".into(),
-                    port: Some(MACHINE_PORT),
-                    interval: Some(FlyDuration(Duration::from_secs(5))),
-                    timeout: Some(FlyDuration(Duration::from_secs(2))),
-                    grace_period: Some(FlyDuration(Duration::from_secs(1))),
-                    method: Some("GET".into()),
-                    path: Some(super::affinity::HEALTH_PATH.into()),
-                },
-            )]),
-            metadata,
-            stop_config: None,
-        }
-    }
 }
 
 /// How many regions a launch tries, nearest to the visitor first, when Fly has no room.
@@ -781,53 +678,6 @@ mod tests {
             .iter()
             .map(|(k, v)| (http::HeaderName::from_static(k), v.parse().unwrap()))
             .collect()
-    }
-
-    #[tokio::test]
-    async fn the_create_body_the_launcher_sends_validates_against_fly_openapi() {
-        use crate::server::{
-            config::Config,
-            fly_api::model::tests::{create_machine_schema, schema_errors},
-        };
-        let vars = [
-            ("FLYBY_ROLE", "launcher"),
-            ("FLY_API_TOKEN", "t"),
-            ("FLYBY_MACHINES_API", "http://127.0.0.1:9"),
-            ("FLYBY_METRICS_PORT", "0"),
-            ("FLY_MACHINE_ID", "0123456789abcd"),
-            (
-                "FLY_IMAGE_REF",
-                "registry.fly.io/flyby:deployment-01J0000000000000000000000",
-            ),
-        ];
-        let config = Config::from_lookup(|name| {
-            vars.iter()
-                .find(|(k, _)| *k == name)
-                .map(|(_, v)| v.to_string())
-        })
-        .unwrap();
-        let launcher = Launcher::start(&config).unwrap().unwrap();
-        let mut request = CreateMachineRequest {
-            name: Some(slot_name(3)),
-            region: RegionCode::parse("ams").ok(),
-            config: launcher.machine_config(
-                config.fly.image_ref.clone().unwrap(),
-                "launch-id",
-                &OwnerSecret::mint(),
-                "https://flyby.fly.dev",
-            ),
-            ..CreateMachineRequest::default()
-        };
-        let body = serde_json::to_value(&request).unwrap();
-        for strict in [false, true] {
-            let errors = schema_errors(&create_machine_schema(strict), &body);
-            assert!(errors.is_empty(), "strict={strict}: {errors:#?}\n{body:#}");
-        }
-        // And the check can fail on this very body.
-        request.config.guest.as_mut().unwrap().memory_mb = 0;
-        let mut broken = serde_json::to_value(&request).unwrap();
-        broken["config"]["restart"]["policy"] = serde_json::json!("sometimes");
-        assert!(!schema_errors(&create_machine_schema(false), &broken).is_empty());
     }
 
     #[test]

@@ -141,7 +141,7 @@ fn reap(launcher: &Arc<Launcher>, alive: &[Tracked]) {
         .as_secs();
     for machine in alive
         .iter()
-        .filter(|m| m.overdue(launcher.timings.ttl, now))
+        .filter(|m| m.overdue(launcher.spec.timings.ttl, now))
     {
         let launcher = launcher.clone();
         let id = machine.id;
