@@ -1,6 +1,7 @@
 //! Rate limits the launcher applies to itself: a per-visitor launch budget, and token buckets
 //! that keep its own calls within the Machines API's limits (queueing rather than failing).
 
+use super::request::VisitorKey;
 use std::{
     collections::{HashMap, VecDeque},
     sync::Mutex,
@@ -62,7 +63,7 @@ impl TokenBucket {
 /// How many launches each visitor started in the last minute.
 pub struct VisitorLimits {
     per_minute: usize,
-    recent: Mutex<HashMap<String, VecDeque<Instant>>>,
+    recent: Mutex<HashMap<VisitorKey, VecDeque<Instant>>>,
 }
 
 impl VisitorLimits {
@@ -74,7 +75,7 @@ impl VisitorLimits {
     }
 
     /// Records a launch of `visitor`, or says how long until they may launch again.
-    pub fn admit(&self, visitor: &str) -> Result<(), Duration> {
+    pub fn admit(&self, visitor: VisitorKey) -> Result<(), Duration> {
         const WINDOW: Duration = Duration::from_secs(60);
         let now = Instant::now();
         let mut recent = self.recent.lock().expect("visitor limits lock");
@@ -84,7 +85,7 @@ impl VisitorLimits {
                 .back()
                 .is_some_and(|t| now.duration_since(*t) < WINDOW)
         });
-        let times = recent.entry(visitor.to_owned()).or_default();
+        let times = recent.entry(visitor).or_default();
         while times
             .front()
             .is_some_and(|t| now.duration_since(*t) >= WINDOW)
@@ -132,13 +133,19 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn each_visitor_has_their_own_budget_per_minute() {
+        let visitor = |ip: &str| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert("fly-client-ip", ip.parse().unwrap());
+            VisitorKey::of(&headers).unwrap()
+        };
+        let (a, b) = (visitor("1.2.3.4"), visitor("5.6.7.8"));
         let limits = VisitorLimits::new(2);
-        assert_eq!(limits.admit("1.2.3.4"), Ok(()));
-        assert_eq!(limits.admit("1.2.3.4"), Ok(()));
-        let retry = limits.admit("1.2.3.4").unwrap_err();
+        assert_eq!(limits.admit(a), Ok(()));
+        assert_eq!(limits.admit(a), Ok(()));
+        let retry = limits.admit(a).unwrap_err();
         assert_eq!(retry, Duration::from_secs(60));
-        assert_eq!(limits.admit("5.6.7.8"), Ok(()));
+        assert_eq!(limits.admit(b), Ok(()));
         tokio::time::advance(Duration::from_secs(60)).await;
-        assert_eq!(limits.admit("1.2.3.4"), Ok(()));
+        assert_eq!(limits.admit(a), Ok(()));
     }
 }

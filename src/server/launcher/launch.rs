@@ -1,0 +1,289 @@
+//! One launch, from the request to the hand-over: a Machine created in a free slot near the
+//! visitor (the next nearest region when Fly has no room), waited for until it serves over the
+//! private network, and destroyed if anything fails.
+
+use super::*;
+
+impl Launcher {
+    /// One launch, from request to hand-over; whether it launched. Whatever it created is
+    /// destroyed if it fails.
+    pub(super) async fn run(
+        &self,
+        id: &str,
+        launch: &Launch,
+        region: Option<RegionCode>,
+        origin: &str,
+        ephemeral_origin: &str,
+    ) -> bool {
+        let started = Instant::now();
+        let step = |step: Step| {
+            let at_ms = started.elapsed().as_millis() as u64;
+            launch
+                .progress
+                .send_modify(|p| p.steps.push(StepView { step, at_ms }));
+        };
+        step(Step::Requested);
+        let outcome = tokio::time::timeout(
+            LAUNCH_DEADLINE,
+            self.launch(id, region, origin, ephemeral_origin, &step),
+        )
+        .await
+        .unwrap_or(Err((AppError::MachineDidNotStart, None)));
+        let outcome = match outcome {
+            Ok(handover) => {
+                *launch.handover.lock().expect("handover lock") = Some(handover);
+                self.metrics.launch("launched");
+                self.metrics.phase("total", started.elapsed());
+                Ok(())
+            }
+            Err((error, created)) => {
+                if let Some(machine) = created {
+                    self.destroy(machine).await;
+                }
+                self.metrics.launch(match error {
+                    AppError::CapacityReached { .. } => "capacity",
+                    AppError::FlyApiUnavailable => "api_failed",
+                    AppError::NoRoomNearby => "no_room",
+                    AppError::MachineDidNotStart => "did_not_start",
+                    _ => "failed",
+                });
+                Err(error)
+            }
+        };
+        let launched = outcome.is_ok();
+        launch.progress.send_modify(|p| p.outcome = Some(outcome));
+        launched
+    }
+
+    /// The steps of a launch; on failure, the error and the Machine to destroy, if any.
+    pub(super) async fn launch(
+        &self,
+        id: &str,
+        region: Option<RegionCode>,
+        origin: &str,
+        ephemeral_origin: &str,
+        step: &impl Fn(Step),
+    ) -> Result<Handover, (AppError, Option<MachineId>)> {
+        let image = self.image.clone().ok_or_else(|| {
+            tracing::error!("FLY_IMAGE_REF is unset: this launcher cannot launch Machines");
+            (AppError::Internal, None)
+        })?;
+        let secret = OwnerSecret::mint();
+        let launched_at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let mut request = CreateMachineRequest {
+            name: None,
+            region,
+            config: self.spec.visitor(VisitorMachine {
+                image: &image,
+                launch: id,
+                owner: &secret.hash(),
+                origin,
+                launched_at,
+            }),
+            ..CreateMachineRequest::default()
+        };
+        let phase = Instant::now();
+        let machine = self
+            .create_in_a_free_slot(&mut request, step)
+            .await
+            .map_err(|e| (e, None))?;
+        self.metrics.phase("create", phase.elapsed());
+        tracing::info!(machine = %machine.id, region = %machine.region, name = %machine.name, "launched");
+        let created = Some(machine.id);
+        step(Step::Created {
+            region: machine.region.to_string(),
+            city: machine.region.city().to_owned(),
+        });
+
+        let phase = Instant::now();
+        self.api
+            .wait(
+                &self.ephemeral_app,
+                machine.id,
+                WaitState::Started,
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|e| (visitor_error(&e, self.settings.max_machines), created))?;
+        self.metrics.phase("start", phase.elapsed());
+        step(Step::Started);
+
+        let phase = Instant::now();
+        self.until_serving(&machine.private_ip)
+            .await
+            .map_err(|()| (AppError::MachineDidNotStart, created))?;
+        self.metrics.phase("serving", phase.elapsed());
+        step(Step::Serving);
+        Ok(Handover {
+            claim_url: format!("{ephemeral_origin}{}", claim_path(machine.id)),
+            secret: secret.expose().to_owned(),
+        })
+    }
+
+    /// Creates the Machine under a free slot name; `CapacityReached` when none is.
+    ///
+    /// A slot is free when neither the tracker's view (up to one poll old) nor this launcher's
+    /// own launches in flight hold it; Fly's name check settles the rest, including races with
+    /// other launchers. A rate-limited create was not performed: it waits and tries again,
+    /// and the visitor sees "waiting for a slot".
+    pub(super) async fn create_in_a_free_slot(
+        &self,
+        request: &mut CreateMachineRequest,
+        step: &impl Fn(Step),
+    ) -> Result<crate::server::fly_api::Machine, AppError> {
+        let cap = self.settings.max_machines;
+        let mut tried: Vec<String> = Vec::new();
+        let mut regions_tried: Vec<RegionCode> = Vec::new();
+        let patience = Instant::now() + RATE_LIMIT_PATIENCE;
+        loop {
+            let Some(name) = self.reserve_slot(&tried) else {
+                return Err(AppError::CapacityReached { cap });
+            };
+            let outcome = loop {
+                self.creates.take(|| step(Step::WaitingForSlot)).await;
+                request.name = Some(name.clone());
+                match self.api.create(&self.ephemeral_app, request).await {
+                    Err(FlyApiError::RateLimited { retry_after }) if Instant::now() < patience => {
+                        // Other launchers spent the app's budget: hold back every launch of
+                        // this one, not just this launch, then queue again.
+                        step(Step::WaitingForSlot);
+                        self.creates
+                            .pause(retry_after.unwrap_or(Duration::from_secs(1)));
+                    }
+                    Err(FlyApiError::InsufficientCapacity { message }) => {
+                        // That region is full: the next nearest to the visitor may not be.
+                        let Some(next) = next_region(request.region, &mut regions_tried) else {
+                            tracing::warn!(%message, "no capacity in the regions nearest the visitor");
+                            break Err(FlyApiError::InsufficientCapacity { message });
+                        };
+                        tracing::info!(full = ?request.region, next = %next, "no capacity; trying the next nearest region");
+                        request.region = Some(next);
+                    }
+                    other => break other,
+                }
+            };
+            self.reserved.lock().expect("reserved lock").remove(&name);
+            match outcome {
+                Ok(machine) => return Ok(machine),
+                Err(FlyApiError::NameTaken { .. }) => tried.push(name),
+                Err(e) => {
+                    tracing::warn!(error = %e, "create failed");
+                    return Err(visitor_error(&e, cap));
+                }
+            }
+        }
+    }
+
+    /// Picks and reserves a slot name that looks free and was not `tried`, at random so that
+    /// launchers rarely collide.
+    pub(super) fn reserve_slot(&self, tried: &[String]) -> Option<String> {
+        let alive = self.alive.borrow();
+        let mut reserved = self.reserved.lock().expect("reserved lock");
+        let free: Vec<String> = (0..self.settings.max_machines)
+            .map(slot_name)
+            .filter(|n| {
+                !tried.contains(n) && !reserved.contains(n) && !alive.iter().any(|m| &m.name == n)
+            })
+            .collect();
+        let name = free
+            .get(rand::random::<u32>() as usize % free.len().max(1))?
+            .clone();
+        reserved.insert(name.clone());
+        Some(name)
+    }
+
+    /// Polls the new Machine's `/health` over the private network until it answers 200.
+    pub(super) async fn until_serving(&self, private_ip: &str) -> Result<(), ()> {
+        let ip: IpAddr = private_ip.parse().map_err(|_| {
+            tracing::warn!(private_ip, "the new Machine has no usable private address");
+        })?;
+        let url = format!("http://{}/health", SocketAddr::new(ip, MACHINE_PORT));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(response) = self.probe.get(&url).send().await {
+                if response.status().is_success() {
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        tracing::warn!(%url, "the new Machine never served");
+        Err(())
+    }
+
+    /// Destroys a Machine this launcher created; a failure is left to the reaper.
+    pub(super) async fn destroy(&self, machine: MachineId) {
+        match self.api.delete(&self.ephemeral_app, machine, true).await {
+            Ok(()) => tracing::info!(%machine, "destroyed after a failed launch"),
+            Err(e) => tracing::warn!(%machine, error = %e, "could not destroy; the reaper will"),
+        }
+    }
+}
+
+/// How many regions a launch tries, nearest to the visitor first, when Fly has no room.
+const CAPACITY_REGIONS: usize = 3;
+
+/// After `full` had no room: the region to try next, the nearest to the first region tried
+/// that was not tried yet; `None` once [`CAPACITY_REGIONS`] were, or without a region to
+/// measure from (Fly chose it).
+fn next_region(full: Option<RegionCode>, tried: &mut Vec<RegionCode>) -> Option<RegionCode> {
+    let full = full?;
+    if !tried.contains(&full) {
+        tried.push(full);
+    }
+    if tried.len() >= CAPACITY_REGIONS {
+        return None;
+    }
+    let next = crate::fly::nearest_regions(tried[0])
+        .into_iter()
+        .find(|r| !tried.contains(r))?;
+    Some(next)
+}
+
+/// What a visitor is told about a Machines API failure.
+fn visitor_error(error: &FlyApiError, cap: u32) -> AppError {
+    match error {
+        FlyApiError::NameTaken { .. } => AppError::CapacityReached { cap },
+        FlyApiError::InsufficientCapacity { .. } => AppError::NoRoomNearby,
+        FlyApiError::WaitTimedOut => AppError::MachineDidNotStart,
+        FlyApiError::Unauthorized { .. } => {
+            tracing::error!("the Machines API refused the token");
+            AppError::Internal
+        }
+        _ => AppError::FlyApiUnavailable,
+    }
+}
+
+fn slot_name(n: u32) -> String {
+    format!("flyby-slot-{n}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_region_sends_the_launch_to_the_next_nearest_twice_at_most() {
+        let code = |c: &str| RegionCode::parse(c).unwrap();
+        let mut tried = Vec::new();
+        let first = next_region(Some(code("ams")), &mut tried).unwrap();
+        // Amsterdam's nearest other regions are London, Paris, Frankfurt (a few hundred km).
+        assert!(["lhr", "cdg", "fra"].contains(&first.as_str()), "{first}");
+        let second = next_region(Some(first), &mut tried).unwrap();
+        assert!(second != first && second.as_str() != "ams");
+        assert!(
+            crate::fly::distance_km(code("ams"), second).unwrap() < 1000.0,
+            "still near the visitor: {second}"
+        );
+        assert_eq!(
+            next_region(Some(second), &mut tried),
+            None,
+            "three regions at most"
+        );
+        // Without a region to start from (Fly chose one), there is no nearest to go to.
+        assert_eq!(next_region(None, &mut Vec::new()), None);
+    }
+}
