@@ -3,14 +3,14 @@
 //! - `decide/*`: ns per decision for each kind of request the layer sees, and `decide/mix`, a
 //!   realistic mix (per element = per request). Budget: < 1 µs per decision.
 //! - `layer/*`: the launcher's SSR home page through the whole router, with and without
-//!   `AffinityLayer` (`server::router_with`), in process (no sockets), so the layer is all
+//!   `AffinityLayer` (`server::router` and `server::router_without_affinity`), in process (no sockets), so the layer is all
 //!   that differs. Budget: < 3 % throughput cost.
 //!
 //! After criterion, an interleaved A/B run (alternating blocks of requests with and without
 //! the layer, so that other load on the machine hits both alike) prints the ratio. Lines
 //! starting `ROW|` are the rows `scripts/bench` puts in BENCHMARKS.md.
 //!
-//! Run: `cargo bench --no-default-features --features ssr --bench affinity`
+//! Run: `cargo bench --no-default-features --features bench --bench affinity`
 //! (the layer part needs the built site: `make build`; without it, it is skipped).
 
 use axum::{body::Body, Router};
@@ -24,7 +24,7 @@ use flyby::{
         ephemeral::EphemeralMachine,
         launcher::Launcher,
         ownership::OwnerSecret,
-        router_with,
+        router, router_without_affinity,
     },
 };
 use http::{Method, Request};
@@ -244,8 +244,8 @@ fn launcher_routers(rt: &tokio::runtime::Runtime) -> Option<(Router, Router)> {
     let launcher = Launcher::start(&config).expect("launcher");
     let ephemeral: Option<std::sync::Arc<EphemeralMachine>> = None;
     Some((
-        router_with(&config, ephemeral.clone(), launcher.clone(), true),
-        router_with(&config, ephemeral, launcher, false),
+        router(&config, ephemeral.clone(), launcher.clone()),
+        router_without_affinity(&config, ephemeral, launcher),
     ))
 }
 

@@ -2,7 +2,7 @@
 //! (`benches/affinity.rs`) and the click-to-own-page time (`benches/click/`, Playwright).
 //!
 //! - 2: the affinity layer's cost over loopback: the launcher's SSR home page served by the
-//!   same router with and without the layer (`server::router_with`), loaded with `wrk`.
+//!   same router with and without the layer (`server::router_without_affinity`), loaded with `wrk`.
 //! - 3: SSR of the home page vs. the same bytes as a static file from the same server
 //!   (the release `flyby`), throughput with `wrk`, and latency at a fixed request rate.
 //! - 4: cold start of the ephemeral role, exec -> first 200 on `/health`, 20 runs.
@@ -18,12 +18,15 @@
 //! rows `scripts/bench` puts in BENCHMARKS.md. `FLYBY_BENCH_SECS` sets each wrk run's length
 //! (default 3 s). Needs `make build` (the release `flyby` and `target/site`) and `wrk`.
 //!
-//! Run: `cargo bench --no-default-features --features ssr --bench system`
+//! Run: `cargo bench --no-default-features --features bench --bench system`
 
 use axum::{serve::ListenerExt, Router};
 use flyby::{
     local::{self, Args, LAUNCHER_APP, LAUNCHER_IMAGE},
-    server::{config::Config, ephemeral::EphemeralMachine, launcher::Launcher, router_with},
+    server::{
+        config::Config, ephemeral::EphemeralMachine, launcher::Launcher, router,
+        router_without_affinity,
+    },
 };
 use futures::{SinkExt, StreamExt};
 use std::{
@@ -418,8 +421,8 @@ async fn layer_cost(site: &Path) {
     .expect("bench config");
     let launcher = Launcher::start(&config).expect("launcher");
     let none: Option<std::sync::Arc<EphemeralMachine>> = None;
-    let with = serve(router_with(&config, none.clone(), launcher.clone(), true)).await;
-    let without = serve(router_with(&config, none, launcher, false)).await;
+    let with = serve(router(&config, none.clone(), launcher.clone())).await;
+    let without = serve(router_without_affinity(&config, none, launcher)).await;
     let cookie = format!("theme=dark; flyby_launch={ME}");
     let headers: &[(&str, &str)] = &[("Cookie", &cookie), ("Accept", "text/html")];
     let Sides { a, b, paired } = alternate(

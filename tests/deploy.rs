@@ -347,6 +347,39 @@ fn fly_toml_stops_flyby_the_way_it_stops_gracefully() {
     );
 }
 
+/// The benchmarks' router without its affinity layer exists only with the `bench` feature: the
+/// build that is deployed (cargo-leptos's, through `make build`) must never enable it.
+#[test]
+fn the_deployed_build_cannot_serve_without_the_affinity_layer() {
+    let cargo = cargo_toml();
+    let leptos = at(&cargo, "package.metadata.leptos");
+    for key in ["bin-features", "lib-features"] {
+        let features: Vec<&str> = at(leptos, key)
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f.as_str().unwrap())
+            .collect();
+        assert!(!features.contains(&"bench"), "{key}: {features:?}");
+        for feature in features {
+            let implied = at(&cargo, &format!("features.{feature}"))
+                .as_array()
+                .unwrap();
+            assert!(
+                !implied.iter().any(|f| f.as_str() == Some("bench")),
+                "{feature} enables bench"
+            );
+        }
+    }
+    assert!(
+        !read("Makefile")
+            .lines()
+            .filter(|l| l.contains("cargo leptos build"))
+            .any(|l| l.contains("bench")),
+        "make build enables bench"
+    );
+}
+
 #[test]
 fn fly_toml_describes_the_service_flyby_binds() {
     let fly = fly_toml();

@@ -168,15 +168,24 @@ pub fn router(
     ephemeral: Option<Arc<EphemeralMachine>>,
     launcher: Option<Arc<Launcher>>,
 ) -> Router {
-    router_with(config, ephemeral, launcher, true)
+    assemble(config, ephemeral, launcher, true)
 }
 
-/// [`router`], with the affinity layer left out when `affinity` is false: the same routes,
-/// state and outer layers, so that the benchmarks (`benches/`) can measure what the layer
-/// costs against the very same router. Never serve it without the layer: the layer is what
-/// keeps strangers off a visitor's Machine.
-#[doc(hidden)]
-pub fn router_with(
+/// [`router`] without the affinity layer: the same routes, state and outer layers, so that the
+/// benchmarks (`benches/`) measure what the layer costs against the very same router. It
+/// exists only with the `bench` feature, which no build that serves anything enables (the
+/// release build's features are checked by `tests/deploy.rs`): the layer is what keeps
+/// strangers off a visitor's Machine.
+#[cfg(feature = "bench")]
+pub fn router_without_affinity(
+    config: &Config,
+    ephemeral: Option<Arc<EphemeralMachine>>,
+    launcher: Option<Arc<Launcher>>,
+) -> Router {
+    assemble(config, ephemeral, launcher, false)
+}
+
+fn assemble(
     config: &Config,
     ephemeral: Option<Arc<EphemeralMachine>>,
     launcher: Option<Arc<Launcher>>,
