@@ -1,10 +1,45 @@
-//! The two cookies flyby sets, built in one place so their attributes cannot drift apart:
-//! HttpOnly (no script reads them), SameSite=Lax (sent on the top-level navigation of the
-//! hand-over, not on cross-site subrequests), Secure whenever the visitor came over https,
-//! and a lifetime in seconds that matches what they pin.
+//! The two cookies flyby sets and reads, in one place so their names, values and attributes
+//! cannot drift apart: HttpOnly (no script reads them), SameSite=Lax (sent on the top-level
+//! navigation of the hand-over, not on cross-site subrequests), Secure whenever the visitor
+//! came over https, and a lifetime in seconds that matches what they pin.
 
-use super::affinity::{owner_cookie_value, LAUNCH_COOKIE, OWNER_COOKIE};
 use crate::fly::MachineId;
+
+/// Cookie on the ephemeral app: `<machine id>.<owner secret>`.
+pub const OWNER_COOKIE: &str = "flyby_owner";
+/// Cookie on the launcher app while a launch runs: the id of the launcher Machine running it.
+pub const LAUNCH_COOKIE: &str = "flyby_launch";
+
+/// The first cookie called `name` in a `Cookie` header, parsed with the `cookie` crate
+/// (unparseable pairs skipped).
+pub fn read<'a>(header: Option<&'a str>, name: &str) -> Option<&'a str> {
+    Cookie::split_parse(header?)
+        .filter_map(Result::ok)
+        .find(|c| c.name() == name)
+        .and_then(|c| c.value_raw())
+}
+
+/// The parts of an owner cookie; the secret is unverified.
+pub struct OwnerCookie<'a> {
+    pub machine: MachineId,
+    pub secret: &'a str,
+}
+
+impl<'a> OwnerCookie<'a> {
+    /// `None` when the value is not `<machine id>.<secret>`.
+    pub fn parse(value: &'a str) -> Option<Self> {
+        let (id, secret) = value.split_once('.')?;
+        Some(OwnerCookie {
+            machine: MachineId::parse(id).ok()?,
+            secret,
+        })
+    }
+}
+
+/// The value of an owner cookie for `machine`.
+pub fn owner_cookie_value(machine: MachineId, secret: &str) -> String {
+    format!("{machine}.{secret}")
+}
 use cookie::{Cookie, SameSite};
 use std::time::Duration;
 
@@ -54,6 +89,22 @@ mod tests {
         );
         let secure = owner(id, "s3cret", Duration::from_secs(120), true);
         assert!(secure.contains("; Secure"), "{secure}");
+    }
+
+    #[test]
+    fn an_owner_cookie_value_is_the_id_a_dot_and_the_secret() {
+        let id = MachineId::parse("0123456789abcd").unwrap();
+        assert_eq!(owner_cookie_value(id, "s"), "0123456789abcd.s");
+        let parsed = OwnerCookie::parse("0123456789abcd.s.t").unwrap();
+        assert_eq!((parsed.machine, parsed.secret), (id, "s.t"));
+        assert!(OwnerCookie::parse("nodot").is_none());
+        assert!(OwnerCookie::parse("0123456789ABCD.s").is_none());
+        assert_eq!(
+            read(Some("a=1; flyby_owner=x.y; b=2"), OWNER_COOKIE),
+            Some("x.y")
+        );
+        assert_eq!(read(Some("a=1"), OWNER_COOKIE), None);
+        assert_eq!(read(None, OWNER_COOKIE), None);
     }
 
     #[test]

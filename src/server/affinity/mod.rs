@@ -38,7 +38,11 @@
 
 pub mod layer;
 
-use super::ownership::OwnerHash;
+pub use super::cookies::{LAUNCH_COOKIE, OWNER_COOKIE};
+use super::{
+    cookies::{read as cookie, OwnerCookie},
+    ownership::OwnerHash,
+};
 use crate::{app::Role, fly::MachineId};
 use http::Method;
 
@@ -46,10 +50,6 @@ pub use layer::AffinityLayer;
 
 /// The only path that is never pinned.
 pub const HEALTH_PATH: &str = "/health";
-/// Cookie on the ephemeral app: `<machine id>.<owner secret>`.
-pub const OWNER_COOKIE: &str = "flyby_owner";
-/// Cookie on the launcher app while a launch runs: the id of the launcher Machine running it.
-pub const LAUNCH_COOKIE: &str = "flyby_launch";
 /// Prefix of the paths that name a Machine: `/m/<id>` and below.
 pub const MACHINE_PREFIX: &str = "/m/";
 /// Where server functions live (and the live channels, which are server functions too).
@@ -176,8 +176,8 @@ fn decide_ephemeral(request: &RequestFacts<'_>, here: &Here) -> Decision {
         Some(Ok(id)) => id,
         Some(Err(())) => return Decision::Refuse(Refusal::InvalidId { unpin: false }),
         None => match presented {
-            Some(Ok(ref owner)) => owner.machine,
-            Some(Err(())) => return Decision::Refuse(Refusal::InvalidId { unpin: true }),
+            Some(Some(ref owner)) => owner.machine,
+            Some(None) => return Decision::Refuse(Refusal::InvalidId { unpin: true }),
             None => return Decision::Refuse(Refusal::NoMachine),
         },
     };
@@ -203,7 +203,7 @@ fn decide_ephemeral(request: &RequestFacts<'_>, here: &Here) -> Decision {
         return Decision::Serve;
     }
     match (presented, here.owner) {
-        (Some(Ok(owner)), Some(hash)) if owner.machine == me && hash.verifies(owner.secret) => {
+        (Some(Some(owner)), Some(hash)) if owner.machine == me && hash.verifies(owner.secret) => {
             Decision::Serve
         }
         _ => Decision::Refuse(Refusal::NotOwner),
@@ -234,27 +234,6 @@ fn claim_attempt(request: &RequestFacts<'_>, target: MachineId) -> Option<u8> {
     })
 }
 
-/// The parts of an owner cookie; the secret is unverified.
-struct OwnerCookie<'a> {
-    machine: MachineId,
-    secret: &'a str,
-}
-
-impl<'a> OwnerCookie<'a> {
-    fn parse(value: &'a str) -> Result<Self, ()> {
-        let (id, secret) = value.split_once('.').ok_or(())?;
-        Ok(OwnerCookie {
-            machine: MachineId::parse(id).map_err(|_| ())?,
-            secret,
-        })
-    }
-}
-
-/// The value of an owner cookie for `machine`.
-pub fn owner_cookie_value(machine: MachineId, secret: &str) -> String {
-    format!("{machine}.{secret}")
-}
-
 /// The path of the hand-over for `machine`.
 pub fn claim_path(machine: MachineId) -> String {
     format!("{MACHINE_PREFIX}{machine}/claim")
@@ -277,14 +256,6 @@ fn machine_in_path(path: &str) -> Option<Result<MachineId, ()>> {
     let rest = path.strip_prefix(MACHINE_PREFIX)?;
     let segment = rest.split('/').next().unwrap_or(rest);
     Some(MachineId::parse(segment).map_err(|_| ()))
-}
-
-/// The first cookie called `name`, parsed with the `cookie` crate (unparseable pairs skipped).
-fn cookie<'a>(header: Option<&'a str>, name: &str) -> Option<&'a str> {
-    cookie::Cookie::split_parse(header?)
-        .filter_map(Result::ok)
-        .find(|c| c.name() == name)
-        .and_then(|c| c.value_raw())
 }
 
 #[cfg(test)]

@@ -437,7 +437,6 @@ fn the_first_of_duplicate_cookies_counts() {
 fn paths_for_the_hand_over_and_the_page() {
     assert_eq!(claim_path(id(ME)), "/m/0123456789abcd/claim");
     assert_eq!(machine_page_path(id(ME)), "/m/0123456789abcd");
-    assert_eq!(owner_cookie_value(id(ME), "s"), "0123456789abcd.s");
 }
 
 // --- concierge ---
