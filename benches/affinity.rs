@@ -16,8 +16,8 @@
 use axum::{body::Body, Router};
 use criterion::{black_box, criterion_group, BenchmarkId, Criterion, Throughput};
 use flyby::{
-    app::Role,
     fly::MachineId,
+    role::Role,
     server::{
         affinity::{decide, Here, RequestFacts, LAUNCH_COOKIE, OWNER_COOKIE},
         config::Config,

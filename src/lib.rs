@@ -8,6 +8,8 @@
 //!   visitor sees on the launcher and on their own Machine.
 //! - [`fly`]: Fly's vocabulary (Machine ids, region codes, the region table), validated on
 //!   parse; both targets.
+//! - [`role`]: which of the three roles (launcher, ephemeral, concierge) a process plays; both
+//!   targets.
 //! - [`server`] (ssr): the `flyby` server. [`server::config`] reads the environment once,
 //!   [`server::Application`] builds the Axum router for the role and serves it.
 //! - [`local`] (ssr): `flyby-local`, the stand-in for fly-proxy and the Machines API that lets
@@ -17,6 +19,7 @@
 
 pub mod app;
 pub mod fly;
+pub mod role;
 
 #[cfg(feature = "ssr")]
 pub mod local;

@@ -16,50 +16,14 @@ mod useless_machine;
 
 pub use error::AppError;
 
+#[cfg(feature = "ssr")]
+use crate::role::Role;
 use leptos::prelude::*;
 use leptos_meta::{provide_meta_context, Title};
 use leptos_router::{
     components::{Route, Router, Routes},
     path, SsrMode,
 };
-use serde::{Deserialize, Serialize};
-
-/// Which of the two Fly apps this process is serving.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Role {
-    /// The public front app with the button.
-    Launcher,
-    /// A Machine launched for one visitor.
-    Ephemeral,
-    /// A Machine of the visitors' app that belongs to nobody and never ends: it answers the
-    /// requests for Machines that are gone when no visitor's Machine is left to do it.
-    Concierge,
-}
-
-/// A role name that is not one of the three.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("expected `launcher`, `ephemeral` or `concierge`")]
-pub struct UnknownRole;
-
-impl Role {
-    /// The name used in `FLYBY_ROLE` and in `<body data-role>`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Launcher => "launcher",
-            Role::Ephemeral => "ephemeral",
-            Role::Concierge => "concierge",
-        }
-    }
-
-    pub fn parse(name: &str) -> Result<Self, UnknownRole> {
-        match name {
-            "launcher" => Ok(Role::Launcher),
-            "ephemeral" => Ok(Role::Ephemeral),
-            "concierge" => Ok(Role::Concierge),
-            _ => Err(UnknownRole),
-        }
-    }
-}
 
 /// What every page's `<head>` links of one build's bundle (the hashed names when the build has
 /// them), made once when the server starts: no page render reads the hash file.

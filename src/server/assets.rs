@@ -18,7 +18,7 @@
 //! - The same `Bundle` serves every Machine of one image, so the names a page links always
 //!   exist on the Machine that serves the page.
 
-use crate::app::Role;
+use crate::role::Role;
 use axum::{
     body::Body,
     response::{IntoResponse, Response},

@@ -7,8 +7,8 @@
 
 use super::{fly_api::ApiToken, ownership::OwnerHash};
 use crate::{
-    app::Role,
     fly::{MachineId, RegionCode},
+    role::Role,
 };
 use leptos::config::LeptosOptions;
 use std::{fmt, net::SocketAddr, str::FromStr, time::Duration};

@@ -29,7 +29,10 @@ pub mod listen;
 pub mod ownership;
 pub mod telemetry;
 
-use crate::app::{shell, App, Role};
+use crate::{
+    app::{shell, App},
+    role::Role,
+};
 use affinity::{AffinityLayer, Here};
 use axum::{routing::get, serve::ListenerExt, Router};
 use config::{Config, RoleConfig};

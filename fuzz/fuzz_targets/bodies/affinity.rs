@@ -6,8 +6,8 @@
 //! corpus through it on every `cargo test`.
 
 use flyby::{
-    app::Role,
     fly::MachineId,
+    role::Role,
     server::{
         affinity::{decide, layer::replay_header, Decision, Here, RequestFacts},
         ownership::OwnerSecret,

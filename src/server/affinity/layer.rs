@@ -6,11 +6,7 @@ use super::{
     claim_path, decide, Decision, Here, Refusal, ReplayKind, RequestFacts, CLAIM_ATTEMPT_PARAM,
     LAUNCH_COOKIE, OWNER_COOKIE, SERVER_FN_PREFIX,
 };
-use crate::{
-    app::{AppError, Role},
-    fly::MachineId,
-    server::cookies,
-};
+use crate::{app::AppError, fly::MachineId, role::Role, server::cookies};
 use axum::{body::Body, response::Response};
 use http::{header, HeaderValue, Method, Request, StatusCode};
 use leptos::server_fn::error::{FromServerFnError, SERVER_FN_ERROR_HEADER};

@@ -43,7 +43,7 @@ use super::{
     cookies::{read as cookie, OwnerCookie},
     ownership::OwnerHash,
 };
-use crate::{app::Role, fly::MachineId};
+use crate::{fly::MachineId, role::Role};
 use http::Method;
 
 pub use layer::AffinityLayer;

@@ -6,8 +6,8 @@
 
 use super::{concierge::CONCIERGE_ROLE, MACHINE_PORT, METADATA_ROLE};
 use crate::{
-    app::Role,
     fly::MachineId,
+    role::Role,
     server::{
         affinity::{HEALTH_PATH, OWNER_COOKIE},
         config::Timings,
