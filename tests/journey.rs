@@ -7,8 +7,7 @@
 mod support;
 
 use flyby::app::{
-    ephemeral::{ClientMessage, ServerMessage},
-    launcher::{LaunchEnd, Step},
+    protocol::{ClientMessage, LaunchEnd, ServerMessage, Step},
     AppError,
 };
 use flyby::server::affinity::LAUNCH_COOKIE;
@@ -90,7 +89,7 @@ async fn a_launch_creates_a_machine_with_its_whole_config_and_hands_it_over() {
     let steps: Vec<_> = progress.steps.iter().map(|s| s.step.clone()).collect();
     assert_eq!(steps[0], Step::Requested);
     assert!(
-        matches!(&steps[1], Step::Created { region, city } if region == "ams" && city == "Amsterdam"),
+        matches!(&steps[1], Step::Created { region } if region.as_str() == "ams" && region.city() == "Amsterdam"),
         "{steps:?}"
     );
     assert_eq!(&steps[2..], &[Step::Started, Step::Serving]);
@@ -376,7 +375,7 @@ async fn the_end_of_the_show_destroys_the_machine() {
             phases.push(p);
         }
     }
-    use flyby::app::ephemeral::{EndReason, PhaseView};
+    use flyby::app::protocol::{EndReason, PhaseView};
     assert!(
         matches!(phases.first(), Some(PhaseView::Showing { .. })),
         "{phases:?}"
@@ -795,7 +794,7 @@ async fn a_full_region_launches_in_the_next_nearest_one() {
         .steps
         .iter()
         .find_map(|s| match &s.step {
-            Step::Created { region, .. } => Some(region.clone()),
+            Step::Created { region } => Some(region.to_string()),
             _ => None,
         })
         .expect("a created step");

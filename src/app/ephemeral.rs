@@ -7,71 +7,13 @@
 
 #[cfg(feature = "ssr")]
 use super::error::reply;
-use super::{error::AppError, useless_machine::UselessMachine};
+use super::{
+    error::AppError,
+    protocol::{ClientMessage, MachineInfo, PhaseView, ServerMessage},
+    useless_machine::UselessMachine,
+};
 use leptos::prelude::*;
 use leptos::server_fn::{codec::JsonEncoding, BoxedStream, Websocket};
-use serde::{Deserialize, Serialize};
-
-/// Why a Machine ended, as the page tells it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum EndReason {
-    /// The show ran its course.
-    ShowOver,
-    /// The owner pressed "switch it off now".
-    SwitchedOff,
-    /// The Machine reached its maximum lifetime.
-    TtlExpired,
-    /// Nobody claimed the Machine in time.
-    NoClaim,
-    /// The platform asked it to stop.
-    Stopped,
-}
-
-/// Where the Machine is in its life, as the page needs it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum PhaseView {
-    AwaitingOwner,
-    /// The show runs; the Machine switches itself off in `seconds_left`.
-    Showing {
-        seconds_left: u64,
-    },
-    SwitchingOff {
-        reason: EndReason,
-    },
-    Ended {
-        reason: EndReason,
-    },
-}
-
-/// What the page shows about its Machine.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MachineInfo {
-    pub id: String,
-    /// The region code, and its city (or the code again for an unknown region).
-    pub region: Option<String>,
-    pub city: Option<String>,
-    /// The Fly edge region the visitor's request came through.
-    pub edge_region: Option<String>,
-    pub edge_city: Option<String>,
-    /// Great-circle distance between the two, when both are known regions.
-    pub distance_km: Option<u32>,
-    /// The launcher's origin, for the way back.
-    pub launcher_url: Option<String>,
-    pub phase: PhaseView,
-}
-
-/// Messages from the page over the live channel.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum ClientMessage {
-    Ping { seq: u32 },
-}
-
-/// Messages from the Machine over the live channel.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum ServerMessage {
-    Pong { seq: u32 },
-    Phase(PhaseView),
-}
 
 #[server(endpoint = "machine")]
 pub async fn about_machine() -> Result<MachineInfo, AppError> {

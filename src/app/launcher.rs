@@ -3,95 +3,14 @@
 
 #[cfg(feature = "ssr")]
 use super::error::reply;
-use super::{error::AppError, map::RegionMap, Explainer};
+use super::{
+    error::AppError,
+    map::RegionMap,
+    protocol::{AliveMachine, Handover, LaunchEnd, LaunchProgress, LaunchTicket, LauncherInfo},
+    Explainer,
+};
 use leptos::prelude::*;
 use leptos::server_fn::{codec::JsonEncoding, BoxedStream, Websocket};
-use serde::{Deserialize, Serialize};
-
-/// A step of a launch, in the order a visitor sees them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Step {
-    Requested,
-    /// The launcher is queueing to stay within the Machines API's rate limits.
-    WaitingForSlot,
-    Created {
-        region: String,
-        city: String,
-    },
-    Started,
-    Serving,
-    SendingYou,
-}
-
-impl Step {
-    pub fn label(&self) -> String {
-        match self {
-            Step::Requested => "Requested".into(),
-            Step::WaitingForSlot => "Waiting for a slot".into(),
-            Step::Created { city, .. } => format!("Created in {city}"),
-            Step::Started => "Started".into(),
-            Step::Serving => "Serving".into(),
-            Step::SendingYou => "Sending you there".into(),
-        }
-    }
-}
-
-/// A step and when it happened, in ms since the launch was requested.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StepView {
-    pub step: Step,
-    pub at_ms: u64,
-}
-
-/// Everything a launch has done so far; sent whole on every change, so a late watcher is
-/// never out of step.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-pub struct LaunchProgress {
-    pub steps: Vec<StepView>,
-    /// `Some(Ok)`: the Machine serves and the hand-over can be taken.
-    pub outcome: Option<Result<(), AppError>>,
-}
-
-/// What the launch server function gives back: the launch to follow.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LaunchTicket {
-    pub id: String,
-}
-
-/// How the browser claims its Machine: a POST of the secret to the claim URL.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Handover {
-    pub claim_url: String,
-    pub secret: String,
-}
-
-/// How a launch ended, for the page that asked for its hand-over. A failed launch is an answer
-/// like the other (not an HTTP error): the page tells the visitor.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum LaunchEnd {
-    /// The Machine serves: how the browser claims it, and the launch's steps (the live channel
-    /// may not have delivered the last ones yet).
-    HandedOver {
-        steps: Vec<StepView>,
-        handover: Handover,
-    },
-    Failed(AppError),
-}
-
-/// The visitor's edge region and the cap, for the page.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LauncherInfo {
-    pub edge_region: Option<String>,
-    pub edge_city: Option<String>,
-    pub cap: u32,
-}
-
-/// One Machine alive, for the map.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AliveMachine {
-    pub id: String,
-    pub region: String,
-}
 
 #[server(endpoint = "launcher")]
 pub async fn about_launcher() -> Result<LauncherInfo, AppError> {
@@ -203,7 +122,9 @@ fn LaunchPanel(info: Option<LauncherInfo>) -> impl IntoView {
     });
 
     let map = info.map(|info| {
-        let edge = info.edge_city.clone().unwrap_or_else(|| "unknown".into());
+        let edge = info
+            .edge_region
+            .map_or_else(|| "unknown".to_owned(), |r| r.city().to_owned());
         view! {
             <p class="edge">"Your edge region is " <strong>{edge}</strong> "."</p>
             <RegionMap alive=alive.into() edge=info.edge_region cap=info.cap/>
@@ -276,6 +197,7 @@ async fn run(
 ) -> Result<Handover, AppError> {
     #[cfg(feature = "hydrate")]
     {
+        use super::protocol::{Step, StepView};
         use futures::future::{select, Either};
         let mut follow = Some(Box::pin(live::follow_launch(ticket.id.clone(), progress)));
         let mut cuts = 0;

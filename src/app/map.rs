@@ -1,7 +1,7 @@
 //! A map of Fly's regions with the Machines alive now: an equirectangular projection drawn in
 //! SVG, one dot per region, lit where Machines run, ringed where the visitor is.
 
-use super::{fixed, launcher::AliveMachine};
+use super::{fixed, protocol::AliveMachine};
 use crate::fly::REGIONS;
 use leptos::prelude::*;
 
@@ -13,11 +13,12 @@ fn project(lat: f64, lon: f64) -> (f64, f64) {
 #[component]
 pub fn RegionMap(
     alive: Signal<Vec<AliveMachine>>,
-    edge: Option<String>,
+    edge: Option<crate::fly::RegionCode>,
     cap: u32,
 ) -> impl IntoView {
-    let count =
-        move |code: &'static str| alive.with(|a| a.iter().filter(|m| m.region == code).count());
+    let count = move |code: &'static str| {
+        alive.with(|a| a.iter().filter(|m| m.region.as_str() == code).count())
+    };
     // Machines in regions flyby does not know still count, and are listed by code.
     let unknown = move || {
         alive.with(|a| {
@@ -25,10 +26,11 @@ pub fn RegionMap(
             let mut codes: Vec<String> = Vec::new();
             for m in a
                 .iter()
-                .filter(|m| !REGIONS.iter().any(|r| r.code == m.region))
+                .filter(|m| !REGIONS.iter().any(|r| r.code == m.region.as_str()))
             {
-                if !codes.contains(&m.region) {
-                    codes.push(m.region.clone());
+                let code = m.region.to_string();
+                if !codes.contains(&code) {
+                    codes.push(code);
                 }
             }
             codes
@@ -47,7 +49,7 @@ pub fn RegionMap(
                         let (x, y) = project(r.lat, r.lon);
                         let label_y = fixed(y - 6.0, 1);
                         let (x, y) = (fixed(x, 1), fixed(y, 1));
-                        let is_edge = edge.as_deref() == Some(r.code);
+                        let is_edge = edge.is_some_and(|e| e.as_str() == r.code);
                         let code = r.code;
                         view! {
                             <g

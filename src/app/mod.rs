@@ -12,6 +12,7 @@ pub mod ephemeral;
 mod error;
 pub mod launcher;
 mod map;
+pub mod protocol;
 mod useless_machine;
 
 pub use error::AppError;

@@ -10,7 +10,7 @@ use super::{
 };
 use crate::{
     app::{
-        ephemeral::{ClientMessage, MachineInfo, PhaseView, ServerMessage},
+        protocol::{ClientMessage, MachineInfo, PhaseView, ServerMessage},
         AppError,
     },
     fly::{distance_km, MachineId, RegionCode},

@@ -5,7 +5,7 @@
 //! runs it on a tokio task and publishes each phase on a watch channel, which the page's live
 //! channel, the claim handler and `main`'s shutdown all follow.
 
-pub use crate::app::ephemeral::EndReason;
+pub use crate::app::protocol::EndReason;
 use std::time::Duration;
 use tokio::{sync::watch, time::Instant};
 

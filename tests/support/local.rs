@@ -4,7 +4,7 @@
 
 use flyby::{
     app::{
-        launcher::{Handover, LaunchEnd, LaunchProgress},
+        protocol::{Handover, LaunchEnd, LaunchProgress},
         AppError,
     },
     fly::MachineId,

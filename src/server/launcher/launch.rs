@@ -94,8 +94,7 @@ impl Launcher {
         tracing::info!(machine = %machine.id, region = %machine.region, name = %machine.name, "launched");
         let created = Some(machine.id);
         step(Step::Created {
-            region: machine.region.to_string(),
-            city: machine.region.city().to_owned(),
+            region: machine.region,
         });
 
         let phase = Instant::now();

@@ -31,7 +31,7 @@ use super::{
 };
 use crate::{
     app::{
-        launcher::{
+        protocol::{
             AliveMachine, Handover, LaunchEnd, LaunchProgress, LaunchTicket, LauncherInfo, Step,
             StepView,
         },
@@ -212,10 +212,8 @@ impl Launcher {
     }
 
     pub fn info(&self, headers: &HeaderMap) -> LauncherInfo {
-        let edge = edge_region(headers);
         LauncherInfo {
-            edge_region: edge.map(|r| r.to_string()),
-            edge_city: edge.map(|r| r.city().to_owned()),
+            edge_region: edge_region(headers),
             cap: self.settings.max_machines,
         }
     }

@@ -4,8 +4,8 @@
 
 use super::{concierge, Launcher, METADATA_ROLE};
 use crate::{
-    app::launcher::AliveMachine,
-    fly::MachineId,
+    app::protocol::AliveMachine,
+    fly::{MachineId, RegionCode},
     server::fly_api::{FlyApiError, ListFilter, Machine, MachineState},
 };
 use std::{
@@ -29,7 +29,7 @@ const REAPER_GRACE: Duration = Duration::from_secs(30);
 pub struct Tracked {
     pub id: MachineId,
     pub name: String,
-    pub region: String,
+    pub region: RegionCode,
     /// Seconds since the epoch, from the Machine's metadata.
     pub launched_at: Option<u64>,
 }
@@ -39,7 +39,7 @@ impl Tracked {
         Tracked {
             id: machine.id,
             name: machine.name.clone(),
-            region: machine.region.to_string(),
+            region: machine.region,
             launched_at: machine
                 .metadata()
                 .get("flyby_launched_at")
@@ -49,8 +49,8 @@ impl Tracked {
 
     pub fn view(&self) -> AliveMachine {
         AliveMachine {
-            id: self.id.to_string(),
-            region: self.region.clone(),
+            id: self.id,
+            region: self.region,
         }
     }
 
@@ -195,7 +195,7 @@ mod tests {
         let m = Tracked {
             id: MachineId::parse("0123456789abcd").unwrap(),
             name: "flyby-slot-0".into(),
-            region: "ams".into(),
+            region: RegionCode::parse("ams").unwrap(),
             launched_at: Some(1_000),
         };
         let ttl = Duration::from_secs(120);

@@ -1,0 +1,160 @@
+//! What the pages and the servers say to each other: the server functions' answers and the
+//! live channels' messages, for the launcher's page and for a visitor's Machine's. Typed where
+//! the bundle's bytes allow (Machine ids and region codes are checked on arrival, as anywhere);
+//! a string stays where a comment says why.
+
+use super::error::AppError;
+use crate::fly::{MachineId, RegionCode};
+use serde::{Deserialize, Serialize};
+
+// --- the launcher's page ------------------------------------------------------------------
+
+/// A step of a launch, in the order a visitor sees them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Step {
+    Requested,
+    /// The launcher is queueing to stay within the Machines API's rate limits.
+    WaitingForSlot,
+    Created {
+        region: RegionCode,
+    },
+    Started,
+    Serving,
+    SendingYou,
+}
+
+impl Step {
+    pub fn label(&self) -> String {
+        match self {
+            Step::Requested => "Requested".into(),
+            Step::WaitingForSlot => "Waiting for a slot".into(),
+            Step::Created { region } => format!("Created in {}", region.city()),
+            Step::Started => "Started".into(),
+            Step::Serving => "Serving".into(),
+            Step::SendingYou => "Sending you there".into(),
+        }
+    }
+}
+
+/// A step and when it happened, in ms since the launch was requested.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepView {
+    pub step: Step,
+    pub at_ms: u64,
+}
+
+/// Everything a launch has done so far; sent whole on every change, so a late watcher is
+/// never out of step.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct LaunchProgress {
+    pub steps: Vec<StepView>,
+    /// `Some(Ok)`: the Machine serves and the hand-over can be taken.
+    pub outcome: Option<Result<(), AppError>>,
+}
+
+/// What the launch server function gives back: the launch to follow. The page only sends the
+/// id back; the launcher parses it (`launcher::request::LaunchId`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaunchTicket {
+    pub id: String,
+}
+
+/// How the browser claims its Machine: a POST of the secret to the claim URL.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handover {
+    pub claim_url: String,
+    pub secret: String,
+}
+
+/// How a launch ended, for the page that asked for its hand-over. A failed launch is an answer
+/// like the other (not an HTTP error): the page tells the visitor.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LaunchEnd {
+    /// The Machine serves: how the browser claims it, and the launch's steps (the live channel
+    /// may not have delivered the last ones yet).
+    HandedOver {
+        steps: Vec<StepView>,
+        handover: Handover,
+    },
+    Failed(AppError),
+}
+
+/// The visitor's edge region and the cap, for the page.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LauncherInfo {
+    pub edge_region: Option<RegionCode>,
+    pub cap: u32,
+}
+
+/// One Machine alive, for the map.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AliveMachine {
+    pub id: MachineId,
+    pub region: RegionCode,
+}
+
+// --- a visitor's Machine's page -----------------------------------------------------------
+
+/// Why a Machine ended, as the page tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EndReason {
+    /// The show ran its course.
+    ShowOver,
+    /// The owner pressed "switch it off now".
+    SwitchedOff,
+    /// The Machine reached its maximum lifetime.
+    TtlExpired,
+    /// Nobody claimed the Machine in time.
+    NoClaim,
+    /// The platform asked it to stop.
+    Stopped,
+}
+
+/// Where the Machine is in its life, as the page needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PhaseView {
+    AwaitingOwner,
+    /// The show runs; the Machine switches itself off in `seconds_left`.
+    Showing {
+        seconds_left: u64,
+    },
+    SwitchingOff {
+        reason: EndReason,
+    },
+    Ended {
+        reason: EndReason,
+    },
+}
+
+/// What the page shows about its Machine, which it only shows: strings, not `MachineId` and
+/// `RegionCode`, whose checks on arrival cost the Machine's bundle 844 B of brotli
+/// (`scripts/wasm-size`, 2026-12-03), the page's first bytes. The cities come with their codes:
+/// that bundle carries no region table (the launcher's does, for its map).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MachineInfo {
+    pub id: String,
+    /// The region code, and its city (or the code again for an unknown region).
+    pub region: Option<String>,
+    pub city: Option<String>,
+    /// The Fly edge region the visitor's request came through.
+    pub edge_region: Option<String>,
+    pub edge_city: Option<String>,
+    /// Great-circle distance between the two, when both are known regions.
+    pub distance_km: Option<u32>,
+    /// The launcher's origin, for the way back.
+    pub launcher_url: Option<String>,
+    pub phase: PhaseView,
+}
+
+/// Messages from the page over the live channel.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ClientMessage {
+    Ping { seq: u32 },
+}
+
+/// Messages from the Machine over the live channel.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ServerMessage {
+    Pong { seq: u32 },
+    Phase(PhaseView),
+}
