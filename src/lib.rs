@@ -16,6 +16,11 @@
 //!   the very same `flyby` binary run on a laptop and in CI.
 //!
 //! The `hydrate` entry point below is what the WASM bundle calls when a page loads.
+//!
+//! Conventions: a module with rooms of its own is a directory with a `mod.rs` (never `foo.rs`
+//! beside `foo/`); unit tests sit in the file of the code they test, in a `#[cfg(test)] mod
+//! tests`, except a directory module's own, which are its `tests.rs`; each file says first,
+//! in `//!`, why it exists.
 
 pub mod app;
 pub mod fly;
