@@ -47,7 +47,7 @@ async fn a_machines_api_refusing_connections_is_reported_and_leaves_nothing() {
 async fn two_owners(
     extra: &[&str],
 ) -> (
-    flyby::local::RunningPlatform,
+    support::platform::Local,
     Api,
     Visitor,
     flyby::fly::MachineId,

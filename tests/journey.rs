@@ -351,7 +351,7 @@ async fn every_kind_of_request_of_the_owner_reaches_their_machine_and_nobody_els
 async fn owned_machine(
     env: &[&str],
 ) -> (
-    flyby::local::RunningPlatform,
+    support::platform::Local,
     Api,
     Visitor,
     flyby::fly::MachineId,

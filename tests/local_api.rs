@@ -8,24 +8,18 @@
 //! platform fails a test instead of hanging it.
 
 use bytes::Bytes;
-use clap::Parser;
 use flyby::{
     fly::MachineId,
-    local::{
-        registry::{MachineRecord, MachineState},
-        start, Args, Platform, RunningPlatform,
-    },
+    local::registry::{MachineRecord, MachineState},
 };
 use http_body_util::{BodyExt, Empty};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::{
     collections::BTreeSet,
     net::{IpAddr, SocketAddr},
-    path::PathBuf,
     process::Stdio,
-    sync::Arc,
     time::{Duration, Instant},
 };
 use tokio::{
@@ -33,120 +27,17 @@ use tokio::{
     process::{ChildStdout, Command},
 };
 
-const TOKEN: &str = "test-token";
-const APP: &str = "flyby-machines";
-/// A bound on every await, so that a broken platform fails a test rather than hanging it.
-const BOUND: Duration = Duration::from_secs(30);
+mod support;
 
-/// `target/<profile>`: the test binary is `target/<profile>/deps/local_api-<hash>`.
-fn profile_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable");
-    exe.parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>")
-        .to_owned()
-}
+use support::platform::{Local, Options, APP, BOUND, TOKEN};
 
-/// The `probe_machine` example: `cargo test` builds examples; `cargo test --test local_api`
-/// alone does not.
-fn probe() -> PathBuf {
-    let path = profile_dir().join("examples/probe_machine");
-    assert!(
-        path.is_file(),
-        "{} is missing: build it with `cargo build --features ssr --examples`",
-        path.display()
-    );
-    path
-}
-
-/// The site folder `make build` writes; the launcher serves it.
-const SITE_ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/target/site");
-
-fn base_args() -> Vec<String> {
-    [
-        "flyby-local",
-        "--proxy-addr",
-        "127.0.0.1:0",
-        "--api-addr",
-        "127.0.0.1:0",
-        "--launchers",
-        "0",
-        "--edge-region",
-        "ams",
-        "--api-token",
-        TOKEN,
-        "--image",
-        "sh=/bin/sh",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain(["--image".to_owned(), format!("probe={}", probe().display())])
-    .collect()
-}
-
-/// One platform, started in this process, with a client for its API.
-struct Local {
-    running: Option<RunningPlatform>,
-    platform: Arc<Platform>,
-    http: reqwest::Client,
-    base: String,
-}
-
+/// The words of this suite: probe and shell Machines, and their records.
 impl Local {
-    /// Rate limits off: most tests are not about them.
-    async fn start() -> Local {
-        Local::start_with(&["--rate-limits", "off"]).await
-    }
-
-    async fn start_with(extra: &[&str]) -> Local {
-        let mut argv = base_args();
-        argv.extend(extra.iter().map(|s| s.to_string()));
-        let args = Args::try_parse_from(argv).expect("arguments");
-        let running = start(args).await.expect("flyby-local starts");
-        Local {
-            platform: running.platform(),
-            base: format!("http://{}", running.api_addr()),
-            running: Some(running),
-            http: reqwest::Client::builder().no_proxy().build().unwrap(),
-        }
-    }
-
-    async fn shutdown(mut self) {
-        self.running.take().unwrap().shutdown().await;
-    }
-
-    /// An authorised API call: the status and the JSON body (`Null` when there is none).
-    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let mut request = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(TOKEN);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.expect("API answers");
-        let status = response.status();
-        let text = response.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-
-    async fn get(&self, path: &str) -> (StatusCode, Value) {
-        self.call(Method::GET, path, None).await
-    }
-
-    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        self.call(Method::POST, path, Some(body)).await
-    }
-
-    async fn delete(&self, path: &str) -> (StatusCode, Value) {
-        self.call(Method::DELETE, path, None).await
-    }
-
     /// A raw body, for what `json()` cannot send.
     async fn post_raw(&self, path: &str, body: &'static str) -> (StatusCode, Value) {
         let response = self
             .http
-            .post(format!("{}{path}", self.base))
+            .post(format!("{}{path}", self.api_url))
             .bearer_auth(TOKEN)
             .header("content-type", "application/json")
             .body(body)
@@ -234,15 +125,6 @@ impl Local {
         })
         .await
         .expect("the Machine never got there")
-    }
-
-    async fn arm(&self, fault: Value) -> StatusCode {
-        self.post("/_local/faults", fault).await.0
-    }
-
-    async fn counter(&self, name: &str) -> u64 {
-        let (_, stats) = self.get("/_local/stats").await;
-        stats["counters"][name].as_u64().unwrap_or(0)
     }
 }
 
@@ -344,8 +226,8 @@ fn events(record: &MachineRecord) -> Vec<&str> {
 
 #[tokio::test]
 async fn every_call_needs_the_token() {
-    let local = Local::start().await;
-    let url = format!("{}/v1/apps/{APP}/machines", local.base);
+    let local = Local::start(Options::bare()).await;
+    let url = format!("{}/v1/apps/{APP}/machines", local.api_url);
     let none = local.http.get(&url).send().await.unwrap();
     assert_eq!(none.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(
@@ -394,7 +276,7 @@ async fn every_call_needs_the_token() {
 
 #[tokio::test]
 async fn unknown_apps_and_machines_are_404() {
-    let local = Local::start().await;
+    let local = Local::start(Options::bare()).await;
     for (status, body) in [
         local.get("/v1/apps/nope/machines").await,
         local
@@ -427,7 +309,7 @@ async fn unknown_apps_and_machines_are_404() {
 
 #[tokio::test]
 async fn bad_create_bodies_are_refused_and_change_nothing() {
-    let local = Local::start().await;
+    let local = Local::start(Options::bare()).await;
     let path = format!("/v1/apps/{APP}/machines");
     let (status, body) = local.post_raw(&path, "{not json").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
@@ -511,7 +393,7 @@ async fn bad_create_bodies_are_refused_and_change_nothing() {
 
 #[tokio::test]
 async fn a_created_machine_is_a_real_process_that_serves() {
-    let local = Local::start().await;
+    let local = Local::start(Options::bare()).await;
     let machine = local.create_probe(json!({})).await;
     assert_eq!(machine["state"], "created");
     let id_text = machine["id"].as_str().unwrap();
@@ -572,7 +454,7 @@ async fn a_created_machine_is_a_real_process_that_serves() {
 
 #[tokio::test]
 async fn a_machine_gets_the_environment_of_a_fly_machine_and_nothing_else() {
-    let local = Local::start().await;
+    let local = Local::start(Options::bare()).await;
     let machine = local
         .create_probe(json!({
             "env": {"CUSTOM": "yes", "LEPTOS_SITE_ADDR": "[::]:8080"},
@@ -630,7 +512,7 @@ async fn a_machine_gets_the_environment_of_a_fly_machine_and_nothing_else() {
 /// looked fine.)
 #[tokio::test]
 async fn the_proxy_reaches_ipv4_and_other_machines_reach_the_6pn_ipv6_address() {
-    let local = Local::start().await;
+    let local = Local::start(Options::bare()).await;
     let ipv4_only = local
         .create_probe(json!({"env": {"LEPTOS_SITE_ADDR": "0.0.0.0:8080"}}))
         .await;
@@ -679,7 +561,7 @@ async fn the_proxy_reaches_ipv4_and_other_machines_reach_the_6pn_ipv6_address() 
 
 #[tokio::test]
 async fn auto_destroy_destroys_a_machine_whose_process_exits() {
-    let local = Local::start().await;
+    let local = Local::start(Options::bare()).await;
     let machine = local.create_probe(json!({"auto_destroy": true})).await;
     local.wait_started(&machine).await;
     let pid = local.record(&machine).pid.unwrap();
@@ -710,7 +592,7 @@ async fn auto_destroy_destroys_a_machine_whose_process_exits() {
 
 #[tokio::test]
 async fn the_restart_policy_decides_what_follows_an_exit() {
-    let local = Local::start().await;
+    let local = Local::start(Options::bare()).await;
 
     // on-failure: a failure restarts, up to max_retries; then the Machine stops.
     let machine = local
@@ -776,7 +658,7 @@ async fn the_restart_policy_decides_what_follows_an_exit() {
 
 #[tokio::test]
 async fn stop_then_start() {
-    let local = Local::start().await;
+    let local = Local::start(Options::bare()).await;
     let machine = local.create_probe(json!({})).await;
     let path = machine_path(&machine);
     local.wait_started(&machine).await;
@@ -796,7 +678,7 @@ async fn stop_then_start() {
 
     let response = local
         .http
-        .post(format!("{}{path}/stop", local.base))
+        .post(format!("{}{path}/stop", local.api_url))
         .bearer_auth(TOKEN)
         .send()
         .await
@@ -827,7 +709,7 @@ async fn stop_then_start() {
 
 #[tokio::test]
 async fn a_stop_ends_with_sigkill_after_the_timeout() {
-    let local = Local::start().await;
+    let local = Local::start(Options::bare()).await;
     // Ignored signals stay ignored across exec: this Machine cannot be stopped politely.
     let machine = local
         .create_shell("trap '' INT TERM; exec sleep 600", json!({}))
@@ -868,7 +750,7 @@ async fn a_stop_ends_with_sigkill_after_the_timeout() {
 
 #[tokio::test]
 async fn deleting_a_running_machine_needs_force() {
-    let local = Local::start().await;
+    let local = Local::start(Options::bare()).await;
     let machine = local.create_probe(json!({})).await;
     let path = machine_path(&machine);
     local.wait_started(&machine).await;
@@ -913,7 +795,7 @@ async fn deleting_a_running_machine_needs_force() {
 
 #[tokio::test]
 async fn machine_names_are_unique_among_live_machines_of_an_app() {
-    let local = Local::start().await;
+    let local = Local::start(Options::bare()).await;
     let named =
         |name: &str| json!({"name": name, "skip_launch": true, "config": {"image": "probe"}});
     let alpha = local.create(APP, named("alpha")).await;
@@ -968,7 +850,7 @@ async fn machine_names_are_unique_among_live_machines_of_an_app() {
 
 #[tokio::test]
 async fn list_filters_by_metadata_and_region() {
-    let local = Local::start().await;
+    let local = Local::start(Options::bare()).await;
     let make = |region: &str, metadata: Value| json!({"region": region, "skip_launch": true, "config": {"image": "probe", "metadata": metadata}});
     let a = local
         .create(APP, make("ams", json!({"role": "a", "tier": "1"})))
@@ -1027,7 +909,7 @@ async fn list_filters_by_metadata_and_region() {
 
 #[tokio::test]
 async fn rate_limits_answer_429_beyond_the_burst() {
-    let local = Local::start_with(&[]).await;
+    let local = Local::start(Options::bare().args(&["--rate-limits=on"])).await;
     let machine = local
         .create(
             APP,
@@ -1063,7 +945,7 @@ async fn rate_limits_answer_429_beyond_the_burst() {
 
 #[tokio::test]
 async fn wait_validates_its_query_and_times_out_with_408() {
-    let local = Local::start().await;
+    let local = Local::start(Options::bare()).await;
     let machine = local
         .create(
             APP,
@@ -1109,7 +991,7 @@ async fn wait_validates_its_query_and_times_out_with_408() {
 
 #[tokio::test]
 async fn api_faults_fail_delay_or_refuse_the_next_calls() {
-    let local = Local::start().await;
+    let local = Local::start(Options::bare()).await;
     let list = format!("/v1/apps/{APP}/machines");
     assert_eq!(
         local
@@ -1140,7 +1022,7 @@ async fn api_faults_fail_delay_or_refuse_the_next_calls() {
         .await;
     let refused = local
         .http
-        .post(format!("{}{list}", local.base))
+        .post(format!("{}{list}", local.api_url))
         .bearer_auth(TOKEN)
         .json(&json!({"config": {"image": "probe"}, "skip_launch": true}))
         .send()
@@ -1173,7 +1055,7 @@ async fn api_faults_fail_delay_or_refuse_the_next_calls() {
 
 #[tokio::test]
 async fn never_start_keeps_the_next_machine_starting() {
-    let local = Local::start().await;
+    let local = Local::start(Options::bare()).await;
     local.arm(json!({"kind": "never_start"})).await;
     let stuck = local.create_probe(json!({})).await;
     assert_eq!(
@@ -1202,7 +1084,7 @@ async fn never_start_keeps_the_next_machine_starting() {
 
 #[tokio::test]
 async fn never_serve_listens_but_never_answers() {
-    let local = Local::start().await;
+    let local = Local::start(Options::bare()).await;
     local.arm(json!({"kind": "never_serve"})).await;
     let machine = local.create_probe(json!({})).await;
     local.wait_started(&machine).await;
@@ -1245,7 +1127,7 @@ async fn never_serve_listens_but_never_answers() {
 
 #[tokio::test]
 async fn a_crash_kills_the_process_now() {
-    let local = Local::start().await;
+    let local = Local::start(Options::bare()).await;
     let machine = local.create_probe(json!({})).await;
     local.wait_started(&machine).await;
     let pid = local.record(&machine).pid.unwrap();
@@ -1273,7 +1155,7 @@ async fn a_crash_kills_the_process_now() {
 
 #[tokio::test]
 async fn drop_listener_is_armed_for_the_proxy_until_cleared() {
-    let local = Local::start().await;
+    let local = Local::start(Options::bare()).await;
     let machine = local
         .create(
             APP,
@@ -1291,7 +1173,7 @@ async fn drop_listener_is_armed_for_the_proxy_until_cleared() {
 
 #[tokio::test]
 async fn stats_count_api_calls_by_action_and_status_and_machines_by_state() {
-    let local = Local::start().await;
+    let local = Local::start(Options::bare()).await;
     let running = local.create_probe(json!({})).await;
     local
         .create(
@@ -1323,7 +1205,7 @@ async fn stats_count_api_calls_by_action_and_status_and_machines_by_state() {
 
 #[tokio::test]
 async fn shutdown_leaves_no_process_behind() {
-    let local = Local::start().await;
+    let local = Local::start(Options::bare()).await;
     let probe = local
         .create_probe(json!({"restart": {"policy": "always"}}))
         .await;
@@ -1358,13 +1240,7 @@ async fn next_line(lines: &mut Lines<BufReader<ChildStdout>>) -> String {
 #[tokio::test]
 async fn ctrl_c_on_the_binary_stops_every_machine() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_flyby-local"))
-        .args(
-            base_args()
-                .iter()
-                .skip(1)
-                .filter(|a| *a != "--api-token" && *a != TOKEN),
-        )
-        .args(["--rate-limits", "off"])
+        .args(Options::bare().binary_args())
         .env("FLY_API_TOKEN", TOKEN)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -1430,21 +1306,11 @@ async fn ctrl_c_on_the_binary_stops_every_machine() {
 
 #[tokio::test]
 async fn two_launchers_boot_in_two_regions_and_serve() {
-    let local = Local::start_with(&[
-        "--rate-limits",
-        "off",
-        "--launchers",
-        "2",
-        "--image",
-        &format!(
-            "registry.fly.io/flyby:local={}",
-            env!("CARGO_BIN_EXE_flyby")
-        ),
-        "--site-root",
-        SITE_ROOT,
-        "--launcher-env",
-        "FLYBY_TEST_MARK=1",
-    ])
+    let local = Local::start(Options::product().args(&[
+        "--rate-limits=off",
+        "--balance=nearest",
+        "--launcher-env=FLYBY_TEST_MARK=1",
+    ]))
     .await;
     let (status, launchers) = local.get("/v1/apps/flyby/machines").await;
     assert_eq!(status, StatusCode::OK);
@@ -1574,7 +1440,7 @@ async fn create_list_and_get_json_match_fly_openapi_schemas() {
     });
     assert_valid(&request_schema, &request, "the create request");
 
-    let local = Local::start().await;
+    let local = Local::start(Options::bare()).await;
     let created = local.create(APP, request).await;
     assert_valid(&machine_schema, &created, "the create response");
     local.wait_started(&created).await;

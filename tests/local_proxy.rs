@@ -16,7 +16,6 @@
 
 use axum::response::IntoResponse;
 use bytes::Bytes;
-use clap::Parser;
 use flyby::{
     fly::{MachineId, RegionCode},
     local::{
@@ -25,112 +24,61 @@ use flyby::{
             ERROR_HEADER,
         },
         registry::{new_ulid, MachineRecord, MachineState},
-        start, Args, Platform, RunningPlatform,
     },
 };
 use futures_util::{SinkExt, StreamExt};
 use reqwest::{header::HeaderMap, RequestBuilder, StatusCode};
 use serde_json::{json, Value};
 use std::{
-    path::PathBuf,
     sync::{
         atomic::{AtomicUsize, Ordering},
         Arc,
     },
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{SystemTime, UNIX_EPOCH},
 };
 
-const TOKEN: &str = "test-token";
-const APP: &str = "flyby-machines";
-/// A bound on every await, so that a broken proxy fails a test rather than hanging it.
-const BOUND: Duration = Duration::from_secs(30);
+mod support;
 
-/// `target/<profile>`: the test binary is `target/<profile>/deps/local_proxy-<hash>`.
-fn profile_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable");
-    exe.parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>")
-        .to_owned()
+use support::platform::{Local, Options, APP, BOUND};
+
+/// A platform with `--balance <balance>`, the probe image, no launcher.
+async fn platform(balance: &str) -> Local {
+    Local::start(Options::bare().args(&["--edge-region=ams", &format!("--balance={balance}")]))
+        .await
 }
 
-/// The `probe_machine` example (`cargo test` builds examples; `--test local_proxy` alone does
-/// not: `cargo build --features ssr --examples` first).
-fn probe() -> PathBuf {
-    let path = profile_dir().join("examples/probe_machine");
-    assert!(
-        path.is_file(),
-        "{} is missing: build it with `cargo build --features ssr --examples`",
-        path.display()
-    );
-    path
-}
-
-/// One platform, started in this process, with clients for its proxy and its API.
-struct Local {
-    running: Option<RunningPlatform>,
-    platform: Arc<Platform>,
-    http: reqwest::Client,
-    api: String,
-    proxy_port: u16,
-}
-
+/// The words of this suite: requests through the proxy, probe Machines, scripted Machines.
 impl Local {
-    async fn start(balance: &str) -> Local {
-        let argv = [
-            "flyby-local",
-            "--proxy-addr",
-            "127.0.0.1:0",
-            "--api-addr",
-            "127.0.0.1:0",
-            "--launchers",
-            "0",
-            "--edge-region",
-            "ams",
-            "--api-token",
-            TOKEN,
-            "--rate-limits",
-            "off",
-            "--balance",
-            balance,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .chain(["--image".to_owned(), format!("probe={}", probe().display())])
-        .collect::<Vec<_>>();
-        let args = Args::try_parse_from(argv).expect("arguments");
-        let running = start(args).await.expect("flyby-local starts");
-        let proxy = running.proxy_addr();
-        let mut http = reqwest::Client::builder()
-            .no_proxy()
-            .redirect(reqwest::redirect::Policy::none());
-        // `*.localhost` need not resolve on every system: point the names at the proxy.
-        for app in [APP, "flyby", "other", "nope"] {
-            http = http.resolve(&format!("{app}.localhost"), proxy);
-        }
-        Local {
-            platform: running.platform(),
-            api: format!("http://{}", running.api_addr()),
-            proxy_port: proxy.port(),
-            running: Some(running),
-            http: http.build().unwrap(),
-        }
-    }
-
-    async fn shutdown(mut self) {
-        self.running.take().unwrap().shutdown().await;
-    }
-
-    fn url(&self, app: &str, path: &str) -> String {
-        format!("http://{app}.localhost:{}{path}", self.proxy_port)
-    }
-
-    fn get(&self, path: &str) -> RequestBuilder {
+    /// A GET of `path` on the visitors' app, through the proxy.
+    fn visit(&self, path: &str) -> RequestBuilder {
         self.http.get(self.url(APP, path))
     }
 
-    fn post(&self, path: &str) -> RequestBuilder {
+    fn visit_post(&self, path: &str) -> RequestBuilder {
         self.http.post(self.url(APP, path))
+    }
+
+    /// A GET of `path` sent straight to Machine `from` (`fly-force-instance-id`), whose probe
+    /// answers with the replay `directive` (unless it is `target`).
+    fn replay_from(
+        &self,
+        from: MachineId,
+        path: &str,
+        directive: impl Into<String>,
+        target: MachineId,
+    ) -> RequestBuilder {
+        self.replaying(path, directive, target)
+            .header("fly-force-instance-id", from.to_string())
+    }
+
+    /// A GET of `path` whose probe answers with the replay `directive`, unless it is `target`.
+    fn replaying(
+        &self,
+        path: &str,
+        directive: impl Into<String>,
+        target: MachineId,
+    ) -> RequestBuilder {
+        self.visit(path).query(&replay(directive, target))
     }
 
     async fn send(&self, request: RequestBuilder) -> Answer {
@@ -145,21 +93,11 @@ impl Local {
         }
     }
 
-    async fn api(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
-        let mut request = self
-            .http
-            .request(method, format!("{}{path}", self.api))
-            .bearer_auth(TOKEN);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.expect("the API answers");
-        assert!(
-            response.status().is_success(),
-            "{path}: {}",
-            response.status()
-        );
-        response.json().await.unwrap_or(Value::Null)
+    /// An API call that must succeed: its JSON.
+    async fn api_ok(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let (status, json) = self.call(method, path, body).await;
+        assert!(status.is_success(), "{path}: {status} {json}");
+        json
     }
 
     /// A started probe Machine of `app` in `region`.
@@ -182,14 +120,14 @@ impl Local {
             },
         });
         let machine = self
-            .api(
+            .api_ok(
                 reqwest::Method::POST,
                 &format!("/v1/apps/{app}/machines"),
                 Some(body),
             )
             .await;
         let id = machine["id"].as_str().expect("an id");
-        self.api(
+        self.api_ok(
             reqwest::Method::GET,
             &format!("/v1/apps/{app}/machines/{id}/wait?state=started&timeout=30"),
             None,
@@ -203,13 +141,8 @@ impl Local {
         futures_util::future::join_all(regions.iter().map(|r| self.machine(APP, r))).await
     }
 
-    async fn counter(&self, name: &str) -> u64 {
-        let stats = self.api(reqwest::Method::GET, "/_local/stats", None).await;
-        stats["counters"][name].as_u64().unwrap_or(0)
-    }
-
     async fn drop_listener(&self, machine: MachineId) {
-        self.api(
+        self.api_ok(
             reqwest::Method::POST,
             "/_local/faults",
             Some(json!({"kind": "drop_listener", "machine": machine})),
@@ -394,14 +327,14 @@ fn replay_json(value: Value, only: MachineId) -> [(&'static str, String); 2] {
 #[tokio::test]
 async fn an_instance_replay_delivers_the_original_request_there_with_fly_replay_src() {
     // wrong-first: B is named in the query, so the request lands on A first.
-    let local = Local::start("wrong-first").await;
+    let local = platform("wrong-first").await;
     let ids = local.machines(&["ord", "syd"]).await;
     let (a, b) = (ids[0], ids[1]);
     let before = micros();
     let answer = local
         .send(
             local
-                .post("/some/path")
+                .visit_post("/some/path")
                 .query(&replay(format!("instance={b}"), b))
                 .query(&[("k", "v")])
                 .header("x-client", "kept")
@@ -442,11 +375,7 @@ async fn an_instance_replay_delivers_the_original_request_there_with_fly_replay_
 
     // `state` is echoed at the end of fly-replay-src.
     let answer = local
-        .send(
-            local
-                .get("/")
-                .query(&replay(format!("instance={b};state=abc"), b)),
-        )
+        .send(local.replaying("/", format!("instance={b};state=abc"), b))
         .await;
     assert_eq!(answer.machine(), b);
     let src = answer.seen("fly-replay-src").unwrap();
@@ -457,7 +386,7 @@ async fn an_instance_replay_delivers_the_original_request_there_with_fly_replay_
 
 #[tokio::test]
 async fn bodies_up_to_1_mb_are_replayed_byte_for_byte_and_larger_ones_refused() {
-    let local = Local::start("wrong-first").await;
+    let local = platform("wrong-first").await;
     let a = local.machine(APP, "ord").await;
     let received = Arc::new(AtomicUsize::new(0));
     let echo = local
@@ -473,7 +402,7 @@ async fn bodies_up_to_1_mb_are_replayed_byte_for_byte_and_larger_ones_refused() 
     let answer = local
         .send(
             local
-                .post("/upload")
+                .visit_post("/upload")
                 .query(&replay(format!("instance={echo}"), echo))
                 .body(body.clone()),
         )
@@ -493,7 +422,7 @@ async fn bodies_up_to_1_mb_are_replayed_byte_for_byte_and_larger_ones_refused() 
     let answer = local
         .send(
             local
-                .post("/upload")
+                .visit_post("/upload")
                 .query(&replay(format!("instance={echo}"), echo))
                 .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
                     chunks,
@@ -507,7 +436,7 @@ async fn bodies_up_to_1_mb_are_replayed_byte_for_byte_and_larger_ones_refused() 
     let answer = local
         .send(
             local
-                .post("/upload")
+                .visit_post("/upload")
                 .query(&replay(format!("instance={echo}"), echo))
                 .body(too_large),
         )
@@ -525,7 +454,7 @@ async fn bodies_up_to_1_mb_are_replayed_byte_for_byte_and_larger_ones_refused() 
     let answer = local
         .send(
             local
-                .post("/upload")
+                .visit_post("/upload")
                 .header("fly-force-instance-id", a.to_string())
                 .body(vec![b'y'; 1_500_000]),
         )
@@ -540,10 +469,10 @@ async fn bodies_up_to_1_mb_are_replayed_byte_for_byte_and_larger_ones_refused() 
 /// gets there once it is known.
 #[tokio::test]
 async fn a_machine_is_unknown_to_the_proxy_for_the_routing_delay_after_it_starts() {
-    let local = Local::start("nearest").await;
+    let local = platform("nearest").await;
     let a = local.machine(APP, "ord").await;
     local
-        .api(
+        .api_ok(
             reqwest::Method::POST,
             "/_local/faults",
             // Longer than the proxy's own retries (about 1.5 s without a `timeout`).
@@ -554,7 +483,7 @@ async fn a_machine_is_unknown_to_the_proxy_for_the_routing_delay_after_it_starts
     let straight = local
         .send(
             local
-                .get("/")
+                .visit("/")
                 .header("fly-force-instance-id", b.to_string()),
         )
         .await;
@@ -564,14 +493,9 @@ async fn a_machine_is_unknown_to_the_proxy_for_the_routing_delay_after_it_starts
         "not known yet"
     );
     // Balanced requests go to the Machine the proxy knows.
-    assert_eq!(local.send(local.get("/")).await.machine(), a);
+    assert_eq!(local.send(local.visit("/")).await.machine(), a);
     let replayed = local
-        .send(
-            local
-                .get("/")
-                .header("fly-force-instance-id", a.to_string())
-                .query(&replay(format!("instance={b};timeout=10s"), b)),
-        )
+        .send(local.replay_from(a, "/", format!("instance={b};timeout=10s"), b))
         .await;
     assert_eq!(replayed.machine(), b, "known once the delay is over");
     local.shutdown().await;
@@ -579,7 +503,7 @@ async fn a_machine_is_unknown_to_the_proxy_for_the_routing_delay_after_it_starts
 
 #[tokio::test]
 async fn the_json_form_replays_with_its_transform() {
-    let local = Local::start("wrong-first").await;
+    let local = platform("wrong-first").await;
     let ids = local.machines(&["ord", "ord"]).await;
     let (a, b) = (ids[0], ids[1]);
     let instruction = json!({
@@ -593,7 +517,7 @@ async fn the_json_form_replays_with_its_transform() {
     let answer = local
         .send(
             local
-                .get("/original")
+                .visit("/original")
                 .query(&replay_json(instruction, b))
                 .header("x-secret", "s")
                 .header("x-client", "c"),
@@ -616,7 +540,7 @@ async fn the_json_form_replays_with_its_transform() {
     let answer = local
         .send(
             local
-                .get("/")
+                .visit("/")
                 .query(&replay_json(json!({"instance": "not-an-id"}), b)),
         )
         .await;
@@ -629,13 +553,11 @@ async fn the_json_form_replays_with_its_transform() {
 #[tokio::test]
 async fn elsewhere_excludes_the_replaying_machine() {
     // Both in one region: a nearest-region choice could land on A again, were it not excluded.
-    let local = Local::start("wrong-first").await;
+    let local = platform("wrong-first").await;
     let ids = local.machines(&["ord", "ord"]).await;
     let (a, b) = (ids[0], ids[1]);
     for _ in 0..4 {
-        let answer = local
-            .send(local.get("/").query(&replay("elsewhere=true", b)))
-            .await;
+        let answer = local.send(local.replaying("/", "elsewhere=true", b)).await;
         assert_eq!(answer.machine(), b);
         assert!(answer.seen("fly-replay-src").unwrap().contains(a.as_str()));
     }
@@ -649,12 +571,12 @@ async fn elsewhere_excludes_the_replaying_machine() {
 
 #[tokio::test]
 async fn region_replays_honour_codes_lists_and_aliases() {
-    let local = Local::start("nearest").await;
+    let local = platform("nearest").await;
     let ids = local.machines(&["ams", "syd", "iad"]).await;
     let (ams, syd, iad) = (ids[0], ids[1], ids[2]);
     let from_iad = |query: [(&'static str, String); 2]| {
         local
-            .get("/")
+            .visit("/")
             .header("fly-force-instance-id", iad.to_string())
             .query(&query)
     };
@@ -701,17 +623,12 @@ async fn region_replays_honour_codes_lists_and_aliases() {
 
 #[tokio::test]
 async fn app_replays_reach_another_app_and_unknown_apps_are_pa04() {
-    let local = Local::start("nearest").await;
+    let local = platform("nearest").await;
     local.platform.registry.ensure_app("other");
     let a = local.machine(APP, "ord").await;
     let o = local.machine("other", "ord").await;
     let answer = local
-        .send(
-            local
-                .get("/cross")
-                .header("fly-force-instance-id", a.to_string())
-                .query(&replay("app=other", o)),
-        )
+        .send(local.replay_from(a, "/cross", "app=other", o))
         .await;
     assert_eq!(answer.machine(), o);
     assert_eq!(answer.report()["app"], "other");
@@ -720,16 +637,14 @@ async fn app_replays_reach_another_app_and_unknown_apps_are_pa04() {
         .unwrap()
         .starts_with(&format!("instance={a};")));
 
-    let answer = local
-        .send(local.get("/").query(&replay("app=nope", o)))
-        .await;
+    let answer = local.send(local.replaying("/", "app=nope", o)).await;
     assert_eq!(answer.status, StatusCode::BAD_GATEWAY);
     assert_eq!(answer.error(), Some("PA04"));
     assert_eq!(local.counter("proxy.replays.app_not_found").await, 1);
 
     // An app that exists but has no Machine: no candidate.
     let answer = local
-        .send(local.get("/").query(&replay("app=flyby;timeout=200ms", o)))
+        .send(local.replaying("/", "app=flyby;timeout=200ms", o))
         .await;
     assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(answer.error(), Some("PR03"));
@@ -738,12 +653,12 @@ async fn app_replays_reach_another_app_and_unknown_apps_are_pa04() {
 
 #[tokio::test]
 async fn prefer_instance_goes_elsewhere_when_the_machine_is_unreachable() {
-    let local = Local::start("nearest").await;
+    let local = platform("nearest").await;
     let ids = local.machines(&["ord", "ord", "ord"]).await;
     let (a, b, c) = (ids[0], ids[1], ids[2]);
     let from_a = |query: [(&'static str, String); 2]| {
         local
-            .get("/")
+            .visit("/")
             .header("fly-force-instance-id", a.to_string())
             .query(&query)
     };
@@ -770,12 +685,12 @@ async fn prefer_instance_goes_elsewhere_when_the_machine_is_unreachable() {
 
 #[tokio::test]
 async fn ten_chained_replays_are_followed_and_the_eleventh_is_pa02() {
-    let local = Local::start("nearest").await;
+    let local = platform("nearest").await;
     local.machines(&["ord", "ord"]).await;
     // Each Machine replays elsewhere, forever: ping-pong until the limit.
     let never = MachineId::parse("00000000000000").unwrap();
     let answer = local
-        .send(local.get("/").query(&replay("elsewhere=true", never)))
+        .send(local.replaying("/", "elsewhere=true", never))
         .await;
     assert_eq!(answer.status, StatusCode::BAD_GATEWAY);
     assert_eq!(answer.error(), Some("PA02"));
@@ -788,11 +703,11 @@ async fn ten_chained_replays_are_followed_and_the_eleventh_is_pa02() {
 
 #[tokio::test]
 async fn an_invalid_fly_replay_is_pa03_and_hides_the_machines_answer() {
-    let local = Local::start("nearest").await;
+    let local = platform("nearest").await;
     local.machine(APP, "ord").await;
     let never = MachineId::parse("00000000000000").unwrap();
     for bad in ["bogus=1", "instance=nope", "", "timeout=soon"] {
-        let answer = local.send(local.get("/").query(&replay(bad, never))).await;
+        let answer = local.send(local.replaying("/", bad, never)).await;
         assert_eq!(answer.status, StatusCode::BAD_GATEWAY, "{bad:?}");
         assert_eq!(answer.error(), Some("PA03"), "{bad:?}");
         assert!(answer.headers.get("fly-replay").is_none());
@@ -807,13 +722,13 @@ async fn an_invalid_fly_replay_is_pa03_and_hides_the_machines_answer() {
 
 #[tokio::test]
 async fn an_unreachable_target_without_fallback_is_pr03() {
-    let local = Local::start("wrong-first").await;
+    let local = platform("wrong-first").await;
     let ids = local.machines(&["ord", "ord"]).await;
     let b = ids[1];
     local.drop_listener(b).await;
     // No timeout: the proxy's own retries (a few attempts), then 503.
     let answer = local
-        .send(local.get("/").query(&replay(format!("instance={b}"), b)))
+        .send(local.replaying("/", format!("instance={b}"), b))
         .await;
     assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(answer.error(), Some("PR03"));
@@ -821,11 +736,7 @@ async fn an_unreachable_target_without_fallback_is_pr03() {
     // A Machine that does not exist, with a timeout.
     let ghost = MachineId::parse("0123456789abcd").unwrap();
     let answer = local
-        .send(
-            local
-                .get("/")
-                .query(&replay(format!("instance={ghost};timeout=150ms"), b)),
-        )
+        .send(local.replaying("/", format!("instance={ghost};timeout=150ms"), b))
         .await;
     assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(local.counter("proxy.replays.failed").await, 2);
@@ -849,14 +760,14 @@ fn replays_then_reports_failure(_: MachineId, seen: Seen) -> axum::response::Res
 
 #[tokio::test]
 async fn fallbacks_bring_the_request_back_with_fly_replay_failed() {
-    let local = Local::start("nearest").await;
+    let local = platform("nearest").await;
     let b = local.machine(APP, "syd").await;
     let a = local.scripted("ord", replays_then_reports_failure).await;
     local.drop_listener(b).await;
     let ghost = MachineId::parse("0123456789abcd").unwrap();
     let via_a = |r: String| {
         local
-            .get("/x")
+            .visit("/x")
             .header("fly-force-instance-id", a.to_string())
             .query(&[("r", r)])
     };
@@ -907,7 +818,7 @@ async fn fallbacks_bring_the_request_back_with_fly_replay_failed() {
 
 #[tokio::test]
 async fn a_fallback_answered_with_fly_replay_is_an_error() {
-    let local = Local::start("nearest").await;
+    let local = platform("nearest").await;
     let always = local
         .scripted("ord", |_, seen| {
             let r = seen.query("r").unwrap();
@@ -923,7 +834,7 @@ async fn a_fallback_answered_with_fly_replay_is_an_error() {
     let answer = local
         .send(
             local
-                .get("/")
+                .visit("/")
                 .header("fly-force-instance-id", always.to_string())
                 .query(&[(
                     "r",
@@ -945,7 +856,7 @@ async fn a_fallback_answered_with_fly_replay_is_an_error() {
 
 #[tokio::test]
 async fn a_websocket_upgrade_is_replayed_and_completed_by_the_final_machine() {
-    let local = Local::start("wrong-first").await;
+    let local = platform("wrong-first").await;
     let ids = local.machines(&["ord", "ord"]).await;
     let b = ids[1];
     // A replays the upgrade (never completing it); the transform points it at B's /ws.
@@ -982,10 +893,10 @@ async fn a_websocket_upgrade_is_replayed_and_completed_by_the_final_machine() {
 
 #[tokio::test]
 async fn client_routing_headers_pick_the_machine() {
-    let local = Local::start("nearest").await;
+    let local = platform("nearest").await;
     let ids = local.machines(&["ams", "syd", "iad"]).await;
     let (ams, syd, iad) = (ids[0], ids[1], ids[2]);
-    let with = |name: &str, value: String| local.get("/").header(name, value);
+    let with = |name: &str, value: String| local.visit("/").header(name, value);
 
     for id in [ams, syd, iad] {
         let answer = local
@@ -1041,7 +952,7 @@ async fn client_routing_headers_pick_the_machine() {
 
 #[tokio::test]
 async fn fly_headers_are_added_and_client_copies_are_not_trusted() {
-    let local = Local::start("wrong-first").await;
+    let local = platform("wrong-first").await;
     let ids = local.machines(&["ord", "ord"]).await;
     let (a, b) = (ids[0], ids[1]);
     let forged = |request: RequestBuilder| {
@@ -1056,7 +967,7 @@ async fn fly_headers_are_added_and_client_copies_are_not_trusted() {
             .header("flyby-local-client-ip", "203.0.113.7")
             .header("flyby-local-edge-region", "syd")
     };
-    let answer = local.send(forged(local.get("/h"))).await;
+    let answer = local.send(forged(local.visit("/h"))).await;
     let report = answer.report();
     let headers = &report["headers"];
     assert_eq!(headers["fly-client-ip"], "203.0.113.7");
@@ -1084,9 +995,7 @@ async fn fly_headers_are_added_and_client_copies_are_not_trusted() {
 
     // Through a replay too: the target sees the proxy's fly-replay-src, not the client's.
     let answer = local
-        .send(forged(
-            local.get("/h").query(&replay(format!("instance={b}"), b)),
-        ))
+        .send(forged(local.replaying("/h", format!("instance={b}"), b)))
         .await;
     assert_eq!(answer.machine(), b);
     assert!(answer
@@ -1097,7 +1006,7 @@ async fn fly_headers_are_added_and_client_copies_are_not_trusted() {
     assert_eq!(answer.seen("fly-client-ip").as_deref(), Some("203.0.113.7"));
 
     // Without the local headers: the socket's address and --edge-region.
-    let answer = local.send(local.get("/")).await;
+    let answer = local.send(local.visit("/")).await;
     assert_eq!(answer.seen("fly-client-ip").as_deref(), Some("127.0.0.1"));
     assert_eq!(answer.seen("fly-region").as_deref(), Some("ams"));
     assert!(answer.headers["fly-request-id"]
@@ -1105,7 +1014,7 @@ async fn fly_headers_are_added_and_client_copies_are_not_trusted() {
         .unwrap()
         .ends_with("-ams"));
     let answer = local
-        .send(local.get("/").header("flyby-local-edge-region", "Sydney"))
+        .send(local.visit("/").header("flyby-local-edge-region", "Sydney"))
         .await;
     assert_eq!(answer.status, StatusCode::BAD_REQUEST);
     local.shutdown().await;
@@ -1113,7 +1022,7 @@ async fn fly_headers_are_added_and_client_copies_are_not_trusted() {
 
 #[tokio::test]
 async fn hosts_route_to_apps_and_apps_without_machines_have_no_candidate() {
-    let local = Local::start("nearest").await;
+    let local = platform("nearest").await;
     let raw = reqwest::Client::builder().no_proxy().build().unwrap();
     let base = format!("http://127.0.0.1:{}/", local.proxy_port);
     let answer = raw.get(&base).send().await.unwrap();
@@ -1154,19 +1063,19 @@ async fn hosts_route_to_apps_and_apps_without_machines_have_no_candidate() {
 
 #[tokio::test]
 async fn nearest_sends_each_edge_to_its_closest_region() {
-    let local = Local::start("nearest").await;
+    let local = platform("nearest").await;
     let ids = local.machines(&["lhr", "syd"]).await;
     let (lhr, syd) = (ids[0], ids[1]);
     for _ in 0..3 {
         assert_eq!(
-            local.send(local.get("/")).await.machine(),
+            local.send(local.visit("/")).await.machine(),
             lhr,
             "ams -> lhr"
         );
     }
     for edge in ["syd", "nrt", "sin"] {
         let answer = local
-            .send(local.get("/").header("flyby-local-edge-region", edge))
+            .send(local.visit("/").header("flyby-local-edge-region", edge))
             .await;
         assert_eq!(answer.machine(), syd, "{edge} -> syd");
     }
@@ -1175,11 +1084,11 @@ async fn nearest_sends_each_edge_to_its_closest_region() {
 
 #[tokio::test]
 async fn round_robin_and_random_spread_requests() {
-    let local = Local::start("round-robin").await;
+    let local = platform("round-robin").await;
     let ids = local.machines(&["ord", "syd"]).await;
     let mut served = Vec::new();
     for _ in 0..4 {
-        served.push(local.send(local.get("/")).await.machine());
+        served.push(local.send(local.visit("/")).await.machine());
     }
     assert_ne!(served[0], served[1]);
     assert_eq!(served[0], served[2]);
@@ -1187,12 +1096,12 @@ async fn round_robin_and_random_spread_requests() {
     assert!(served.iter().all(|m| ids.contains(m)));
     local.shutdown().await;
 
-    let local = Local::start("random").await;
+    let local = platform("random").await;
     let ids = local.machines(&["ord", "syd"]).await;
     let mut seen = std::collections::BTreeSet::new();
     // Both Machines show up: the chance that 64 draws all pick one is 2^-63.
     for _ in 0..64 {
-        let machine = local.send(local.get("/")).await.machine();
+        let machine = local.send(local.visit("/")).await.machine();
         assert!(ids.contains(&machine));
         seen.insert(machine);
     }
@@ -1202,23 +1111,23 @@ async fn round_robin_and_random_spread_requests() {
 
 #[tokio::test]
 async fn wrong_first_lands_away_from_the_machine_a_request_names() {
-    let local = Local::start("wrong-first").await;
+    let local = platform("wrong-first").await;
     let ids = local.machines(&["ord", "ord"]).await;
     let (a, b) = (ids[0], ids[1]);
     for _ in 0..3 {
         let answer = local
             .send(
                 local
-                    .get("/page")
+                    .visit("/page")
                     .header("cookie", format!("owner={b}; x=1")),
             )
             .await;
         assert_eq!(answer.machine(), a, "B is named in the cookie");
-        let answer = local.send(local.get(&format!("/m/{a}/page"))).await;
+        let answer = local.send(local.visit(&format!("/m/{a}/page"))).await;
         assert_eq!(answer.machine(), b, "A is named in the path");
     }
     // No name: never the Machine that served this visitor (Host + Cookie) last time.
-    let visitor = |cookie: &str| local.get("/").header("cookie", cookie.to_owned());
+    let visitor = |cookie: &str| local.visit("/").header("cookie", cookie.to_owned());
     let first = local.send(visitor("v=1")).await.machine();
     let second = local.send(visitor("v=1")).await.machine();
     let third = local.send(visitor("v=1")).await.machine();
@@ -1226,7 +1135,7 @@ async fn wrong_first_lands_away_from_the_machine_a_request_names() {
     assert_ne!(second, third);
     // And a named request is replayed to the right Machine by the app: one replay each.
     let answer = local
-        .send(local.get("/").query(&replay(format!("instance={b}"), b)))
+        .send(local.replaying("/", format!("instance={b}"), b))
         .await;
     assert_eq!(answer.machine(), b);
     assert_eq!(local.counter("proxy.replays.delivered").await, 1);
@@ -1235,28 +1144,28 @@ async fn wrong_first_lands_away_from_the_machine_a_request_names() {
 
 #[tokio::test]
 async fn a_dropped_listener_makes_a_machine_unreachable_until_cleared() {
-    let local = Local::start("round-robin").await;
+    let local = platform("round-robin").await;
     let ids = local.machines(&["ord", "ord"]).await;
     let (a, b) = (ids[0], ids[1]);
     local.drop_listener(a).await;
     for _ in 0..4 {
-        assert_eq!(local.send(local.get("/")).await.machine(), b);
+        assert_eq!(local.send(local.visit("/")).await.machine(), b);
     }
     let answer = local
         .send(
             local
-                .get("/")
+                .visit("/")
                 .header("fly-force-instance-id", a.to_string()),
         )
         .await;
     assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
     local
-        .api(reqwest::Method::DELETE, "/_local/faults", None)
+        .api_ok(reqwest::Method::DELETE, "/_local/faults", None)
         .await;
     let answer = local
         .send(
             local
-                .get("/")
+                .visit("/")
                 .header("fly-force-instance-id", a.to_string()),
         )
         .await;
@@ -1266,7 +1175,7 @@ async fn a_dropped_listener_makes_a_machine_unreachable_until_cleared() {
 
 #[tokio::test]
 async fn the_path_replay_cache_skips_the_replaying_machine_until_invalidated() {
-    let local = Local::start("wrong-first").await;
+    let local = platform("wrong-first").await;
     let ids = local.machines(&["ord", "ord"]).await;
     let (a, b) = (ids[0], ids[1]);
     let pattern = format!("/m/{b}/*");
@@ -1274,7 +1183,7 @@ async fn the_path_replay_cache_skips_the_replaying_machine_until_invalidated() {
     let answer = local
         .send(
             local
-                .get(&format!("/m/{b}/one"))
+                .visit(&format!("/m/{b}/one"))
                 .query(&replay_json(cache.clone(), b)),
         )
         .await;
@@ -1289,7 +1198,7 @@ async fn the_path_replay_cache_skips_the_replaying_machine_until_invalidated() {
     let answer = local
         .send(
             local
-                .get(&format!("/m/{b}/two"))
+                .visit(&format!("/m/{b}/two"))
                 .query(&replay_json(cache.clone(), b)),
         )
         .await;
@@ -1310,7 +1219,7 @@ async fn the_path_replay_cache_skips_the_replaying_machine_until_invalidated() {
     let answer = local
         .send(
             local
-                .get(&format!("/n/{b}"))
+                .visit(&format!("/n/{b}"))
                 .query(&[("only", b.to_string())]),
         )
         .await;
@@ -1321,7 +1230,7 @@ async fn the_path_replay_cache_skips_the_replaying_machine_until_invalidated() {
     let answer = local
         .send(
             local
-                .get(&format!("/m/{b}/three"))
+                .visit(&format!("/m/{b}/three"))
                 .query(&replay_json(invalidate, a)),
         )
         .await;
@@ -1330,7 +1239,7 @@ async fn the_path_replay_cache_skips_the_replaying_machine_until_invalidated() {
     let answer = local
         .send(
             local
-                .get(&format!("/m/{b}/four"))
+                .visit(&format!("/m/{b}/four"))
                 .query(&[("only", b.to_string())]),
         )
         .await;
@@ -1345,7 +1254,7 @@ async fn the_path_replay_cache_skips_the_replaying_machine_until_invalidated() {
 
 #[tokio::test]
 async fn clients_may_bypass_the_cache_only_when_the_entry_allows_it() {
-    let local = Local::start("wrong-first").await;
+    let local = platform("wrong-first").await;
     let ids = local.machines(&["ord", "ord"]).await;
     let b = ids[1];
     let entry = |prefix: &str, bypass: bool| {
@@ -1356,7 +1265,7 @@ async fn clients_may_bypass_the_cache_only_when_the_entry_allows_it() {
         let answer = local
             .send(
                 local
-                    .get(&format!("{prefix}/{b}"))
+                    .visit(&format!("{prefix}/{b}"))
                     .query(&replay_json(entry(prefix, bypass), b)),
             )
             .await;
@@ -1364,7 +1273,7 @@ async fn clients_may_bypass_the_cache_only_when_the_entry_allows_it() {
     }
     let skip = |path: String| {
         local
-            .get(&path)
+            .visit(&path)
             .header("fly-replay-cache-control", "skip")
             .query(&replay_json(entry("/open", true), b))
     };
@@ -1387,7 +1296,7 @@ async fn clients_may_bypass_the_cache_only_when_the_entry_allows_it() {
 
 #[tokio::test]
 async fn header_form_cache_directives_are_honoured_with_their_minimum_ttl() {
-    let local = Local::start("nearest").await;
+    let local = platform("nearest").await;
     let b = local.machine(APP, "syd").await;
     // A replays with the header form and the cache headers its `ttl` parameter asks for.
     let a = local
@@ -1407,19 +1316,19 @@ async fn header_form_cache_directives_are_honoured_with_their_minimum_ttl() {
         .await;
     // ttl 5 is below Fly's minimum of 10: replayed but not cached.
     for _ in 0..2 {
-        let answer = local.send(local.get("/cached/x?ttl=5")).await;
+        let answer = local.send(local.visit("/cached/x?ttl=5")).await;
         assert_eq!(answer.machine(), b);
         assert_eq!(
             answer.seen("fly-replay-cache-status").as_deref(),
             Some("miss")
         );
     }
-    let answer = local.send(local.get("/cached/x?ttl=10")).await;
+    let answer = local.send(local.visit("/cached/x?ttl=10")).await;
     assert_eq!(
         answer.seen("fly-replay-cache-status").as_deref(),
         Some("miss")
     );
-    let answer = local.send(local.get("/cached/y?ttl=10")).await;
+    let answer = local.send(local.visit("/cached/y?ttl=10")).await;
     assert_eq!(
         answer.seen("fly-replay-cache-status").as_deref(),
         Some("hit")
@@ -1430,7 +1339,7 @@ async fn header_form_cache_directives_are_honoured_with_their_minimum_ttl() {
     let answer = local
         .send(
             local
-                .get("/cached/z?ttl=10")
+                .visit("/cached/z?ttl=10")
                 .header("fly-force-instance-id", a.to_string()),
         )
         .await;
@@ -1449,7 +1358,7 @@ async fn header_form_cache_directives_are_honoured_with_their_minimum_ttl() {
 
 #[tokio::test]
 async fn the_session_replay_cache_remembers_each_cookie_value() {
-    let local = Local::start("wrong-first").await;
+    let local = platform("wrong-first").await;
     let rules = json!({"replay_cache": [
         {"path_prefix": "/", "ttl_seconds": 300, "type": "cookie", "name": "pin"}
     ]});
@@ -1459,7 +1368,7 @@ async fn the_session_replay_cache_remembers_each_cookie_value() {
     );
     let as_visitor = |pin: &str| {
         local
-            .get("/page")
+            .visit("/page")
             .header("cookie", format!("pin={pin}"))
             .query(&replay(format!("instance={b}"), b))
     };
@@ -1488,7 +1397,7 @@ async fn the_session_replay_cache_remembers_each_cookie_value() {
     let answer = local
         .send(
             local
-                .get("/page")
+                .visit("/page")
                 .header("cookie", "pin=v1")
                 .query(&replay_json(
                     json!({"instance": a.to_string(), "cache": {"invalidate": true}}),
@@ -1509,7 +1418,7 @@ async fn the_session_replay_cache_remembers_each_cookie_value() {
 /// docs, networking/dynamic-request-routing): the session cache does not remember one either.
 #[tokio::test]
 async fn the_session_cache_remembers_no_replay_with_timeout_or_fallback() {
-    let local = Local::start("wrong-first").await;
+    let local = platform("wrong-first").await;
     let rules = json!({"replay_cache": [
         {"path_prefix": "/", "ttl_seconds": 300, "type": "cookie", "name": "pin"}
     ]});
@@ -1526,7 +1435,7 @@ async fn the_session_cache_remembers_no_replay_with_timeout_or_fallback() {
             let answer = local
                 .send(
                     local
-                        .get("/page")
+                        .visit("/page")
                         .header("cookie", format!("pin={pin}"))
                         .query(&replay(directive.clone(), b)),
                 )
@@ -1545,7 +1454,7 @@ async fn the_session_cache_remembers_no_replay_with_timeout_or_fallback() {
 
 #[tokio::test]
 async fn cached_routes_to_gone_or_unreachable_machines_are_dropped() {
-    let local = Local::start("wrong-first").await;
+    let local = platform("wrong-first").await;
     let ids = local.machines(&["ord", "ord", "ord"]).await;
     let (b, c) = (ids[1], ids[2]);
     let cache_to = |m: MachineId| json!({"instance": m.to_string(), "cache": {"prefix": format!("/m/{m}/*"), "ttl": 60}});
@@ -1553,7 +1462,7 @@ async fn cached_routes_to_gone_or_unreachable_machines_are_dropped() {
         let answer = local
             .send(
                 local
-                    .get(&format!("/m/{m}/a"))
+                    .visit(&format!("/m/{m}/a"))
                     .query(&replay_json(cache_to(m), m)),
             )
             .await;
@@ -1565,7 +1474,7 @@ async fn cached_routes_to_gone_or_unreachable_machines_are_dropped() {
     let answer = local
         .send(
             local
-                .get(&format!("/m/{b}/b"))
+                .visit(&format!("/m/{b}/b"))
                 .query(&[("only", b.to_string())]),
         )
         .await;
@@ -1574,14 +1483,14 @@ async fn cached_routes_to_gone_or_unreachable_machines_are_dropped() {
 
     // C stopped: its entry goes with it, before any request tries it.
     local
-        .api(
+        .api_ok(
             reqwest::Method::POST,
             &format!("/v1/apps/{APP}/machines/{c}/stop"),
             Some(json!({})),
         )
         .await;
     local
-        .api(
+        .api_ok(
             reqwest::Method::GET,
             &format!("/v1/apps/{APP}/machines/{c}/wait?state=stopped&timeout=30"),
             None,
@@ -1590,7 +1499,7 @@ async fn cached_routes_to_gone_or_unreachable_machines_are_dropped() {
     let answer = local
         .send(
             local
-                .get(&format!("/m/{c}/b"))
+                .visit(&format!("/m/{c}/b"))
                 .query(&[("only", c.to_string())]),
         )
         .await;

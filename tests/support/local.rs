@@ -8,7 +8,7 @@ use flyby::{
         AppError,
     },
     fly::MachineId,
-    local::{self, Args, RunningPlatform, EPHEMERAL_APP, LAUNCHER_IMAGE},
+    local::{RunningPlatform, EPHEMERAL_APP},
 };
 use futures::{SinkExt, StreamExt};
 use reqwest::{cookie::CookieStore, header, redirect::Policy};
@@ -19,28 +19,13 @@ use tokio_tungstenite::{
     MaybeTlsStream, WebSocketStream,
 };
 
-pub const TOKEN: &str = "flyby-local-token";
+pub use super::platform::TOKEN;
+use super::platform::{Local, Options};
 
 /// Starts a platform with two launchers and `--balance wrong-first`, plus `extra` arguments.
-pub async fn start(extra: &[&str]) -> RunningPlatform {
-    let flyby = env!("CARGO_BIN_EXE_flyby");
-    let site = super::site_root();
-    let mut argv = vec![
-        "flyby-local".to_owned(),
-        "--proxy-addr=127.0.0.1:0".into(),
-        "--api-addr=127.0.0.1:0".into(),
-        "--balance=wrong-first".into(),
-        format!("--image={LAUNCHER_IMAGE}={flyby}"),
-        format!("--site-root={}", site.display()),
-        format!("--api-token={TOKEN}"),
-    ];
-    argv.extend(extra.iter().map(|s| s.to_string()));
-    local::start(Args::try_parse_from(argv).expect("flyby-local arguments"))
-        .await
-        .expect("flyby-local starts")
+pub async fn start(extra: &[&str]) -> Local {
+    Local::start(Options::product().args(extra)).await
 }
-
-use clap::Parser;
 
 /// Awaits the platform's registry changes until `found` finds something; bounded (30 s), so a
 /// platform that never gets there fails the test.

@@ -84,3 +84,4 @@ async fn next_event(
 }
 
 pub mod local;
+pub mod platform;
