@@ -63,7 +63,7 @@ async fn two_owners(
 
 #[tokio::test]
 async fn a_machine_crashing_mid_visit_ends_on_the_gone_page_and_is_destroyed() {
-    let (platform, api, alice, a) = two_owners(&[]).await;
+    let (_platform, api, alice, a) = two_owners(&[]).await;
     api.fault(json!({"kind": "crash", "machine": a.to_string()}))
         .await;
     api.wait_destroyed(a).await;
@@ -79,19 +79,17 @@ async fn a_machine_crashing_mid_visit_ends_on_the_gone_page_and_is_destroyed() {
     // ... and reloading her page ends on the launcher's "gone" page.
     let page = alice.machine_page(a).await;
     alice.assert_sent_to_gone_page(&page);
-    platform.shutdown().await;
 }
 
 #[tokio::test]
 async fn the_proxy_losing_a_machines_listener_ends_on_the_gone_page() {
-    let (platform, api, alice, a) = two_owners(&["--launcher-env=FLYBY_TTL_SECS=15"]).await;
+    let (_platform, api, alice, a) = two_owners(&["--launcher-env=FLYBY_TTL_SECS=15"]).await;
     api.fault(json!({"kind": "drop_listener", "machine": a.to_string()}))
         .await;
     let page = alice.machine_page(a).await;
     alice.assert_sent_to_gone_page(&page);
     // The unreachable Machine still ends by itself at its TTL.
     api.wait_destroyed(a).await;
-    platform.shutdown().await;
 }
 
 #[tokio::test]
@@ -121,5 +119,4 @@ async fn a_launcher_killed_mid_launch_leaves_no_machine_and_the_launcher_still_w
     Visitor::new(&platform, "203.0.113.2")
         .launch_and_claim()
         .await;
-    platform.shutdown().await;
 }

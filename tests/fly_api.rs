@@ -2,9 +2,9 @@
 //! typed error, and the retries under the platform's own fault knobs (`POST /_local/faults`),
 //! counting Machines to prove that a retried create never makes two.
 //!
-//! Every test starts its own `flyby-local` (the binary, as a user runs it) on free ports and
-//! stops it with SIGTERM, which stops its Machines. Nothing sleeps to synchronise: the client's
-//! own `wait` and bounded awaits do.
+//! Every test starts its own platform on free ports (`support::platform`), stopped with its
+//! Machines when the test ends. Nothing sleeps to synchronise: the client's own `wait` and
+//! bounded awaits do.
 #![cfg(feature = "ssr")]
 
 mod support;
@@ -17,119 +17,17 @@ use flyby::{
         Restart, RestartPolicy, RetryPolicy, Service, StopConfig, WaitState,
     },
 };
-use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
+use serde_json::json;
 use std::{
     collections::BTreeMap,
-    path::PathBuf,
-    process::Stdio,
-    sync::{Arc, Mutex, OnceLock},
+    sync::{Arc, Mutex},
     time::Duration,
 };
-use support::local::Api;
 
-const TOKEN: &str = "fly-api-test-token";
-const APP: &str = "flyby-machines";
-/// A bound on starting the platform, so that a broken one fails the test instead of hanging it.
-const BOUND: Duration = Duration::from_secs(60);
+use support::platform::{Local, Options, APP, TOKEN};
 
-/// `target/<profile>`, where cargo put `flyby-local`.
-fn profile_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_flyby-local"))
-        .parent()
-        .expect("target/<profile>")
-        .to_owned()
-}
-
-/// The `probe_machine` example, the image these tests' Machines run. `cargo test` builds
-/// examples but `cargo test --test fly_api` does not: then it is built here, once.
-fn probe() -> PathBuf {
-    static PROBE: OnceLock<PathBuf> = OnceLock::new();
-    PROBE
-        .get_or_init(|| {
-            let dir = profile_dir();
-            let path = dir.join("examples/probe_machine");
-            if !path.is_file() {
-                let target_dir = dir.parent().expect("target dir");
-                let mut build = std::process::Command::new(
-                    std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()),
-                );
-                build
-                    .current_dir(env!("CARGO_MANIFEST_DIR"))
-                    .args(["build", "--features", "ssr", "--example", "probe_machine"])
-                    .arg("--target-dir")
-                    .arg(target_dir);
-                if dir.file_name().is_some_and(|n| n == "release") {
-                    build.arg("--release");
-                }
-                let status = build.status().expect("cargo runs");
-                assert!(
-                    status.success(),
-                    "building the probe_machine example failed"
-                );
-            }
-            assert!(path.is_file(), "{} is missing", path.display());
-            path
-        })
-        .clone()
-}
-
-/// A `flyby-local` process; stopped with SIGTERM when dropped, which stops its Machines.
-struct Local {
-    child: std::process::Child,
-    api: String,
-}
-
+/// The words of this suite: Machines API clients of the platform.
 impl Local {
-    async fn start(extra: &[&str]) -> Local {
-        let probe = probe();
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_flyby-local"))
-            .args([
-                "--proxy-addr",
-                "127.0.0.1:0",
-                "--api-addr",
-                "127.0.0.1:0",
-                "--launchers",
-                "0",
-            ])
-            .arg("--image")
-            .arg(format!("probe={}", probe.display()))
-            .args(extra)
-            .env("FLY_API_TOKEN", TOKEN)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn flyby-local");
-        let stdout = child.stdout.take().unwrap();
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        // A thread, not a task: it must outlive the test's runtime and read until flyby-local
-        // exits, or the platform's last log lines would hit a closed pipe while it shuts down.
-        std::thread::spawn(move || {
-            let mut ready_tx = Some(ready_tx);
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                // Machines' log lines share stdout: the ready line is found by its prefix.
-                if let Some(rest) = line.strip_prefix("flyby-local ready: ") {
-                    if let Some(tx) = ready_tx.take() {
-                        let _ = tx.send(rest.to_owned());
-                    }
-                }
-            }
-        });
-        let ready = tokio::time::timeout(BOUND, ready_rx)
-            .await
-            .expect("flyby-local ready in time")
-            .expect("flyby-local exited before it was ready");
-        let api = ready
-            .split_whitespace()
-            .find_map(|part| part.strip_prefix("api="))
-            .expect("api= in the ready line")
-            .to_owned();
-        Local { child, api }
-    }
-
     /// A client with quick backoffs, and the records its observer received.
     fn client(&self, tweak: impl FnOnce(&mut FlyApiConfig)) -> (FlyApi, Records) {
         self.client_with_token(TOKEN, tweak)
@@ -142,7 +40,7 @@ impl Local {
     ) -> (FlyApi, Records) {
         let records = Records::default();
         let sink = records.clone();
-        let mut config = FlyApiConfig::new(&self.api, ApiToken::new(token).unwrap());
+        let mut config = FlyApiConfig::new(&self.api_url, ApiToken::new(token).unwrap());
         config.retry = RetryPolicy {
             max_attempts: 4,
             initial_backoff: Duration::from_millis(20),
@@ -152,47 +50,6 @@ impl Local {
         config.observer = Some(Arc::new(move |r: &CallRecord| sink.push(r)));
         tweak(&mut config);
         (FlyApi::new(config).unwrap(), records)
-    }
-
-    /// The platform's admin endpoints (faults, stats), as the other suites reach them.
-    fn admin(&self) -> Api {
-        Api::at(
-            self.api
-                .trim_start_matches("http://")
-                .parse()
-                .expect("api= is an http://address"),
-        )
-    }
-
-    /// Arms a fault through the admin endpoint.
-    async fn arm(&self, fault: Value) {
-        self.admin().fault(fault).await;
-    }
-
-    /// A counter of `/_local/stats` (`api.<action>.<status>`).
-    async fn counter(&self, name: &str) -> u64 {
-        self.admin().stats().await["counters"][name]
-            .as_u64()
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for Local {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child, which has not been reaped (we reap it below).
-        unsafe {
-            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
-        }
-        // Let it stop its Machines: a test leaves no process behind. Bounded, then forced.
-        let deadline = std::time::Instant::now() + BOUND;
-        while std::time::Instant::now() < deadline {
-            if !matches!(self.child.try_wait(), Ok(None)) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -281,7 +138,7 @@ async fn all_machines(api: &FlyApi) -> Vec<Machine> {
 
 #[tokio::test]
 async fn a_machine_lives_its_whole_life_through_the_client() {
-    let local = Local::start(&["--rate-limits", "off"]).await;
+    let local = Local::start(Options::bare()).await;
     let (api, records) = local.client(|_| {});
 
     let created = api
@@ -387,7 +244,7 @@ async fn a_machine_lives_its_whole_life_through_the_client() {
 
 #[tokio::test]
 async fn a_taken_name_is_name_taken_with_its_holder() {
-    let local = Local::start(&["--rate-limits", "off"]).await;
+    let local = Local::start(Options::bare()).await;
     let (api, _) = local.client(|_| {});
     let first = api
         .create(APP, &request("slot-1", "launch-a"))
@@ -410,7 +267,7 @@ async fn a_taken_name_is_name_taken_with_its_holder() {
 
 #[tokio::test]
 async fn a_wrong_token_is_unauthorized_and_not_retried() {
-    let local = Local::start(&["--rate-limits", "off"]).await;
+    let local = Local::start(Options::bare()).await;
     let (api, records) = local.client_with_token("not-the-token", |_| {});
     let err = api.list(APP, &ListFilter::default()).await.unwrap_err();
     assert_eq!(err, FlyApiError::Unauthorized { status: 401 });
@@ -420,7 +277,7 @@ async fn a_wrong_token_is_unauthorized_and_not_retried() {
 
 #[tokio::test]
 async fn a_missing_machine_is_not_found_and_destroying_it_is_ok() {
-    let local = Local::start(&["--rate-limits", "off"]).await;
+    let local = Local::start(Options::bare()).await;
     let (api, records) = local.client(|_| {});
     let nobody = MachineId::parse("0123456789abcd").unwrap();
     let err = api.get(APP, nobody).await.unwrap_err();
@@ -437,7 +294,7 @@ async fn a_missing_machine_is_not_found_and_destroying_it_is_ok() {
 
 #[tokio::test]
 async fn a_machine_that_never_starts_makes_wait_time_out() {
-    let local = Local::start(&["--rate-limits", "off"]).await;
+    let local = Local::start(Options::bare()).await;
     let (api, records) = local.client(|_| {});
     local.arm(json!({"kind": "never_start", "count": 1})).await;
     let machine = api
@@ -455,7 +312,7 @@ async fn a_machine_that_never_starts_makes_wait_time_out() {
 
 #[tokio::test]
 async fn a_get_succeeds_after_two_503s() {
-    let local = Local::start(&["--rate-limits", "off"]).await;
+    let local = Local::start(Options::bare()).await;
     let (api, records) = local.client(|_| {});
     let machine = api.create(APP, &request("m", "launch-g")).await.unwrap();
     records.clear();
@@ -477,7 +334,7 @@ async fn a_get_succeeds_after_two_503s() {
 
 #[tokio::test]
 async fn a_create_that_failed_with_500_is_retried_after_a_lookup_and_makes_one_machine() {
-    let local = Local::start(&["--rate-limits", "off"]).await;
+    let local = Local::start(Options::bare()).await;
     let (api, records) = local.client(|_| {});
     local
         .arm(json!({"kind": "api", "action": "create", "count": 1, "status": 500}))
@@ -503,7 +360,7 @@ async fn a_create_that_failed_with_500_is_retried_after_a_lookup_and_makes_one_m
 
 #[tokio::test]
 async fn a_create_whose_connection_was_closed_is_retried_after_a_lookup_and_makes_one_machine() {
-    let local = Local::start(&["--rate-limits", "off"]).await;
+    let local = Local::start(Options::bare()).await;
     let (api, records) = local.client(|_| {});
     local
         .arm(json!({"kind": "api", "action": "create", "count": 1, "refuse": true}))
@@ -531,7 +388,7 @@ async fn a_create_past_its_deadline_never_makes_two_machines() {
     // The platform holds the create for 2.5 s, then may perform it; the client gives up on the
     // attempt after 1 s. Whichever create wins, the name admits one Machine and the client
     // returns it.
-    let local = Local::start(&["--rate-limits", "off"]).await;
+    let local = Local::start(Options::bare()).await;
     let (api, records) = local.client(|c| c.call_timeout = Duration::from_secs(1));
     local
         .arm(json!({"kind": "api", "action": "create", "count": 1, "delay_ms": 2500}))
@@ -550,7 +407,7 @@ async fn a_create_past_its_deadline_never_makes_two_machines() {
 
 #[tokio::test]
 async fn a_slow_answer_is_a_timeout_and_an_idempotent_call_is_retried() {
-    let local = Local::start(&["--rate-limits", "off"]).await;
+    let local = Local::start(Options::bare()).await;
     let (patient, _) = local.client(|_| {});
     let machine = patient
         .create(APP, &request("m", "launch-t"))
@@ -581,7 +438,7 @@ async fn a_slow_answer_is_a_timeout_and_an_idempotent_call_is_retried() {
 
 #[tokio::test]
 async fn a_rate_limited_create_is_retried_without_a_lookup() {
-    let local = Local::start(&["--rate-limits", "off"]).await;
+    let local = Local::start(Options::bare()).await;
     let (api, records) = local.client(|_| {});
     local
         .arm(json!({"kind": "api", "action": "create", "count": 2, "status": 429}))
@@ -607,7 +464,7 @@ async fn the_platform_rate_limits_are_absorbed_by_retries() {
     // Fly's limits as flyby-local plays them: creates at 1/s with bursts of 3. Six creates in a
     // row go beyond the burst; the client waits and retries the refused ones (a 429 was not
     // performed) and every create succeeds, once.
-    let local = Local::start(&["--rate-limits", "on"]).await;
+    let local = Local::start(Options::bare().args(&["--rate-limits=on"])).await;
     let (api, records) = local.client(|c| {
         c.retry = RetryPolicy {
             max_attempts: 12,

@@ -188,5 +188,4 @@ async fn hostile_requests_are_refused_and_change_nothing() {
         assert_eq!(page.status(), StatusCode::OK);
     }
     assert_eq!(api.machines().await.len(), 2);
-    platform.shutdown().await;
 }

@@ -40,7 +40,6 @@ async fn the_hand_over_asked_for_at_once_answers_when_the_machine_serves() {
     let machine = visitor.claim(&handover).await;
     assert_eq!(visitor.machine_page(machine).await.status(), StatusCode::OK);
     assert_eq!(api.machines().await.len(), 1);
-    platform.shutdown().await;
 }
 
 /// The page asks for the hand-over at once, and that request waits for the whole launch: a
@@ -75,7 +74,6 @@ async fn the_hand_over_goes_to_its_visitor_whenever_they_ask_and_to_nobody_else(
     );
     let machine = visitor.claim(&again).await;
     assert_eq!(visitor.machine_page(machine).await.status(), StatusCode::OK);
-    platform.shutdown().await;
 }
 
 #[tokio::test]
@@ -145,7 +143,6 @@ async fn a_launch_creates_a_machine_with_its_whole_config_and_hands_it_over() {
     );
     let machine = visitor.claim(&handover).await;
     assert_eq!(machine.as_str(), m["id"].as_str().unwrap());
-    platform.shutdown().await;
 }
 
 /// Fly's session replay cache, keyed on the owner cookie, sends the owner's requests straight to
@@ -188,7 +185,6 @@ async fn the_owners_requests_go_straight_to_their_machine_once_the_replay_cache_
         hits().await - before >= 3,
         "each of the owner's requests after the first static file is a cache hit"
     );
-    platform.shutdown().await;
 }
 
 /// Fly's proxies learn of a Machine a moment after it starts, while the launcher sees it serve
@@ -217,7 +213,6 @@ async fn a_hand_over_the_proxy_cannot_deliver_yet_is_made_again_until_it_can() {
             >= 1,
         "the first hand-over did come back undelivered: {stats}"
     );
-    platform.shutdown().await;
 }
 
 #[tokio::test]
@@ -344,7 +339,6 @@ async fn every_kind_of_request_of_the_owner_reaches_their_machine_and_nobody_els
             .is_err(),
         "no WebSocket for strangers"
     );
-    platform.shutdown().await;
 }
 
 /// Launches and claims a Machine for a visitor of a platform started with `env`.
@@ -367,7 +361,7 @@ async fn owned_machine(
 
 #[tokio::test]
 async fn the_end_of_the_show_destroys_the_machine() {
-    let (platform, api, visitor, machine) = owned_machine(&["FLYBY_SHOW_SECS=3"]).await;
+    let (_platform, api, visitor, machine) = owned_machine(&["FLYBY_SHOW_SECS=3"]).await;
     let mut ws = visitor.websocket(&visitor.machines("/api/channel")).await;
     let mut phases = Vec::new();
     while let Some(Ok(message)) = ws.next().await {
@@ -402,12 +396,11 @@ async fn the_end_of_the_show_destroys_the_machine() {
     );
     api.wait_destroyed(machine).await;
     assert!(api.machines().await.is_empty());
-    platform.shutdown().await;
 }
 
 #[tokio::test]
 async fn the_owners_button_destroys_the_machine() {
-    let (platform, api, visitor, machine) = owned_machine(&[]).await;
+    let (_platform, api, visitor, machine) = owned_machine(&[]).await;
     let r = visitor
         .client()
         .post(visitor.machines("/api/switch-off"))
@@ -416,15 +409,13 @@ async fn the_owners_button_destroys_the_machine() {
         .unwrap();
     assert_eq!(r.status(), 200);
     api.wait_destroyed(machine).await;
-    platform.shutdown().await;
 }
 
 #[tokio::test]
 async fn the_ttl_destroys_the_machine() {
-    let (platform, api, _visitor, machine) =
+    let (_platform, api, _visitor, machine) =
         owned_machine(&["FLYBY_TTL_SECS=10", "FLYBY_SHOW_SECS=600"]).await;
     api.wait_destroyed(machine).await;
-    platform.shutdown().await;
 }
 
 #[tokio::test]
@@ -437,12 +428,11 @@ async fn a_machine_nobody_claims_destroys_itself() {
     let machine =
         flyby::fly::MachineId::parse(api.machines().await[0]["id"].as_str().unwrap()).unwrap();
     api.wait_destroyed(machine).await;
-    platform.shutdown().await;
 }
 
 #[tokio::test]
 async fn a_stop_signal_destroys_the_machine() {
-    let (platform, api, _visitor, machine) = owned_machine(&[]).await;
+    let (_platform, api, _visitor, machine) = owned_machine(&[]).await;
     let r = api
         .post(
             &format!("/v1/apps/flyby-machines/machines/{machine}/stop"),
@@ -451,7 +441,6 @@ async fn a_stop_signal_destroys_the_machine() {
         .await;
     assert!(r.status().is_success(), "{}", r.status());
     api.wait_destroyed(machine).await;
-    platform.shutdown().await;
 }
 
 #[tokio::test]
@@ -489,7 +478,6 @@ async fn a_stale_pin_ends_on_the_gone_page_not_a_5xx() {
         .await
         .unwrap();
     assert!(call.status().is_client_error(), "{}", call.status());
-    platform.shutdown().await;
 }
 
 #[tokio::test]
@@ -505,7 +493,6 @@ async fn the_launcher_refuses_a_cross_site_launch() {
         .unwrap();
     assert_eq!(r.status().as_u16() / 100, 4);
     assert!(Api::new(&platform).machines().await.is_empty());
-    platform.shutdown().await;
 }
 
 #[tokio::test]
@@ -525,7 +512,6 @@ async fn each_visitor_has_a_launch_budget() {
     Visitor::new(&platform, "203.0.113.2")
         .launch_and_claim()
         .await;
-    platform.shutdown().await;
 }
 
 /// A launch the platform makes fail: the visitor's message, and nothing left behind.
@@ -591,7 +577,6 @@ async fn concurrent_launches_never_exceed_the_cap() {
     assert_eq!(launched + capacity, 20, "{outcomes:?}");
     assert_eq!(api.machines().await.len(), 8);
     assert!(peak <= 8, "{peak} Machines alive at once (cap 8)");
-    platform.shutdown().await;
 }
 
 #[tokio::test]
@@ -621,7 +606,6 @@ async fn the_reaper_destroys_an_over_age_machine() {
     let id: serde_json::Value = created.json().await.unwrap();
     let id = flyby::fly::MachineId::parse(id["id"].as_str().unwrap()).unwrap();
     api.wait_destroyed(id).await;
-    platform.shutdown().await;
 }
 
 #[tokio::test]
@@ -665,7 +649,6 @@ async fn a_later_visit_after_the_last_machine_is_gone_still_ends_on_the_gone_pag
         .await
         .unwrap();
     assert_eq!(own.status(), StatusCode::FORBIDDEN);
-    platform.shutdown().await;
 }
 
 /// The concierges of the visitors' app that are not destroyed: (id, image, state).
@@ -775,7 +758,6 @@ async fn a_deploy_that_changes_the_image_replaces_the_concierge() {
         .unwrap();
     api.wait_destroyed(a).await;
     alice.assert_sent_to_gone_page(&alice.machine_page(a).await);
-    platform.shutdown().await;
 }
 
 /// A region without room (Fly's `insufficient_capacity`) sends the launch to the next nearest
@@ -820,7 +802,6 @@ async fn a_full_region_launches_in_the_next_nearest_one() {
         1,
         "nothing left of the failed launch"
     );
-    platform.shutdown().await;
 }
 
 /// Three launchers list the visitors' app without ever hitting Fly's limit of 1 list a second
@@ -847,5 +828,4 @@ async fn three_launchers_list_within_flys_rate_limit() {
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     };
     assert_eq!(counter(&stats, "api.list.429"), 0, "{stats}");
-    platform.shutdown().await;
 }

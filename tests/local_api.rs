@@ -271,7 +271,6 @@ async fn every_call_needs_the_token() {
     assert_eq!(flyv1.status(), StatusCode::OK);
     assert_eq!(local.counter("api.list.401").await, 2);
     assert_eq!(local.counter("api.create.401").await, 1);
-    local.shutdown().await;
 }
 
 #[tokio::test]
@@ -304,7 +303,6 @@ async fn unknown_apps_and_machines_are_404() {
         assert_eq!(status, StatusCode::NOT_FOUND);
         assert_eq!(body, json!({"error": "machine not found"}));
     }
-    local.shutdown().await;
 }
 
 #[tokio::test]
@@ -388,7 +386,6 @@ async fn bad_create_bodies_are_refused_and_change_nothing() {
     let (_, all) = local.get(&format!("{path}?include_deleted=true")).await;
     assert_eq!(all, json!([]));
     assert!(local.platform.registry.all().is_empty());
-    local.shutdown().await;
 }
 
 #[tokio::test]
@@ -502,7 +499,6 @@ async fn a_machine_gets_the_environment_of_a_fly_machine_and_nothing_else() {
             );
         }
     }
-    local.shutdown().await;
 }
 
 /// Fly's two networks (Fly docs, networking/app-services): fly-proxy delivers to a Machine's
@@ -556,7 +552,6 @@ async fn the_proxy_reaches_ipv4_and_other_machines_reach_the_6pn_ipv6_address() 
     let b = local.record(&every_address).addrs;
     assert_ne!(a.proxy, b.proxy);
     assert_ne!(a.private, b.private);
-    local.shutdown().await;
 }
 
 #[tokio::test]
@@ -587,7 +582,6 @@ async fn auto_destroy_destroys_a_machine_whose_process_exits() {
         StatusCode::NOT_FOUND,
         "a destroyed Machine cannot start"
     );
-    local.shutdown().await;
 }
 
 #[tokio::test]
@@ -653,7 +647,6 @@ async fn the_restart_policy_decides_what_follows_an_exit() {
         })
         .await;
     assert_eq!(local.probe_get(&always, "/health").await.0, StatusCode::OK);
-    local.shutdown().await;
 }
 
 #[tokio::test]
@@ -704,7 +697,6 @@ async fn stop_then_start() {
     local.wait_started(&machine).await;
     assert_eq!(local.probe_get(&machine, "/health").await.0, StatusCode::OK);
     assert_ne!(local.record(&machine).pid, Some(pid));
-    local.shutdown().await;
 }
 
 #[tokio::test]
@@ -745,7 +737,6 @@ async fn a_stop_ends_with_sigkill_after_the_timeout() {
     assert_eq!(exit["signal"], libc::SIGKILL);
     assert_eq!(exit["requested_stop"], true);
     assert!(!alive(pid));
-    local.shutdown().await;
 }
 
 #[tokio::test]
@@ -790,7 +781,6 @@ async fn deleting_a_running_machine_needs_force() {
     assert_eq!(local.wait(&other, "stopped", 30).await, StatusCode::OK);
     assert_eq!(local.delete(&machine_path(&other)).await.0, StatusCode::OK);
     assert_eq!(local.wait(&other, "destroyed", 5).await, StatusCode::OK);
-    local.shutdown().await;
 }
 
 #[tokio::test]
@@ -845,7 +835,6 @@ async fn machine_names_are_unique_among_live_machines_of_an_app() {
         MachineState::Created,
         "skip_launch: not booted"
     );
-    local.shutdown().await;
 }
 
 #[tokio::test]
@@ -904,7 +893,6 @@ async fn list_filters_by_metadata_and_region() {
             .0,
         StatusCode::BAD_REQUEST
     );
-    local.shutdown().await;
 }
 
 #[tokio::test]
@@ -940,7 +928,6 @@ async fn rate_limits_answer_429_beyond_the_burst() {
     // Another action has its own bucket.
     assert_eq!(local.get(&machine_path(&machine)).await.0, StatusCode::OK);
     assert!(local.counter("api.list.429").await >= 1);
-    local.shutdown().await;
 }
 
 #[tokio::test]
@@ -986,7 +973,6 @@ async fn wait_validates_its_query_and_times_out_with_408() {
         ))
         .await;
     assert_eq!((status, body), (StatusCode::OK, json!({"ok": true})));
-    local.shutdown().await;
 }
 
 #[tokio::test]
@@ -1050,7 +1036,6 @@ async fn api_faults_fail_delay_or_refuse_the_next_calls() {
         local.arm(json!({"kind": "nonsense"})).await,
         StatusCode::BAD_REQUEST
     );
-    local.shutdown().await;
 }
 
 #[tokio::test]
@@ -1079,7 +1064,6 @@ async fn never_start_keeps_the_next_machine_starting() {
 
     let next = local.create_probe(json!({})).await;
     local.wait_started(&next).await;
-    local.shutdown().await;
 }
 
 #[tokio::test]
@@ -1122,7 +1106,6 @@ async fn never_serve_listens_but_never_answers() {
         matches!(closed, Ok(0) | Err(_)),
         "stopping closes what it held"
     );
-    local.shutdown().await;
 }
 
 #[tokio::test]
@@ -1150,7 +1133,6 @@ async fn a_crash_kills_the_process_now() {
             .await,
         StatusCode::NOT_FOUND
     );
-    local.shutdown().await;
 }
 
 #[tokio::test]
@@ -1168,7 +1150,6 @@ async fn drop_listener_is_armed_for_the_proxy_until_cleared() {
     assert!(local.platform.faults.listener_dropped(id(&machine)));
     local.delete("/_local/faults").await;
     assert!(!local.platform.faults.listener_dropped(id(&machine)));
-    local.shutdown().await;
 }
 
 #[tokio::test]
@@ -1200,7 +1181,6 @@ async fn stats_count_api_calls_by_action_and_status_and_machines_by_state() {
         .find(|m| m["id"] == running["id"])
         .unwrap();
     assert_eq!(shown["pid"], local.record(&running).pid.unwrap());
-    local.shutdown().await;
 }
 
 #[tokio::test]
@@ -1346,7 +1326,6 @@ async fn two_launchers_boot_in_two_regions_and_serve() {
     }
     let (_, ephemeral) = local.get(&format!("/v1/apps/{APP}/machines")).await;
     assert_eq!(ephemeral, json!([]), "the ephemeral app starts empty");
-    local.shutdown().await;
 }
 
 /// Fly's OpenAPI description, with its component schemas as JSON Schema `$defs`.
@@ -1451,5 +1430,4 @@ async fn create_list_and_get_json_match_fly_openapi_schemas() {
     assert_valid(&list_schema, &listed, "the list response");
     let (_, error) = local.get("/v1/apps/nope/machines").await;
     assert_valid(&error_schema, &error, "an error");
-    local.shutdown().await;
 }

@@ -381,7 +381,6 @@ async fn an_instance_replay_delivers_the_original_request_there_with_fly_replay_
     let src = answer.seen("fly-replay-src").unwrap();
     assert!(src.starts_with(&format!("instance={a};region=ord;t=")));
     assert!(src.ends_with(";state=abc"), "{src}");
-    local.shutdown().await;
 }
 
 #[tokio::test]
@@ -461,7 +460,6 @@ async fn bodies_up_to_1_mb_are_replayed_byte_for_byte_and_larger_ones_refused() 
         .await;
     assert_eq!(answer.machine(), a);
     assert_eq!(answer.report()["body_len"], 1_500_000);
-    local.shutdown().await;
 }
 
 /// Fly's proxy nodes learn of a started Machine a moment later (the `routing_delay` fault):
@@ -498,7 +496,6 @@ async fn a_machine_is_unknown_to_the_proxy_for_the_routing_delay_after_it_starts
         .send(local.replay_from(a, "/", format!("instance={b};timeout=10s"), b))
         .await;
     assert_eq!(replayed.machine(), b, "known once the delay is over");
-    local.shutdown().await;
 }
 
 #[tokio::test]
@@ -547,7 +544,6 @@ async fn the_json_form_replays_with_its_transform() {
     assert_eq!(answer.status, StatusCode::BAD_GATEWAY);
     assert_eq!(answer.error(), Some("PA03"));
     assert!(!answer.text().contains("not-an-id\"}"));
-    local.shutdown().await;
 }
 
 #[tokio::test]
@@ -566,7 +562,6 @@ async fn elsewhere_excludes_the_replaying_machine() {
         4,
         "one replay each: A was never picked again"
     );
-    local.shutdown().await;
 }
 
 #[tokio::test]
@@ -618,7 +613,6 @@ async fn region_replays_honour_codes_lists_and_aliases() {
 
     let answer = local.send(from_iad(replay("region=syd,any", ams))).await;
     assert_eq!(answer.error(), Some("PA03"), "a list must be quoted");
-    local.shutdown().await;
 }
 
 #[tokio::test]
@@ -648,7 +642,6 @@ async fn app_replays_reach_another_app_and_unknown_apps_are_pa04() {
         .await;
     assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(answer.error(), Some("PR03"));
-    local.shutdown().await;
 }
 
 #[tokio::test]
@@ -680,7 +673,6 @@ async fn prefer_instance_goes_elsewhere_when_the_machine_is_unreachable() {
         answer.seen("fly-preferred-instance-unavailable"),
         Some(b.to_string())
     );
-    local.shutdown().await;
 }
 
 #[tokio::test]
@@ -698,7 +690,6 @@ async fn ten_chained_replays_are_followed_and_the_eleventh_is_pa02() {
     assert_eq!(local.counter("proxy.replays.delivered").await, 10);
     assert_eq!(local.counter("proxy.replays.limit").await, 1);
     assert_eq!(local.counter("proxy.errors.PA02").await, 1);
-    local.shutdown().await;
 }
 
 #[tokio::test]
@@ -717,7 +708,6 @@ async fn an_invalid_fly_replay_is_pa03_and_hides_the_machines_answer() {
         );
     }
     assert_eq!(local.counter("proxy.replays.invalid").await, 4);
-    local.shutdown().await;
 }
 
 #[tokio::test]
@@ -740,7 +730,6 @@ async fn an_unreachable_target_without_fallback_is_pr03() {
         .await;
     assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(local.counter("proxy.replays.failed").await, 2);
-    local.shutdown().await;
 }
 
 /// A scripted Machine that replays with the `r` query parameter, and answers a fallback by
@@ -813,7 +802,6 @@ async fn fallbacks_bring_the_request_back_with_fly_replay_failed() {
     assert_eq!(failed.instance, None);
     assert_eq!(local.counter("proxy.replays.fallback").await, 4);
     assert_eq!(local.counter("proxy.replays.failed").await, 0);
-    local.shutdown().await;
 }
 
 #[tokio::test]
@@ -851,7 +839,6 @@ async fn a_fallback_answered_with_fly_replay_is_an_error() {
         "delivered, then refused"
     );
     assert_eq!(local.counter("proxy.replays.invalid").await, 1);
-    local.shutdown().await;
 }
 
 #[tokio::test]
@@ -888,7 +875,6 @@ async fn a_websocket_upgrade_is_replayed_and_completed_by_the_final_machine() {
     socket.close(None).await.unwrap();
     assert_eq!(local.counter("proxy.websockets").await, 1);
     assert_eq!(local.counter("proxy.replays.delivered").await, 1);
-    local.shutdown().await;
 }
 
 #[tokio::test]
@@ -947,7 +933,6 @@ async fn client_routing_headers_pick_the_machine() {
         .send(with("fly-force-instance-id", "nope".into()))
         .await;
     assert_eq!(answer.status, StatusCode::BAD_REQUEST);
-    local.shutdown().await;
 }
 
 #[tokio::test]
@@ -1017,7 +1002,6 @@ async fn fly_headers_are_added_and_client_copies_are_not_trusted() {
         .send(local.visit("/").header("flyby-local-edge-region", "Sydney"))
         .await;
     assert_eq!(answer.status, StatusCode::BAD_REQUEST);
-    local.shutdown().await;
 }
 
 #[tokio::test]
@@ -1058,7 +1042,6 @@ async fn hosts_route_to_apps_and_apps_without_machines_have_no_candidate() {
     assert!(local.platform.registry.allocate_public_ips("other"));
     let answer = local.send(local.http.get(local.url("other", "/"))).await;
     assert_eq!(answer.machine(), o);
-    local.shutdown().await;
 }
 
 #[tokio::test]
@@ -1079,7 +1062,6 @@ async fn nearest_sends_each_edge_to_its_closest_region() {
             .await;
         assert_eq!(answer.machine(), syd, "{edge} -> syd");
     }
-    local.shutdown().await;
 }
 
 #[tokio::test]
@@ -1106,7 +1088,6 @@ async fn round_robin_and_random_spread_requests() {
         seen.insert(machine);
     }
     assert_eq!(seen.len(), 2);
-    local.shutdown().await;
 }
 
 #[tokio::test]
@@ -1139,7 +1120,6 @@ async fn wrong_first_lands_away_from_the_machine_a_request_names() {
         .await;
     assert_eq!(answer.machine(), b);
     assert_eq!(local.counter("proxy.replays.delivered").await, 1);
-    local.shutdown().await;
 }
 
 #[tokio::test]
@@ -1170,7 +1150,6 @@ async fn a_dropped_listener_makes_a_machine_unreachable_until_cleared() {
         )
         .await;
     assert_eq!(answer.machine(), a);
-    local.shutdown().await;
 }
 
 #[tokio::test]
@@ -1249,7 +1228,6 @@ async fn the_path_replay_cache_skips_the_replaying_machine_until_invalidated() {
         "no cache any more: load-balanced (to A)"
     );
     assert_eq!(local.counter("proxy.replay_cache.hits").await, 2);
-    local.shutdown().await;
 }
 
 #[tokio::test]
@@ -1291,7 +1269,6 @@ async fn clients_may_bypass_the_cache_only_when_the_entry_allows_it() {
         answer.seen("fly-replay-cache-status").as_deref(),
         Some("hit")
     );
-    local.shutdown().await;
 }
 
 #[tokio::test]
@@ -1353,7 +1330,6 @@ async fn header_form_cache_directives_are_honoured_with_their_minimum_ttl() {
         answer.seen("fly-replay-cache-status").as_deref(),
         Some("miss")
     );
-    local.shutdown().await;
 }
 
 #[tokio::test]
@@ -1411,7 +1387,6 @@ async fn the_session_replay_cache_remembers_each_cookie_value() {
         answer.seen("fly-replay-cache-status").as_deref(),
         Some("miss")
     );
-    local.shutdown().await;
 }
 
 /// Fly's replay cache takes no replay with `state`, `timeout`, `fallback` or a transform (Fly
@@ -1449,7 +1424,6 @@ async fn the_session_cache_remembers_no_replay_with_timeout_or_fallback() {
         }
     }
     assert_eq!(local.counter("proxy.replay_cache.hits").await, 0);
-    local.shutdown().await;
 }
 
 #[tokio::test]
@@ -1510,5 +1484,4 @@ async fn cached_routes_to_gone_or_unreachable_machines_are_dropped() {
         "not tried"
     );
     assert_eq!(local.counter("proxy.replay_cache.hits").await, 0);
-    local.shutdown().await;
 }
