@@ -120,3 +120,44 @@ async fn a_launcher_killed_mid_launch_leaves_no_machine_and_the_launcher_still_w
         .launch_and_claim()
         .await;
 }
+
+#[tokio::test]
+async fn a_launch_past_its_deadline_at_any_step_leaves_no_machine_and_no_slot_lost() {
+    // One launcher and one slot: a slot that a launch kept would refuse the last launch.
+    let platform = local::start(&[
+        "--launchers=1",
+        "--launcher-env=FLYBY_LAUNCH_SECS=6",
+        "--launcher-env=FLYBY_MAX_MACHINES=1",
+        "--launcher-env=FLYBY_LAUNCHES_PER_MINUTE=10",
+    ])
+    .await;
+    let api = Api::new(&platform);
+    for (step, fault) in [
+        // Before the create: Fly's rate limit, waited out for longer than the launch may take.
+        (
+            "create",
+            json!({"kind": "api", "action": "create", "count": 1000, "status": 429}),
+        ),
+        // After it: the start, awaited for longer than the launch may take.
+        (
+            "wait",
+            json!({"kind": "api", "action": "wait", "count": 1000, "delay_ms": 60_000}),
+        ),
+        // A Machine that starts but never serves, probed until the deadline.
+        ("serving", json!({"kind": "never_serve", "count": 1})),
+    ] {
+        let error = local::failed_launch(&platform, fault).await;
+        assert!(
+            matches!(
+                error,
+                AppError::FlyApiUnavailable | AppError::MachineDidNotStart
+            ),
+            "{step}: {error:?}"
+        );
+        api.clear_faults().await;
+    }
+    // The one slot is free: neither a Machine nor the launcher's reservation holds it.
+    Visitor::new(&platform, "203.0.113.9")
+        .launch_and_claim()
+        .await;
+}

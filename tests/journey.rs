@@ -550,6 +550,14 @@ async fn a_machine_that_never_serves_is_destroyed() {
 }
 
 #[tokio::test]
+async fn something_else_answering_at_the_machines_address_never_gets_the_visitor() {
+    // It answers 200 to every probe, even with the Machine's id, but cannot prove the launch's
+    // readiness key: the launch fails and the Machine is destroyed, no hand-over is given.
+    let error = failed_launch(json!({"kind": "impostor", "name_prefix": "flyby-slot-"})).await;
+    assert_eq!(error, AppError::MachineDidNotStart);
+}
+
+#[tokio::test]
 async fn concurrent_launches_never_exceed_the_cap() {
     let platform = local::start(&["--launcher-env=FLYBY_MAX_MACHINES=8"]).await;
     let api = Api::new(&platform);

@@ -784,6 +784,61 @@ async fn deleting_a_running_machine_needs_force() {
 }
 
 #[tokio::test]
+async fn a_forced_destroy_kills_at_once_and_never_lists_destroyed_while_the_process_lives() {
+    let local = Local::start(Options::bare()).await;
+    // A Machine that takes its time on SIGTERM: it ignores it.
+    let machine = local
+        .create_shell("trap '' INT TERM; exec sleep 600", json!({}))
+        .await;
+    local.wait_started(&machine).await;
+    let pid = local.record(&machine).pid.unwrap();
+    until_proc("the Machine ignores SIGTERM", || {
+        ignores(pid, libc::SIGTERM)
+    })
+    .await;
+    let path = machine_path(&machine);
+    let (status, _) = local
+        .post(
+            &format!("{path}/stop"),
+            json!({"signal": "SIGTERM", "timeout": "60s"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(local.record(&machine).state, MachineState::Stopping);
+    // Stopping is not stopped: a plain destroy is refused, and changes nothing.
+    assert_eq!(local.delete(&path).await.0, StatusCode::CONFLICT);
+    assert!(alive(pid));
+
+    // Watch the process table and the Machine's state side by side through the destroy.
+    let platform = local.platform.clone();
+    let id = id(&machine);
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = tokio::spawn({
+        let done = done.clone();
+        async move {
+            let mut seen = 0u32;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let state = platform.registry.find(id).map(|m| m.state);
+                if state == Some(MachineState::Destroyed) && alive(pid) {
+                    return Err(format!("listed destroyed while {pid} lives"));
+                }
+                seen += 1;
+                tokio::task::yield_now().await;
+            }
+            Ok(seen)
+        }
+    });
+    let (status, _) = local.delete(&format!("{path}?force=true")).await;
+    assert_eq!(status, StatusCode::OK);
+    // Answered: the process is gone already, not at the stop's 60 s timeout.
+    assert!(!alive(pid), "a forced destroy kills with SIGKILL");
+    assert_eq!(local.record(&machine).state, MachineState::Destroyed);
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let samples = watcher.await.unwrap().unwrap();
+    assert!(samples > 0);
+}
+
+#[tokio::test]
 async fn machine_names_are_unique_among_live_machines_of_an_app() {
     let local = Local::start(Options::bare()).await;
     let named =

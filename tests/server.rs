@@ -331,3 +331,95 @@ async fn every_request_is_logged_once_with_method_path_status_and_latency() {
         "the query string was logged: {line}"
     );
 }
+
+/// The one inline script of a page, as the browser hashes it.
+fn inline_script(html: &str) -> &str {
+    let start = html.find("<script>").expect("an inline script") + "<script>".len();
+    let end = start + html[start..].find("</script>").expect("its end");
+    assert!(
+        !html[end..].contains("<script>"),
+        "one inline script only: {html}"
+    );
+    &html[start..end]
+}
+
+#[tokio::test]
+async fn both_apps_pages_allow_only_their_own_scripts_and_no_framing() {
+    use base64::Engine;
+    use sha2::Digest;
+    let (launcher, machine) = (launcher().await, ephemeral(&[]).await);
+    let owner = format!("flyby_owner={MACHINE_ID}.{OWNER_SECRET}");
+    for (server, path, cookie) in [
+        (&launcher, "/".to_owned(), String::new()),
+        (&machine, format!("/m/{MACHINE_ID}"), owner),
+    ] {
+        let page = client()
+            .get(server.url(&path))
+            .header(header::COOKIE, cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(page.status(), 200, "{path}");
+        let headers = page.headers().clone();
+        let policy = headers[header::CONTENT_SECURITY_POLICY]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+        assert_eq!(headers[header::X_FRAME_OPTIONS], "DENY");
+        let html = page.text().await.unwrap();
+        let hash = base64::engine::general_purpose::STANDARD
+            .encode(sha2::Sha256::digest(inline_script(&html).as_bytes()));
+        assert!(
+            policy.contains(&format!("script-src 'self' 'sha256-{hash}'")),
+            "{path}: the loader is allowed by its hash: {policy}"
+        );
+        for directive in [
+            "frame-ancestors 'none'",
+            "object-src 'none'",
+            "default-src 'self'",
+        ] {
+            assert!(policy.contains(directive), "{path}: {policy}");
+        }
+        assert!(!policy.contains("unsafe-inline"), "{path}: {policy}");
+    }
+    // Not only pages: a static file is not sniffed into something else either.
+    let favicon = reqwest::get(launcher.url("/favicon.ico")).await.unwrap();
+    assert_eq!(favicon.headers()[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+}
+
+#[tokio::test]
+async fn health_proves_the_machines_readiness_key_to_a_challenge_and_never_shows_it() {
+    use flyby::server::readiness::{self, Challenge, ReadinessKey, CHALLENGE_HEADER, PROOF_HEADER};
+    let key = ReadinessKey::mint();
+    let server = ephemeral(&[("FLYBY_READINESS_KEY", key.expose())]).await;
+    let challenge = Challenge::mint();
+    let answer = client()
+        .get(server.url("/health"))
+        .header(CHALLENGE_HEADER, challenge.as_str())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    assert!(readiness::answered_by(
+        answer.headers(),
+        flyby::fly::MachineId::parse(MACHINE_ID).unwrap(),
+        &key,
+        &challenge
+    ));
+    let shown = format!("{:?}", answer.headers());
+    assert!(!shown.contains(key.expose()), "{shown}");
+    // No challenge, no proof: Fly's own health checks get a plain `ok`.
+    let plain = reqwest::get(server.url("/health")).await.unwrap();
+    assert_eq!(plain.status(), 200);
+    assert!(plain.headers().get(PROOF_HEADER).is_none());
+    // A Machine started without a key proves nothing, so no launcher would hand it a visitor.
+    let keyless = ephemeral(&[]).await;
+    let answer = client()
+        .get(keyless.url("/health"))
+        .header(CHALLENGE_HEADER, challenge.as_str())
+        .send()
+        .await
+        .unwrap();
+    assert!(answer.headers().get(PROOF_HEADER).is_none());
+}

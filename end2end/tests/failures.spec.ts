@@ -92,7 +92,7 @@ test.describe('the Fly API fails', () => {
       const steps = page.locator('.steps .step .label');
       await expect(steps.first()).toHaveText('Requested');
       if (status === 429) {
-        await expect(steps.nth(1)).toHaveText('Waiting for a slot');
+        await expect(steps.nth(1)).toHaveText(/^Waiting for a slot/);
         // One launch per visitor at a time: the button waits with them.
         await expect(launchButton(page)).toBeDisabled();
         await expect(page.locator('.progress .timer')).toHaveText(/^\d+\.\d s$/);
@@ -103,6 +103,11 @@ test.describe('the Fly API fails', () => {
       // back-off: the message comes about 47 s after the click.
       await expect(error).toHaveText(apiDown, { timeout: 60_000 });
       await expect(steps).not.toContainText(['Started']);
+      if (status === 429) {
+        // However many times it queued, one row says so, with how often and for how long.
+        await expect(steps.filter({ hasText: 'Waiting for a slot' })).toHaveCount(1);
+        await expect(steps.nth(1)).toHaveText(/^Waiting for a slot \(\d+ tries, \d+ s\)$/);
+      }
       await expect(launchButton(page)).toBeEnabled();
       await expect(page).toHaveURL(`${platform.launcher}/`);
       await expectAccessible(page, 'the launcher showing an error');

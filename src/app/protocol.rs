@@ -13,8 +13,12 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Step {
     Requested,
-    /// The launcher is queueing to stay within the Machines API's rate limits.
-    WaitingForSlot,
+    /// The launcher is queueing to stay within the Machines API's rate limits: one row however
+    /// often it queues, with how often and for how long so far.
+    WaitingForSlot {
+        waits: u32,
+        waited_ms: u64,
+    },
     Created {
         region: RegionCode,
     },
@@ -27,7 +31,10 @@ impl Step {
     pub fn label(&self) -> String {
         match self {
             Step::Requested => "Requested".into(),
-            Step::WaitingForSlot => "Waiting for a slot".into(),
+            Step::WaitingForSlot { waits: 0..=1, .. } => "Waiting for a slot".into(),
+            Step::WaitingForSlot { waits, waited_ms } => {
+                format!("Waiting for a slot ({waits} tries, {} s)", waited_ms / 1000)
+            }
             Step::Created { region } => format!("Created in {}", region.city()),
             Step::Started => "Started".into(),
             Step::Serving => "Serving".into(),
@@ -50,6 +57,26 @@ pub struct LaunchProgress {
     pub steps: Vec<StepView>,
     /// `Some(Ok)`: the Machine serves and the hand-over can be taken.
     pub outcome: Option<Result<(), AppError>>,
+}
+
+impl LaunchProgress {
+    /// Adds `step`, `at_ms` into the launch; a wait right after a wait updates that row (the
+    /// page keeps to its few steps however long Fly's rate limit lasts).
+    pub fn record(&mut self, step: Step, at_ms: u64) {
+        if let (
+            Step::WaitingForSlot { .. },
+            Some(StepView {
+                step: Step::WaitingForSlot { waits, waited_ms },
+                at_ms: since,
+            }),
+        ) = (&step, self.steps.last_mut())
+        {
+            *waits += 1;
+            *waited_ms = at_ms.saturating_sub(*since);
+            return;
+        }
+        self.steps.push(StepView { step, at_ms });
+    }
 }
 
 /// What the launch server function gives back: the launch to follow. The page only sends the

@@ -25,3 +25,29 @@ fn fixed_writes_what_float_formatting_would() {
         );
     }
 }
+
+#[test]
+fn a_launch_that_waits_again_and_again_keeps_one_waiting_row_with_its_count_and_time() {
+    use super::protocol::{LaunchProgress, Step};
+    let wait = Step::WaitingForSlot {
+        waits: 1,
+        waited_ms: 0,
+    };
+    let mut progress = LaunchProgress::default();
+    progress.record(Step::Requested, 0);
+    for at_ms in [10, 1_010, 2_510, 4_010] {
+        progress.record(wait.clone(), at_ms);
+    }
+    progress.record(Step::Started, 5_000);
+    let labels: Vec<String> = progress.steps.iter().map(|s| s.step.label()).collect();
+    assert_eq!(
+        labels,
+        ["Requested", "Waiting for a slot (4 tries, 4 s)", "Started"]
+    );
+    // The row keeps when the waiting began.
+    assert_eq!(progress.steps[1].at_ms, 10);
+    // A wait after another step is a new row.
+    progress.record(wait, 6_000);
+    assert_eq!(progress.steps.len(), 4);
+    assert_eq!(progress.steps[3].step.label(), "Waiting for a slot");
+}

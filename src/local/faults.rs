@@ -43,6 +43,16 @@ pub enum Fault {
         #[serde(default)]
         name_prefix: String,
     },
+    /// The next `count` Machines created (whose name starts with `name_prefix`, if given) are
+    /// impostors: something else answers at their address, `200 ok` to every request with
+    /// their id in `flyby-machine`, as a process on a recycled address could; it knows none of
+    /// their config.
+    Impostor {
+        #[serde(default = "one")]
+        count: u32,
+        #[serde(default)]
+        name_prefix: String,
+    },
     /// Kill this Machine's process now (SIGKILL), as a crash would.
     Crash { machine: MachineId },
     /// The proxy can no longer reach this Machine (connection refused), though its process
@@ -89,6 +99,7 @@ struct Armed {
     api: Vec<ArmedApi>,
     never_start: Vec<(String, u32)>,
     never_serve: Vec<(String, u32)>,
+    impostors: Vec<(String, u32)>,
     dropped: HashSet<MachineId>,
     routing_delay: Duration,
     full_regions: HashSet<String>,
@@ -117,6 +128,9 @@ impl Faults {
             }
             Fault::NeverServe { count, name_prefix } => {
                 armed.never_serve.push((name_prefix.clone(), *count))
+            }
+            Fault::Impostor { count, name_prefix } => {
+                armed.impostors.push((name_prefix.clone(), *count))
             }
             Fault::Crash { .. } => {}
             Fault::DropListener { machine } => {
@@ -170,6 +184,11 @@ impl Faults {
             &mut self.inner.lock().expect("faults lock").never_serve,
             name,
         )
+    }
+
+    /// Whether the Machine being created now, called `name`, is an impostor (consumes one).
+    pub fn take_impostor(&self, name: &str) -> bool {
+        take_one(&mut self.inner.lock().expect("faults lock").impostors, name)
     }
 
     /// Whether Fly has no room in `region`.
@@ -265,6 +284,12 @@ mod tests {
         );
         assert!(faults.take_never_serve("flyby-slot-3"));
         assert!(!faults.take_never_serve("flyby-slot-4"));
+        faults.arm(&Fault::Impostor {
+            count: 1,
+            name_prefix: String::new(),
+        });
+        assert!(faults.take_impostor("flyby-slot-4"));
+        assert!(!faults.take_impostor("flyby-slot-4"));
         let id = MachineId::parse("0123456789abcd").unwrap();
         faults.arm(&Fault::DropListener { machine: id });
         assert!(faults.listener_dropped(id));

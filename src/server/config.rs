@@ -5,7 +5,7 @@
 //! invalid variable stops the start with one line naming it and what was expected; the value of
 //! a secret is never echoed.
 
-use super::{fly_api::ApiToken, ownership::OwnerHash};
+use super::{fly_api::ApiToken, ownership::OwnerHash, readiness::ReadinessKey};
 use crate::{
     fly::{MachineId, RegionCode},
     role::Role,
@@ -61,12 +61,14 @@ pub const VARIABLES: &[Variable] = &[
     var("FLYBY_CLAIM_SECS", Some("60"), "whole seconds, 5 to 600", "how long a new Machine waits for its owner before it switches itself off"),
     var("FLYBY_SHOW_SECS", Some("30"), "whole seconds, 3 to 600", "how long the owner's show lasts before the Machine switches itself off"),
     var("FLYBY_OWNER_HASH", Some(""), "64 lowercase hex characters", "ephemeral: SHA-256 of the owner's secret (required for the ephemeral role)"),
+    var("FLYBY_READINESS_KEY", Some(""), "64 lowercase hex characters", "ephemeral: set by the launcher, per launch; the Machine proves with it that it is the one the launcher created"),
     var("FLYBY_LAUNCHER_URL", Some(""), "an http(s) origin like https://flyby.fly.dev", "ephemeral, concierge: where the launcher is, for the way back"),
     secret("FLY_API_TOKEN", "a Fly API token", "launcher: token for the Machines API (required for the launcher role)"),
     var("FLYBY_MACHINES_API", Some("http://_api.internal:4280"), "an http(s) URL", "launcher: the Machines API base URL"),
     var("FLYBY_EPHEMERAL_ORIGIN", Some(""), "an http(s) origin", "launcher: public origin of the ephemeral app (default: the launcher's host with the app name swapped)"),
     var("FLYBY_MAX_MACHINES", Some("8"), "a whole number, 1 to 100", "launcher: most visitor Machines alive at once, across all launchers"),
     var("FLYBY_LAUNCHES_PER_MINUTE", Some("3"), "a whole number, 1 to 600", "launcher: launches one visitor (Fly-Client-IP) may start per minute"),
+    var("FLYBY_LAUNCH_SECS", Some("60"), "whole seconds, 5 to 300", "launcher: how long a launch may take from the click to serving; past it, it is abandoned and what it created destroyed"),
     var("FLYBY_METRICS_PORT", Some("9091"), "a port number", "launcher: Prometheus /metrics, on every address of the Machine (no service forwards it)"),
     var("LEPTOS_SITE_ADDR", Some("127.0.0.1:3000"), "an address like [::]:8080", "where the server listens; [::] is every IPv6 and IPv4 address (the image's, on Fly)"),
     var("LEPTOS_SITE_ROOT", Some("target/site"), "a directory", "where the built site (pkg/, favicon) is"),
@@ -151,6 +153,9 @@ pub struct LauncherConfig {
     pub max_machines: u32,
     /// Per-visitor launch budget.
     pub launches_per_minute: u32,
+    /// How long a launch may take, from the click to serving: every wait of a launch is
+    /// bounded by what is left of it.
+    pub launch_deadline: Duration,
     /// Port of the Prometheus endpoint (0 picks a free one, as tests do).
     pub metrics_port: u16,
 }
@@ -161,6 +166,9 @@ pub struct EphemeralConfig {
     pub owner_hash: OwnerHash,
     /// The launcher's origin, for "back to the launcher" and the "gone" page.
     pub launcher_url: Option<String>,
+    /// What the Machine proves its identity to the launcher's readiness probe with; without
+    /// it, no launcher hands a visitor over to this Machine.
+    pub readiness_key: Option<ReadinessKey>,
 }
 
 /// The `FLY_*` variables a Fly Machine is started with. Optional outside Fly.
@@ -312,6 +320,7 @@ impl Config {
                 max_machines: r.parse("FLYBY_MAX_MACHINES", |s| number(s, 1..=100))?,
                 launches_per_minute: r
                     .parse("FLYBY_LAUNCHES_PER_MINUTE", |s| number(s, 1..=600))?,
+                launch_deadline: r.parse("FLYBY_LAUNCH_SECS", |s| seconds(s, 5..=300))?,
                 metrics_port: r.parse("FLYBY_METRICS_PORT", |s| s.parse().ok())?,
             }),
             Role::Concierge => {
@@ -331,6 +340,8 @@ impl Config {
                     owner_hash: OwnerHash::parse(&hash)
                         .map_err(|_| Reader::<F>::invalid("FLYBY_OWNER_HASH", &hash))?,
                     launcher_url: r.parse_optional("FLYBY_LAUNCHER_URL", http_url)?,
+                    readiness_key: r
+                        .parse_optional("FLYBY_READINESS_KEY", |s| ReadinessKey::parse(s).ok())?,
                 })
             }
         };

@@ -9,11 +9,13 @@
 //! - [`affinity`]: which Machine must answer a request, as a pure decision and a tower layer
 //!   around the whole router.
 //! - [`ownership`], [`cookies`]: owner secrets and the cookies that carry them and the pins.
+//! - [`readiness`]: how a new Machine proves to the launcher's probe that it is the one created.
 //! - [`ephemeral`], [`lifecycle`]: a visitor's Machine: the hand-over, the page's live channel,
 //!   and the timeline that ends with the process exiting.
 //! - [`launcher`], [`fly_api`]: the launcher role: launches through the Machines API, the
 //!   tracker of Machines alive and its reaper, limits, metrics.
 //! - [`assets`]: the JS/WASM/CSS bundle under `/pkg`, precompressed and cached by content hash.
+//! - [`page_policy`]: what a browser lets our pages do (CSP, no framing, no sniffing).
 //! - [`listen`]: the listening sockets, on both of a Fly Machine's networks.
 //! - [`telemetry`]: the logs, one line per request.
 
@@ -27,6 +29,8 @@ pub mod launcher;
 pub mod lifecycle;
 pub mod listen;
 pub mod ownership;
+pub mod page_policy;
+pub mod readiness;
 pub mod telemetry;
 
 use crate::{
@@ -198,6 +202,7 @@ fn assemble(
     let options = config.leptos.clone();
     let bundle = assets::Bundle::find(&options, role);
     let links = bundle.links(&options);
+    let policy_loader = links.loader.clone();
     let routes = generate_route_list(App)
         .into_iter()
         .filter(|route| belongs_to(role, route.path()))
@@ -213,7 +218,14 @@ fn assemble(
             }
         }
     };
-    let mut router = Router::new().route(affinity::HEALTH_PATH, get(health));
+    let readiness_key = match &config.role_config {
+        RoleConfig::Ephemeral(e) => e.readiness_key.clone(),
+        RoleConfig::Launcher(_) | RoleConfig::Concierge { .. } => None,
+    };
+    let mut router = Router::new().route(
+        affinity::HEALTH_PATH,
+        get(move |headers: http::HeaderMap| health(readiness_key.clone(), headers)),
+    );
     if let Some(machine) = &ephemeral {
         router = router.merge(ephemeral::routes(machine.clone()));
     }
@@ -260,6 +272,7 @@ fn assemble(
         router
     };
     router
+        .layer(page_policy::layers(&policy_loader))
         .layer(SetResponseHeaderLayer::if_not_present(
             MACHINE_HEADER,
             answered_by,
@@ -302,9 +315,21 @@ pub async fn request_headers() -> Result<http::HeaderMap, crate::app::AppError> 
     })
 }
 
-/// Liveness for Fly's health checks and for the launcher waiting on a new Machine.
-async fn health() -> &'static str {
-    "ok"
+/// Liveness for Fly's health checks and for the launcher waiting on a new Machine, which
+/// asks with a challenge that only this Machine can answer (`readiness`).
+async fn health(
+    key: Option<readiness::ReadinessKey>,
+    headers: http::HeaderMap,
+) -> impl axum::response::IntoResponse {
+    let proof = key.and_then(|key| readiness::answer(&key, &headers));
+    (
+        proof
+            .map(|proof| [(readiness::PROOF_HEADER, proof)])
+            .into_iter()
+            .flatten()
+            .collect::<http::HeaderMap>(),
+        "ok",
+    )
 }
 
 /// Completes on SIGINT (what Fly sends on stop by default) or SIGTERM. The handlers are

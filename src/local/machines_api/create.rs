@@ -115,6 +115,8 @@ pub async fn create_machine_with_secrets(
         GuestKind::NeverStart
     } else if platform.faults.take_never_serve(&record.name) {
         GuestKind::NeverServe
+    } else if platform.faults.take_impostor(&record.name) {
+        GuestKind::Impostor
     } else {
         GuestKind::Process
     };

@@ -1,6 +1,7 @@
 //! The operating-system side of a Machine: its process spawned in its own process group and
 //! network namespace, its output shown like `fly logs`, signals to its whole group, and the
-//! `never_serve` stand-in that listens and never answers.
+//! stand-ins of the faults: `never_serve`, which listens and never answers, and `impostor`,
+//! which answers everything.
 
 use super::*;
 
@@ -124,5 +125,47 @@ pub(super) fn tarpit(net: MachineNet, ports: &[u16]) -> JoinHandle<()> {
             });
         }
         while held.join_next().await.is_some() {}
+    })
+}
+
+/// The `impostor` stand-in: on each port, answers every request `200 ok` with the Machine's
+/// id in `flyby-machine` and nothing else it could only know from the Machine's config. Ends
+/// when aborted.
+pub(super) fn impostor(net: MachineNet, ports: &[u16], machine: MachineId) -> JoinHandle<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ports = ports.to_vec();
+    tokio::spawn(async move {
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\nflyby-machine: {machine}\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+        );
+        let mut served = JoinSet::new();
+        for port in ports {
+            let listener = match net.listen(port).await {
+                Ok(listener) => listener,
+                Err(e) => {
+                    tracing::warn!(port, error = %e, "impostor: cannot listen");
+                    continue;
+                }
+            };
+            let answer = answer.clone();
+            served.spawn(async move {
+                while let Ok((mut socket, _)) = listener.accept().await {
+                    let answer = answer.clone();
+                    tokio::spawn(async move {
+                        // The request's head, then the answer, whatever was asked.
+                        let mut head = Vec::new();
+                        let mut buf = [0u8; 1024];
+                        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16_384 {
+                            match socket.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => head.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        let _ = socket.write_all(answer.as_bytes()).await;
+                    });
+                }
+            });
+        }
+        while served.join_next().await.is_some() {}
     })
 }

@@ -3,7 +3,7 @@
 //! change of one Machine happens in one place, in order.
 
 use super::*;
-use process::{forward_output, group_gone, spawn, tarpit};
+use process::{forward_output, group_gone, impostor, spawn, tarpit};
 use std::ops::ControlFlow;
 
 /// How a Machine's process ended.
@@ -41,7 +41,7 @@ pub(super) enum Body {
         child: Child,
         pid: u32,
     },
-    Tarpit(JoinHandle<()>),
+    StandIn(JoinHandle<()>),
     Inert,
     /// Waiting to restart a crashed process.
     Backoff(Instant),
@@ -250,7 +250,7 @@ impl Runner {
         if pid.is_none() {
             // Nothing to wait for: a stand-in or a pending restart stops at once.
             let guest = self.guest.take().expect("guest");
-            if let Body::Tarpit(listener) = guest.body {
+            if let Body::StandIn(listener) = guest.body {
                 listener.abort();
             }
             return self.settle_stopped();
@@ -268,7 +268,7 @@ impl Runner {
                 ControlFlow::Continue(())
             }
             Body::Backoff(_) => ControlFlow::Continue(()),
-            Body::Tarpit(_) | Body::Inert => self.on_exit(Exit::killed()).await,
+            Body::StandIn(_) | Body::Inert => self.on_exit(Exit::killed()).await,
         }
     }
 
@@ -302,7 +302,7 @@ impl Runner {
                     let _ = child.wait().await;
                     group_gone(pid).await;
                 }
-                Body::Tarpit(listener) => listener.abort(),
+                Body::StandIn(listener) => listener.abort(),
                 Body::Inert | Body::Backoff(_) => {}
             }
         }
@@ -321,7 +321,7 @@ impl Runner {
                 signal_group(*pid, libc::SIGKILL);
                 group_gone(*pid).await;
             }
-            Body::Tarpit(listener) => listener.abort(),
+            Body::StandIn(listener) => listener.abort(),
             Body::Inert | Body::Backoff(_) => {}
         }
         self.platform
@@ -395,7 +395,11 @@ impl Runner {
         let (body, ready) = match self.spec.guest {
             GuestKind::NeverStart => (Body::Inert, false),
             GuestKind::NeverServe => (
-                Body::Tarpit(tarpit(self.spec.net.clone(), &self.spec.ports)),
+                Body::StandIn(tarpit(self.spec.net.clone(), &self.spec.ports)),
+                true,
+            ),
+            GuestKind::Impostor => (
+                Body::StandIn(impostor(self.spec.net.clone(), &self.spec.ports, self.id)),
                 true,
             ),
             GuestKind::Process => match spawn(&self.spec) {

@@ -13,6 +13,9 @@ pub enum GuestKind {
     /// The `never_serve` fault: a listener that accepts and never answers takes the place of
     /// the process; the Machine is `started`.
     NeverServe,
+    /// The `impostor` fault: a listener that answers `200 ok` to everything, naming the Machine
+    /// but knowing nothing of its config, takes the place of the process.
+    Impostor,
 }
 
 /// Everything a runner needs to start a Machine's process, decided at create time.

@@ -151,6 +151,15 @@ pub enum BuildError {
     Http(String),
 }
 
+/// What a delete did: counted by whoever destroyed a Machine, once, however many asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deleted {
+    /// This call destroyed it.
+    Now,
+    /// It was gone already (another launcher's reaper, or an earlier attempt of this call).
+    AlreadyGone,
+}
+
 /// The Machines API client. Cheap to clone: clones share one connection pool.
 #[derive(Clone)]
 pub struct FlyApi {
@@ -233,6 +242,18 @@ impl FlyApi {
         app: &str,
         request: &CreateMachineRequest,
     ) -> Result<Machine, FlyApiError> {
+        self.create_within(app, request, self.inner.retry.max_elapsed)
+            .await
+    }
+
+    /// [`FlyApi::create`] within `budget` (its retries and look-ups included; an attempt gets
+    /// at least a second), for a caller with a deadline of its own.
+    pub async fn create_within(
+        &self,
+        app: &str,
+        request: &CreateMachineRequest,
+        budget: Duration,
+    ) -> Result<Machine, FlyApiError> {
         // Plain structs with string keys: serializing cannot fail.
         let body = Bytes::from(serde_json::to_vec(request).expect("a create body serializes"));
         let name = request.name.as_deref();
@@ -240,7 +261,6 @@ impl FlyApi {
             action: "create",
             name,
         };
-        let budget = self.inner.retry.max_elapsed;
         let started = Instant::now();
         // Whether an earlier attempt may have created the Machine.
         let mut maybe_created = false;
@@ -347,6 +367,26 @@ impl FlyApi {
             .await
     }
 
+    /// The live Machine that `request` (which must carry a name) created, if a create of it
+    /// that failed doubtfully ([`FlyApiError::create_may_have_happened`]) was performed after
+    /// all: a Machine of that name whose metadata is the request's.
+    pub async fn find_created(
+        &self,
+        app: &str,
+        request: &CreateMachineRequest,
+    ) -> Result<Option<MachineId>, FlyApiError> {
+        let Some(name) = request.name.as_deref() else {
+            return Ok(None);
+        };
+        let found = self
+            .look_up_created(app, request, name, None, self.inner.retry.max_elapsed)
+            .await?;
+        Ok(match found {
+            Found::Ours(machine) => Some(machine.id),
+            Found::Theirs(_) | Found::Absent => None,
+        })
+    }
+
     /// The live Machine of `app` named `name`, if there is one.
     pub async fn find_by_name(
         &self,
@@ -432,11 +472,16 @@ impl FlyApi {
 
     /// Destroys the Machine; `force` kills it if it is running.
     ///
-    /// A Machine that does not exist counts as destroyed (`Ok`): destroy is called on every
-    /// failure path and by several reapers at once, and a retried delete whose first attempt
-    /// succeeded sees a 404. The flip side: a wrong app name also answers 404, so a typo in the
-    /// app is not caught here (it is by `list` and `create`).
-    pub async fn delete(&self, app: &str, id: MachineId, force: bool) -> Result<(), FlyApiError> {
+    /// A Machine that does not exist counts as destroyed (`Ok(Deleted::AlreadyGone)`): destroy
+    /// is called on every failure path and by several reapers at once, and a retried delete
+    /// whose first attempt succeeded sees a 404. The flip side: a wrong app name also answers
+    /// 404, so a typo in the app is not caught here (it is by `list` and `create`).
+    pub async fn delete(
+        &self,
+        app: &str,
+        id: MachineId,
+        force: bool,
+    ) -> Result<Deleted, FlyApiError> {
         let mut url = self.machines_url(app, &[id.as_str()]);
         if force {
             url.query_pairs_mut().append_pair("force", "true");
@@ -451,7 +496,8 @@ impl FlyApi {
             )
             .await;
         match result {
-            Ok(_) | Err(FlyApiError::NotFound { .. }) => Ok(()),
+            Ok(_) => Ok(Deleted::Now),
+            Err(FlyApiError::NotFound { .. }) => Ok(Deleted::AlreadyGone),
             Err(e) => Err(e),
         }
     }

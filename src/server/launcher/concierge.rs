@@ -191,7 +191,7 @@ impl Launcher {
                     tracing::warn!(machine = %id, error = %e, "could not start the concierge")
                 }
             },
-            Action::Retire(id) => match self.api.delete(app, id, true).await {
+            Action::Retire(id) => match self.api.delete(app, id, true).await.map(drop) {
                 Ok(()) => tracing::info!(machine = %id, "retired a concierge of an older image"),
                 Err(e) => tracing::warn!(machine = %id, error = %e, "could not retire a concierge"),
             },

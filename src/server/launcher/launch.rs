@@ -1,8 +1,23 @@
 //! One launch, from the request to the hand-over: a Machine created in a free slot near the
 //! visitor (the next nearest region when Fly has no room), waited for until it serves over the
-//! private network, and destroyed if anything fails.
+//! private network, and destroyed if anything fails. Every wait is bounded by what is left of
+//! the launch's time ([`Budget`]), and what the launch holds is given back on drop
+//! ([`super::holds`]), so neither its deadline nor a panic leaves a slot or a Machine behind.
 
+use super::holds::{sweep_doubtful_create, Budget, Created, SlotHold};
 use super::*;
+use crate::server::readiness::{self, Challenge, ReadinessKey, CHALLENGE_HEADER};
+
+/// How long past its deadline a launch may run before it is dropped: its own waits end it by
+/// the deadline, and this margin covers an API attempt under way then (at least a second) and
+/// the failure path's destroy. Dropped, its holds still give back what it held.
+const OVERRUN: Duration = Duration::from_secs(15);
+
+/// A wait for the API's rate limit; [`LaunchProgress::record`] counts it into its row.
+const WAITING: Step = Step::WaitingForSlot {
+    waits: 1,
+    waited_ms: 0,
+};
 
 impl Launcher {
     /// One launch, from request to hand-over; whether it launched. Whatever it created is
@@ -18,19 +33,22 @@ impl Launcher {
         let started = Instant::now();
         let step = |step: Step| {
             let at_ms = started.elapsed().as_millis() as u64;
-            launch
-                .progress
-                .send_modify(|p| p.steps.push(StepView { step, at_ms }));
+            launch.progress.send_modify(|p| p.record(step, at_ms));
         };
         step(Step::Requested);
+        let budget = Budget::new(self.settings.launch_deadline);
         let outcome = tokio::time::timeout(
-            LAUNCH_DEADLINE,
-            self.launch(id, region, origin, ephemeral_origin, &step),
+            budget.left() + OVERRUN,
+            self.launch(id, budget, region, origin, ephemeral_origin, &step),
         )
         .await
-        .unwrap_or(Err((AppError::MachineDidNotStart, None)));
+        .unwrap_or_else(|_| {
+            tracing::error!(launch = id, "a launch overran its deadline; abandoned");
+            Err((AppError::MachineDidNotStart, None))
+        });
         let outcome = match outcome {
-            Ok(handover) => {
+            Ok((handover, machine)) => {
+                machine.hand_over();
                 *launch.handover.lock().expect("handover lock") = Some(handover);
                 self.metrics.launch("launched");
                 self.metrics.phase("total", started.elapsed());
@@ -38,7 +56,7 @@ impl Launcher {
             }
             Err((error, created)) => {
                 if let Some(machine) = created {
-                    self.destroy(machine).await;
+                    machine.destroy().await;
                 }
                 self.metrics.launch(match error {
                     AppError::CapacityReached { .. } => "capacity",
@@ -55,20 +73,23 @@ impl Launcher {
         launched
     }
 
-    /// The steps of a launch; on failure, the error and the Machine to destroy, if any.
+    /// The steps of a launch, within `budget`: the hand-over and the Machine to hand over, or
+    /// the error and the Machine to destroy, if any.
     pub(super) async fn launch(
         &self,
         id: &str,
+        budget: Budget,
         region: Option<RegionCode>,
         origin: &str,
         ephemeral_origin: &str,
         step: &impl Fn(Step),
-    ) -> Result<Handover, (AppError, Option<MachineId>)> {
+    ) -> Result<(Handover, Created), (AppError, Option<Created>)> {
         let image = self.image.clone().ok_or_else(|| {
             tracing::error!("FLY_IMAGE_REF is unset: this launcher cannot launch Machines");
             (AppError::Internal, None)
         })?;
         let secret = OwnerSecret::mint();
+        let readiness = ReadinessKey::mint();
         let launched_at = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
@@ -80,6 +101,7 @@ impl Launcher {
                 image: &image,
                 launch: id,
                 owner: &secret.hash(),
+                readiness: &readiness,
                 origin,
                 launched_at,
             }),
@@ -87,39 +109,48 @@ impl Launcher {
         };
         let phase = Instant::now();
         let machine = self
-            .create_in_a_free_slot(&mut request, step)
+            .create_in_a_free_slot(&mut request, budget, step)
             .await
             .map_err(|e| (e, None))?;
+        let created = Created::new(&self.api, &self.ephemeral_app, machine.id);
         self.metrics.phase("create", phase.elapsed());
         tracing::info!(machine = %machine.id, region = %machine.region, name = %machine.name, "launched");
-        let created = Some(machine.id);
         step(Step::Created {
             region: machine.region,
         });
 
         let phase = Instant::now();
-        self.api
-            .wait(
-                &self.ephemeral_app,
-                machine.id,
-                WaitState::Started,
-                Duration::from_secs(30),
-            )
-            .await
-            .map_err(|e| (visitor_error(&e, self.settings.max_machines), created))?;
+        let wait = self.api.wait(
+            &self.ephemeral_app,
+            machine.id,
+            WaitState::Started,
+            budget.at_most(Duration::from_secs(30)),
+        );
+        match budget.bound(wait).await {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                return Err((visitor_error(&e, self.settings.max_machines), Some(created)))
+            }
+            None => return Err((AppError::MachineDidNotStart, Some(created))),
+        }
         self.metrics.phase("start", phase.elapsed());
         step(Step::Started);
 
         let phase = Instant::now();
-        self.until_serving(&machine.private_ip)
+        if self
+            .until_serving(&machine.private_ip, machine.id, &readiness, budget)
             .await
-            .map_err(|()| (AppError::MachineDidNotStart, created))?;
+            .is_err()
+        {
+            return Err((AppError::MachineDidNotStart, Some(created)));
+        }
         self.metrics.phase("serving", phase.elapsed());
         step(Step::Serving);
-        Ok(Handover {
+        let handover = Handover {
             claim_url: format!("{ephemeral_origin}{}", claim_path(machine.id)),
             secret: secret.expose().to_owned(),
-        })
+        };
+        Ok((handover, created))
     }
 
     /// Creates the Machine under a free slot name; `CapacityReached` when none is.
@@ -131,24 +162,32 @@ impl Launcher {
     pub(super) async fn create_in_a_free_slot(
         &self,
         request: &mut CreateMachineRequest,
+        budget: Budget,
         step: &impl Fn(Step),
     ) -> Result<crate::server::fly_api::Machine, AppError> {
         let cap = self.settings.max_machines;
         let mut tried: Vec<String> = Vec::new();
         let mut regions_tried: Vec<RegionCode> = Vec::new();
-        let patience = Instant::now() + RATE_LIMIT_PATIENCE;
+        let patience = Instant::now() + budget.at_most(RATE_LIMIT_PATIENCE);
         loop {
-            let Some(name) = self.reserve_slot(&tried) else {
+            let Some(slot) = self.reserve_slot(&tried) else {
                 return Err(AppError::CapacityReached { cap });
             };
             let outcome = loop {
-                self.creates.take(|| step(Step::WaitingForSlot)).await;
-                request.name = Some(name.clone());
-                match self.api.create(&self.ephemeral_app, request).await {
+                let queued = self.creates.take(|| step(WAITING));
+                if budget.bound(queued).await.is_none() {
+                    tracing::warn!("the launch's time ran out waiting for the API's rate limit");
+                    break Err(FlyApiError::RateLimited { retry_after: None });
+                }
+                request.name = Some(slot.name.clone());
+                let create = self
+                    .api
+                    .create_within(&self.ephemeral_app, request, budget.left());
+                match create.await {
                     Err(FlyApiError::RateLimited { retry_after }) if Instant::now() < patience => {
                         // Other launchers spent the app's budget: hold back every launch of
                         // this one, not just this launch, then queue again.
-                        step(Step::WaitingForSlot);
+                        step(WAITING);
                         self.creates
                             .pause(retry_after.unwrap_or(Duration::from_secs(1)));
                     }
@@ -164,12 +203,14 @@ impl Launcher {
                     other => break other,
                 }
             };
-            self.reserved.lock().expect("reserved lock").remove(&name);
             match outcome {
                 Ok(machine) => return Ok(machine),
-                Err(FlyApiError::NameTaken { .. }) => tried.push(name),
+                Err(FlyApiError::NameTaken { .. }) => tried.push(slot.name.clone()),
                 Err(e) => {
                     tracing::warn!(error = %e, "create failed");
+                    if e.create_may_have_happened() {
+                        sweep_doubtful_create(&self.api, &self.ephemeral_app, request.clone());
+                    }
                     return Err(visitor_error(&e, cap));
                 }
             }
@@ -178,47 +219,62 @@ impl Launcher {
 
     /// Picks and reserves a slot name that looks free and was not `tried`, at random so that
     /// launchers rarely collide.
-    pub(super) fn reserve_slot(&self, tried: &[String]) -> Option<String> {
-        let alive = self.alive.borrow();
-        let mut reserved = self.reserved.lock().expect("reserved lock");
-        let free: Vec<String> = (0..self.settings.max_machines)
-            .map(slot_name)
-            .filter(|n| {
-                !tried.contains(n) && !reserved.contains(n) && !alive.iter().any(|m| &m.name == n)
-            })
-            .collect();
+    pub(super) fn reserve_slot(&self, tried: &[String]) -> Option<SlotHold<'_>> {
+        let free: Vec<String> = {
+            let alive = self.alive.borrow();
+            let reserved = self.reserved.lock().expect("reserved lock");
+            (0..self.settings.max_machines)
+                .map(slot_name)
+                .filter(|n| {
+                    !tried.contains(n)
+                        && !reserved.contains(n)
+                        && !alive.iter().any(|m| &m.name == n)
+                })
+                .collect()
+        };
         let name = free
             .get(rand::random::<u32>() as usize % free.len().max(1))?
             .clone();
-        reserved.insert(name.clone());
-        Some(name)
+        // Only launches of this launcher reserve, and this one picked among the free just now.
+        SlotHold::take(&self.reserved, name)
     }
 
-    /// Polls the new Machine's `/health` over the private network until it answers 200.
-    pub(super) async fn until_serving(&self, private_ip: &str) -> Result<(), ()> {
+    /// Polls the new Machine's `/health` over the private network until it answers 200 with
+    /// its id and the proof of its readiness key (whatever else answers there is ignored).
+    pub(super) async fn until_serving(
+        &self,
+        private_ip: &str,
+        machine: MachineId,
+        key: &ReadinessKey,
+        budget: Budget,
+    ) -> Result<(), ()> {
         let ip: IpAddr = private_ip.parse().map_err(|_| {
             tracing::warn!(private_ip, "the new Machine has no usable private address");
         })?;
         let url = format!("http://{}/health", SocketAddr::new(ip, MACHINE_PORT));
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + budget.at_most(Duration::from_secs(20));
+        let mut impostor_seen = false;
         while Instant::now() < deadline {
-            if let Ok(response) = self.probe.get(&url).send().await {
+            let challenge = Challenge::mint();
+            let probe = self
+                .probe
+                .get(&url)
+                .header(CHALLENGE_HEADER, challenge.as_str());
+            if let Ok(response) = probe.send().await {
                 if response.status().is_success() {
-                    return Ok(());
+                    if readiness::answered_by(response.headers(), machine, key, &challenge) {
+                        return Ok(());
+                    }
+                    if !impostor_seen {
+                        impostor_seen = true;
+                        tracing::warn!(%url, %machine, "something else answers at the new Machine's address");
+                    }
                 }
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         tracing::warn!(%url, "the new Machine never served");
         Err(())
-    }
-
-    /// Destroys a Machine this launcher created; a failure is left to the reaper.
-    pub(super) async fn destroy(&self, machine: MachineId) {
-        match self.api.delete(&self.ephemeral_app, machine, true).await {
-            Ok(()) => tracing::info!(%machine, "destroyed after a failed launch"),
-            Err(e) => tracing::warn!(%machine, error = %e, "could not destroy; the reaper will"),
-        }
     }
 }
 

@@ -16,6 +16,7 @@ use crate::{
             ReplayCacheRule, Restart, RestartPolicy, Service,
         },
         ownership::OwnerHash,
+        readiness::ReadinessKey,
     },
 };
 use std::{collections::BTreeMap, time::Duration};
@@ -41,6 +42,8 @@ pub struct VisitorMachine<'a> {
     pub launch: &'a str,
     /// The owner's secret's hash: all the Machine knows of it.
     pub owner: &'a OwnerHash,
+    /// What the Machine answers the readiness probe with (`server::readiness`).
+    pub readiness: &'a ReadinessKey,
     /// The launcher's origin, the way back.
     pub origin: &'a str,
     /// Seconds since the epoch: the reaper's clock.
@@ -70,6 +73,10 @@ impl MachineSpec {
         let mut env = self.server_env(Role::Ephemeral, m.origin);
         env.extend([
             ("FLYBY_OWNER_HASH".to_owned(), m.owner.to_hex()),
+            (
+                "FLYBY_READINESS_KEY".to_owned(),
+                m.readiness.expose().to_owned(),
+            ),
             ("FLYBY_TTL_SECS".to_owned(), t.ttl.as_secs().to_string()),
             (
                 "FLYBY_CLAIM_SECS".to_owned(),
@@ -156,6 +163,8 @@ impl MachineSpec {
             image,
             launch: "",
             owner: &nobody,
+            // Replaced with the concierge's own env below.
+            readiness: &ReadinessKey::mint(),
             origin,
             launched_at: 0,
         });
@@ -210,6 +219,7 @@ pub(crate) mod tests {
                 image: "registry.fly.io/flyby:deployment-01J9Z",
                 launch: "5d41402abc4b2a76b9719d911017c592",
                 owner: &owner,
+                readiness: &ReadinessKey::parse(&"cd".repeat(32)).unwrap(),
                 origin: "https://flyby.fly.dev",
                 launched_at: 1_767_225_600,
             }),
@@ -235,6 +245,7 @@ pub(crate) mod tests {
                         "FLYBY_LAUNCHER_URL": "https://flyby.fly.dev",
                         "FLYBY_LOG_FORMAT": "json",
                         "FLYBY_OWNER_HASH": "ab".repeat(32),
+                        "FLYBY_READINESS_KEY": "cd".repeat(32),
                         "FLYBY_ROLE": "ephemeral",
                         "FLYBY_SHOW_SECS": "30",
                         "FLYBY_TTL_SECS": "120",

@@ -10,11 +10,13 @@
 //! - The token for the Machines API stays in [`FlyApi`]; nothing here logs it.
 //!
 //! Rooms: this module (the [`Launcher`], its server functions' entry points, the launches it
-//! keeps), `launch` (one launch, create to hand-over), [`request`] (what a launch learns from
-//! its request, typed), [`machine_spec`] (the configs of the Machines it creates),
-//! [`concierge`], `tracker` (the list and the reaper), [`limits`], [`metrics`].
+//! keeps), `launch` (one launch, create to hand-over), `holds` (what a launch gives back however
+//! it ends), [`request`] (what a launch learns from its request, typed), [`machine_spec`] (the
+//! configs of the Machines it creates), [`concierge`], `tracker` (the list and the reaper),
+//! [`limits`], [`metrics`].
 
 pub mod concierge;
+mod holds;
 mod launch;
 pub mod limits;
 pub mod machine_spec;
@@ -33,7 +35,6 @@ use crate::{
     app::{
         protocol::{
             AliveMachine, Handover, LaunchEnd, LaunchProgress, LaunchTicket, LauncherInfo, Step,
-            StepView,
         },
         AppError,
     },
@@ -60,8 +61,6 @@ pub const MACHINE_PORT: u16 = 8080;
 /// Metadata that marks a Machine as a visitor's Machine launched by flyby.
 pub const METADATA_ROLE: (&str, &str) = ("flyby", "ephemeral");
 pub use concierge::CONCIERGE_ROLE;
-/// How long a launch may take from request to serving before it is abandoned.
-const LAUNCH_DEADLINE: Duration = Duration::from_secs(60);
 /// How long a launch waits out the Machines API's rate limit before telling the visitor the
 /// API is too busy.
 const RATE_LIMIT_PATIENCE: Duration = Duration::from_secs(45);
@@ -335,7 +334,7 @@ impl Launcher {
             .and_then(|id| self.launches.get(&id))
             .filter(|launch| Some(launch.visitor) == visitor)
             .ok_or_else(no_handover)?;
-        // Every launch ends (LAUNCH_DEADLINE), and `launch` keeps its sender alive.
+        // Every launch ends (by its deadline, `FLYBY_LAUNCH_SECS`), and `launch` keeps its sender alive.
         let mut changes = launch.progress.subscribe();
         let last = changes
             .wait_for(|p| p.outcome.is_some())

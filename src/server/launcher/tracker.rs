@@ -6,10 +6,11 @@ use super::{concierge, Launcher, METADATA_ROLE};
 use crate::{
     app::protocol::AliveMachine,
     fly::{MachineId, RegionCode},
-    server::fly_api::{FlyApiError, ListFilter, Machine, MachineState},
+    server::fly_api::{Deleted, FlyApiError, ListFilter, Machine, MachineState},
 };
 use std::{
-    sync::Arc,
+    collections::HashSet,
+    sync::{Arc, Mutex},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 use tokio::sync::watch;
@@ -30,8 +31,9 @@ pub struct Tracked {
     pub id: MachineId,
     pub name: String,
     pub region: RegionCode,
-    /// Seconds since the epoch, from the Machine's metadata.
-    pub launched_at: Option<u64>,
+    /// When its life began, in seconds since the epoch: its launch's metadata, else when Fly
+    /// created it (a Machine made by hand, or by a launcher that wrote no such metadata).
+    pub born: Option<u64>,
 }
 
 impl Tracked {
@@ -40,10 +42,14 @@ impl Tracked {
             id: machine.id,
             name: machine.name.clone(),
             region: machine.region,
-            launched_at: machine
+            born: machine
                 .metadata()
                 .get("flyby_launched_at")
-                .and_then(|t| t.parse().ok()),
+                .and_then(|t| t.parse().ok())
+                .or_else(|| {
+                    let created = machine.created_at?.duration_since(UNIX_EPOCH).ok()?;
+                    Some(created.as_secs())
+                }),
         }
     }
 
@@ -56,7 +62,7 @@ impl Tracked {
 
     /// Whether the Machine has outlived `ttl` plus the grace, at `now` (seconds since the epoch).
     fn overdue(&self, ttl: Duration, now: u64) -> bool {
-        self.launched_at
+        self.born
             .is_some_and(|at| now >= at + (ttl + REAPER_GRACE).as_secs())
     }
 }
@@ -88,6 +94,7 @@ pub fn spawn(launcher: Arc<Launcher>, alive: watch::Sender<Vec<Tracked>>) {
         let filter = ListFilter::default();
         let mut backoff = Duration::ZERO;
         let mut first = true;
+        let reaping = Arc::new(Mutex::new(HashSet::new()));
         loop {
             if !std::mem::take(&mut first) {
                 tokio::time::sleep(next_wait(backoff, rand::random::<f64>())).await;
@@ -122,7 +129,7 @@ pub fn spawn(launcher: Arc<Launcher>, alive: watch::Sender<Vec<Tracked>>) {
             launcher.concierges.saw(concierge::Seen::among(&machines));
             launcher.tend_concierges();
             launcher.metrics.machines_alive(now_alive.len());
-            reap(&launcher, &now_alive);
+            reap(&launcher, &now_alive, &reaping);
             alive.send_if_modified(|seen| {
                 let changed = *seen != now_alive;
                 *seen = now_alive;
@@ -132,9 +139,11 @@ pub fn spawn(launcher: Arc<Launcher>, alive: watch::Sender<Vec<Tracked>>) {
     });
 }
 
-/// Destroys Machines past their TTL plus grace. Idempotent across launchers: a destroy of a
-/// Machine already gone is a success.
-fn reap(launcher: &Arc<Launcher>, alive: &[Tracked]) {
+/// Destroys Machines past their TTL plus grace. Idempotent: a Machine whose destroy is under
+/// way (`reaping`) is not destroyed again by this launcher's next poll, and across launchers a
+/// destroy of a Machine already gone is a success that only the launcher that destroyed it
+/// counts.
+fn reap(launcher: &Arc<Launcher>, alive: &[Tracked], reaping: &Arc<Mutex<HashSet<MachineId>>>) {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
@@ -143,16 +152,23 @@ fn reap(launcher: &Arc<Launcher>, alive: &[Tracked]) {
         .iter()
         .filter(|m| m.overdue(launcher.spec.timings.ttl, now))
     {
-        let launcher = launcher.clone();
         let id = machine.id;
+        if !reaping.lock().expect("reaping lock").insert(id) {
+            continue;
+        }
+        let (launcher, reaping) = (launcher.clone(), reaping.clone());
         tokio::spawn(async move {
             match launcher.api.delete(&launcher.ephemeral_app, id, true).await {
-                Ok(()) => {
+                Ok(Deleted::Now) => {
                     launcher.metrics.reaped();
                     tracing::info!(machine = %id, "reaped an over-age Machine");
                 }
+                Ok(Deleted::AlreadyGone) => {
+                    tracing::debug!(machine = %id, "over-age Machine already gone");
+                }
                 Err(e) => tracing::warn!(machine = %id, error = %e, "could not reap"),
             }
+            reaping.lock().expect("reaping lock").remove(&id);
         });
     }
 }
@@ -191,20 +207,39 @@ mod tests {
     }
 
     #[test]
+    fn a_machine_without_launch_metadata_ages_from_when_fly_created_it() {
+        let machine = |metadata: serde_json::Value| -> Machine {
+            serde_json::from_value(serde_json::json!({
+                "id": "0123456789abcd", "name": "flyby-slot-0", "state": "started",
+                "region": "ams", "created_at": "2026-01-01T00:00:00Z",
+                "config": {"metadata": metadata},
+            }))
+            .unwrap()
+        };
+        let created = 1_767_225_600;
+        let by_hand = Tracked::from_machine(&machine(serde_json::json!({"flyby": "ephemeral"})));
+        assert_eq!(by_hand.born, Some(created));
+        let ttl = Duration::from_secs(120);
+        assert!(by_hand.overdue(ttl, created + 150));
+        // The launch's own clock comes first.
+        let launched = Tracked::from_machine(&machine(
+            serde_json::json!({"flyby": "ephemeral", "flyby_launched_at": "1767225700"}),
+        ));
+        assert_eq!(launched.born, Some(created + 100));
+        assert!(!launched.overdue(ttl, created + 150));
+    }
+
+    #[test]
     fn a_machine_is_overdue_only_past_ttl_plus_grace() {
         let m = Tracked {
             id: MachineId::parse("0123456789abcd").unwrap(),
             name: "flyby-slot-0".into(),
             region: RegionCode::parse("ams").unwrap(),
-            launched_at: Some(1_000),
+            born: Some(1_000),
         };
         let ttl = Duration::from_secs(120);
         assert!(!m.overdue(ttl, 1_000 + 149));
         assert!(m.overdue(ttl, 1_000 + 150));
-        assert!(!Tracked {
-            launched_at: None,
-            ..m
-        }
-        .overdue(ttl, u64::MAX));
+        assert!(!Tracked { born: None, ..m }.overdue(ttl, u64::MAX));
     }
 }
