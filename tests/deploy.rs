@@ -661,7 +661,30 @@ async fn flyby_serves_what_fly_toml_expects() {
         .unwrap();
     assert_eq!(leak.status(), 404, "/metrics must not be public");
 
-    // [metrics]: Prometheus text at the port and path Fly scrapes, on IPv4 and IPv6.
+    // A visitor's launch, through the public service as fly-proxy forwards it. The Machines API
+    // here answers nothing, so it fails; its hand-over answers when it has.
+    let origin = format!("http://{public}");
+    let launch = client
+        .post(format!("{origin}/api/launch"))
+        .header(reqwest::header::ORIGIN, &origin)
+        .header("fly-client-ip", "203.0.113.7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(launch.status(), 200);
+    let ticket: serde_json::Value = launch.json().await.unwrap();
+    let handover = client
+        .post(format!("{origin}/api/handover"))
+        .header(reqwest::header::ORIGIN, &origin)
+        .header("fly-client-ip", "203.0.113.7")
+        .form(&[("launch", ticket["id"].as_str().unwrap())])
+        .send()
+        .await
+        .unwrap();
+    assert!(handover.status().is_success(), "{}", handover.status());
+
+    // [metrics]: Prometheus text at the port and path Fly scrapes, on IPv4 and IPv6, which
+    // counts that launch, how long it took, and its calls to the API.
     for ip in [IpAddr::from(Ipv4Addr::LOCALHOST), private_ip] {
         let metrics = client
             .get(format!(
@@ -674,7 +697,13 @@ async fn flyby_serves_what_fly_toml_expects() {
             .unwrap();
         assert_eq!(metrics.status(), 200);
         let text = metrics.text().await.unwrap();
-        assert!(text.contains("# TYPE flyby_"), "{text}");
+        for counted in [
+            "flyby_launches_total{outcome=\"api_failed\"} 1",
+            "flyby_launch_phase_seconds_count{phase=\"failed\"} 1",
+            "flyby_fly_api_calls_total{action=\"create\"",
+        ] {
+            assert!(text.contains(counted), "{counted} in {text}");
+        }
     }
 
     // Stopped the way fly.toml says, flyby exits 0 within kill_timeout.

@@ -80,14 +80,16 @@ async fn the_hand_over_goes_to_its_visitor_whenever_they_ask_and_to_nobody_else(
 async fn a_launch_creates_a_machine_with_its_whole_config_and_hands_it_over() {
     let platform = local::start(&[]).await;
     let api = Api::new(&platform);
-    let visitor = Visitor::new(&platform, "203.0.113.1");
+    // From Sydney, while the platform's own edge (where a create without a region would go)
+    // is Amsterdam: the Machine's region shows that flyby asked for the visitor's.
+    let visitor = Visitor::from_region(&platform, "203.0.113.1", "syd");
     let launch = visitor.start_launch().await.unwrap();
     let progress = visitor.follow_launch(&launch).await;
     assert_eq!(progress.outcome, Some(Ok(())));
     let steps: Vec<_> = progress.steps.iter().map(|s| s.step.clone()).collect();
     assert_eq!(steps[0], Step::Requested);
     assert!(
-        matches!(&steps[1], Step::Created { region } if region.as_str() == "ams" && region.city() == "Amsterdam"),
+        matches!(&steps[1], Step::Created { region } if region.as_str() == "syd" && region.city() == "Sydney"),
         "{steps:?}"
     );
     assert_eq!(&steps[2..], &[Step::Started, Step::Serving]);
@@ -102,7 +104,7 @@ async fn a_launch_creates_a_machine_with_its_whole_config_and_hands_it_over() {
         .machine(flyby::fly::MachineId::parse(machines[0]["id"].as_str().unwrap()).unwrap())
         .await;
     let config = &m["config"];
-    assert_eq!(m["region"], "ams", "the visitor's edge region");
+    assert_eq!(m["region"], "syd", "the visitor's edge region");
     assert!(m["name"].as_str().unwrap().starts_with("flyby-slot-"));
     assert_eq!(
         config["image"], "registry.fly.io/flyby:local",

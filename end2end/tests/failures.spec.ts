@@ -77,6 +77,43 @@ async function expectGonePage(page: Page, platform: PlatformInfo, id: string) {
 }
 
 test.describe('the Fly API fails', () => {
+  test('unreachable: the page says launches are paused, and they resume by themselves', async ({
+    page,
+    platform,
+    api,
+  }) => {
+    // The launchers' lists are retried for a while before the tracker calls Fly unreachable.
+    test.slow();
+    await openLauncher(page, platform);
+    await expect(launchButton(page)).toBeEnabled();
+    await api.fault({ kind: 'api', action: 'list', count: 100_000, refuse: true });
+    const state = page.locator('.fly-state[role=status]');
+    await expect(state).toHaveText(
+      /^Can't reach Fly right now: launches are paused until it answers again\. The map is \d+ s old\.$/,
+      { timeout: 60_000 },
+    );
+    await expect(launchButton(page)).toBeDisabled();
+    await expectAccessible(page, 'the launcher while Fly is unreachable');
+    await api.clearFaults();
+    await expect(state).toHaveCount(0, { timeout: 30_000 });
+    await expect(launchButton(page)).toBeEnabled();
+  });
+
+  test('refusing the token: the page says so once, and not "try again"', async ({ page, platform, api }) => {
+    await openLauncher(page, platform);
+    await api.fault({ kind: 'api', action: 'list', count: 100_000, status: 401 });
+    const state = page.locator('.fly-state[role=status]');
+    await expect(state).toHaveText(
+      "This launcher can't create Machines: Fly refuses its credentials. Its operator has been told.",
+      { timeout: 30_000 },
+    );
+    await expect(state).not.toContainText('try again');
+    await expect(launchButton(page)).toBeDisabled();
+    await api.clearFaults();
+    await expect(state).toHaveCount(0, { timeout: 30_000 });
+    await expect(launchButton(page)).toBeEnabled();
+  });
+
   for (const [status, name] of [
     [500, 'failing (create 500)'],
     [429, 'rate-limiting every create (create 429)'],

@@ -25,6 +25,12 @@ pub enum AppError {
     /// The Fly Machines API is failing or too slow.
     #[error("the Fly Machines API is not answering properly right now, try again shortly")]
     FlyApiUnavailable,
+    /// The launcher cannot reach Fly at all right now: launches wait until it can again.
+    #[error("can't reach Fly right now: launches are paused, and resume by themselves")]
+    LaunchesPaused,
+    /// Fly refuses the launcher's credentials: only its operator can fix that.
+    #[error("this launcher can't create Machines: Fly refuses its credentials, and its operator has been told")]
+    LauncherMisconfigured,
     /// Fly has no room for a Machine in the regions nearest the visitor.
     #[error("Fly has no room for a Machine near you right now, try again in a minute")]
     NoRoomNearby,
@@ -49,7 +55,10 @@ impl AppError {
             AppError::CapacityReached { .. } => 409,
             AppError::TooManyLaunches { .. } => 429,
             AppError::BadRequest(_) => 400,
-            AppError::FlyApiUnavailable | AppError::NoRoomNearby => 503,
+            AppError::FlyApiUnavailable
+            | AppError::NoRoomNearby
+            | AppError::LaunchesPaused
+            | AppError::LauncherMisconfigured => 503,
             AppError::MachineDidNotStart => 504,
             AppError::Internal => 500,
         }

@@ -6,7 +6,9 @@ use super::error::reply;
 use super::{
     error::AppError,
     map::RegionMap,
-    protocol::{AliveMachine, Handover, LaunchEnd, LaunchProgress, LaunchTicket, LauncherInfo},
+    protocol::{
+        FlyReach, Handover, LaunchEnd, LaunchProgress, LaunchTicket, LauncherInfo, MapView,
+    },
     Explainer,
 };
 use leptos::prelude::*;
@@ -49,7 +51,7 @@ pub async fn take_handover(launch: String) -> Result<LaunchEnd, AppError> {
 #[server(protocol = Websocket<JsonEncoding, JsonEncoding>, endpoint = "machines")]
 pub async fn watch_machines(
     input: BoxedStream<(), AppError>,
-) -> Result<BoxedStream<Vec<AliveMachine>, AppError>, AppError> {
+) -> Result<BoxedStream<MapView, AppError>, AppError> {
     reply(crate::server::launcher::current().map(|l| l.watch_machines(input)))
 }
 
@@ -75,7 +77,8 @@ pub fn LauncherPage() -> impl IntoView {
 #[cfg_attr(not(feature = "machine-bundle"), island)]
 #[cfg_attr(feature = "machine-bundle", component)]
 fn LaunchPanel(info: Option<LauncherInfo>) -> impl IntoView {
-    let alive = RwSignal::new(Vec::<AliveMachine>::new());
+    let map_view = RwSignal::new(MapView::default());
+    let fly = Memo::new(move |_| map_view.with(|m| m.fly));
     let progress = RwSignal::new(None::<LaunchProgress>);
     let handover = RwSignal::new(None::<Handover>);
     let elapsed_ms = RwSignal::new(0u64);
@@ -86,7 +89,7 @@ fn LaunchPanel(info: Option<LauncherInfo>) -> impl IntoView {
     });
 
     #[cfg(feature = "hydrate")]
-    live::follow_map(alive);
+    live::follow_map(map_view);
     super::mark_hydrated_after_render();
 
     let launch = Action::new(move |_: &()| async move {
@@ -127,7 +130,11 @@ fn LaunchPanel(info: Option<LauncherInfo>) -> impl IntoView {
             .map_or_else(|| "unknown".to_owned(), |r| r.city().to_owned());
         view! {
             <p class="edge">"Your edge region is " <strong>{edge}</strong> "."</p>
-            <RegionMap alive=alive.into() edge=info.edge_region cap=info.cap/>
+            <RegionMap
+                alive=Signal::derive(move || map_view.with(|m| m.machines.clone()))
+                edge=info.edge_region
+                cap=info.cap
+            />
         }
     });
 
@@ -136,7 +143,7 @@ fn LaunchPanel(info: Option<LauncherInfo>) -> impl IntoView {
         <button
             type="button"
             class="launch"
-            disabled=move || running.get() || launch.pending().get()
+            disabled=move || running.get() || launch.pending().get() || fly.get() != FlyReach::Reachable
             on:click=move |_| {
                 launch.dispatch(());
             }
@@ -171,6 +178,18 @@ fn LaunchPanel(info: Option<LauncherInfo>) -> impl IntoView {
                 </ol>
             </section>
         </Show>
+        {move || {
+            let state = match fly.get() {
+                FlyReach::Reachable => return None,
+                FlyReach::Unreachable { for_secs } => format!(
+                    "Can't reach Fly right now: launches are paused until it answers again. The map is {for_secs} s old."
+                ),
+                FlyReach::TokenRefused => {
+                    "This launcher can't create Machines: Fly refuses its credentials. Its operator has been told.".to_owned()
+                }
+            };
+            Some(view! { <p class="fly-state" role="status">{state}</p> })
+        }}
         {move || error.get().map(|e| view! { <p class="error" role="alert">{e.to_string()}</p> })}
         <form node_ref=form method="post" class="handover" action=move || handover.get().map(|h| h.claim_url).unwrap_or_default()>
             <input type="hidden" name="secret" value=move || handover.get().map(|h| h.secret).unwrap_or_default()/>
@@ -269,16 +288,24 @@ mod live {
         window().performance().map(|p| p.now()).unwrap_or_default()
     }
 
-    /// Keeps `alive` in step with the Machines alive; reconnects never (the page reload does).
-    pub fn follow_map(alive: RwSignal<Vec<AliveMachine>>) {
+    /// Keeps `map` in step with the launcher's view; when the channel drops (a network blip,
+    /// a launcher restarted), connects again after a jittered, growing pause.
+    pub fn follow_map(map: RwSignal<MapView>) {
         leptos::task::spawn_local(async move {
-            let (tx, rx) = mpsc::channel::<Result<(), AppError>>(1);
-            if let Ok(mut snapshots) = watch_machines(rx.into()).await {
-                while let Some(Ok(machines)) = snapshots.next().await {
-                    alive.set(machines);
+            let mut failures = 0;
+            loop {
+                let (tx, rx) = mpsc::channel::<Result<(), AppError>>(1);
+                if let Ok(mut snapshots) = watch_machines(rx.into()).await {
+                    while let Some(Ok(view)) = snapshots.next().await {
+                        failures = 0;
+                        map.set(view);
+                    }
                 }
+                drop(tx);
+                failures += 1;
+                let jitter = (now_ms() / 7.0).fract();
+                super::super::pause(super::super::reconnect_delay(failures, jitter)).await;
             }
-            drop(tx);
         });
     }
 

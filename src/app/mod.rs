@@ -138,6 +138,28 @@ fn NotFound() -> impl IntoView {
     }
 }
 
+/// How long a page waits before it connects a live channel again after `failures` failures in
+/// a row: doubling from half a second to at most 15 s, times 0.5 to 1 by `jitter` (0 to 1), so
+/// that the pages a blip cut together do not all come back at the same moment.
+pub fn reconnect_delay(failures: u32, jitter: f64) -> std::time::Duration {
+    let ceiling_ms = (500u64 << failures.saturating_sub(1).min(5)).min(15_000);
+    let factor = 0.5 + 0.5 * jitter.clamp(0.0, 1.0);
+    std::time::Duration::from_millis((ceiling_ms as f64 * factor) as u64)
+}
+
+/// A pause in the browser, on its timer.
+#[cfg(feature = "hydrate")]
+pub async fn pause(duration: std::time::Duration) {
+    let (done, paused) = futures::channel::oneshot::channel::<()>();
+    set_timeout(
+        move || {
+            let _ = done.send(());
+        },
+        duration,
+    );
+    let _ = paused.await;
+}
+
 /// `value` written with `places` decimals (rounded half up), by integer arithmetic: the WASM
 /// bundle then carries none of Rust's float formatting, a sizeable part of it.
 pub fn fixed(value: f64, places: u32) -> String {

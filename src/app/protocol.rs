@@ -120,6 +120,25 @@ pub struct AliveMachine {
     pub region: RegionCode,
 }
 
+/// Whether the launcher reaches the Fly Machines API, as its last list of Machines found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum FlyReach {
+    #[default]
+    Reachable,
+    /// Listing has failed for `for_secs`: the map is that old, and launches wait until a list
+    /// answers again.
+    Unreachable { for_secs: u64 },
+    /// Fly refuses the launcher's token: no launch can work until an operator fixes it.
+    TokenRefused,
+}
+
+/// What the launcher's map shows: the Machines alive, and whether that view is current.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct MapView {
+    pub machines: Vec<AliveMachine>,
+    pub fly: FlyReach,
+}
+
 // --- a visitor's Machine's page -----------------------------------------------------------
 
 /// Why a Machine ended, as the page tells it.

@@ -51,3 +51,24 @@ fn a_launch_that_waits_again_and_again_keeps_one_waiting_row_with_its_count_and_
     assert_eq!(progress.steps.len(), 4);
     assert_eq!(progress.steps[3].step.label(), "Waiting for a slot");
 }
+
+#[test]
+fn live_channels_reconnect_after_a_growing_jittered_bounded_pause() {
+    use super::reconnect_delay;
+    use std::time::Duration;
+    let ms = |failures, jitter| reconnect_delay(failures, jitter).as_millis();
+    assert_eq!(ms(1, 1.0), 500);
+    assert_eq!(ms(1, 0.0), 250, "jitter halves at most");
+    assert_eq!(ms(2, 1.0), 1_000);
+    assert_eq!(ms(3, 1.0), 2_000);
+    // Bounded however long the outage, and never zero.
+    for failures in [6, 7, 30, u32::MAX] {
+        assert_eq!(
+            reconnect_delay(failures, 1.0),
+            Duration::from_millis(15_000)
+        );
+        assert!(reconnect_delay(failures, 0.0) >= Duration::from_millis(7_500));
+    }
+    assert_eq!(ms(0, 1.0), 500);
+    assert_eq!(ms(1, 7.0), 500, "jitter clamped");
+}

@@ -300,11 +300,26 @@ impl Visitor {
         Self::at(platform.proxy_addr(), ip)
     }
 
+    /// A visitor who reaches Fly at the edge in `region`, not the platform's `--edge-region`.
+    pub fn from_region(platform: &RunningPlatform, ip: &str, region: &str) -> Self {
+        Self::with_edge(platform.proxy_addr(), ip, Some(region))
+    }
+
     /// A visitor of the proxy at `proxy` (for a platform running as a separate process).
     pub fn at(proxy: SocketAddr, ip: &str) -> Self {
+        Self::with_edge(proxy, ip, None)
+    }
+
+    fn with_edge(proxy: SocketAddr, ip: &str, edge: Option<&str>) -> Self {
         let jar = Arc::new(reqwest::cookie::Jar::default());
         let mut headers = header::HeaderMap::new();
         headers.insert("flyby-local-client-ip", ip.parse().unwrap());
+        if let Some(edge) = edge {
+            headers.insert(
+                flyby::local::proxy::EDGE_REGION_HEADER,
+                edge.parse().unwrap(),
+            );
+        }
         let http = reqwest::Client::builder()
             .cookie_provider(jar.clone())
             .redirect(Policy::none())

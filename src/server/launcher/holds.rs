@@ -9,7 +9,12 @@ use crate::{
     fly::MachineId,
     server::fly_api::{CreateMachineRequest, FlyApi},
 };
-use std::{collections::HashSet, future::Future, sync::Mutex, time::Duration};
+use std::{
+    collections::HashSet,
+    future::Future,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 use tokio::time::Instant;
 
 /// What is left of a launch's time (`FLYBY_LAUNCH_SECS` from the click). Every wait of a
@@ -80,14 +85,21 @@ pub struct Created {
     app: String,
     /// `None` once handed over or destroyed.
     id: Option<MachineId>,
+    /// Where a destroyed Machine is noted, so that its slot is free at once for this
+    /// launcher, not only once the tracker's next list no longer shows it.
+    destroyed: Destroyed,
 }
 
+/// Machines this launcher destroyed that its tracker may still list.
+pub type Destroyed = Arc<Mutex<HashSet<MachineId>>>;
+
 impl Created {
-    pub fn new(api: &FlyApi, app: &str, id: MachineId) -> Self {
+    pub fn new(api: &FlyApi, app: &str, id: MachineId, destroyed: &Destroyed) -> Self {
         Created {
             api: api.clone(),
             app: app.to_owned(),
             id: Some(id),
+            destroyed: destroyed.clone(),
         }
     }
 
@@ -98,7 +110,7 @@ impl Created {
 
     pub async fn destroy(mut self) {
         if let Some(id) = self.id.take() {
-            destroy(&self.api, &self.app, id).await;
+            destroy(&self.api, &self.app, id, &self.destroyed).await;
         }
     }
 }
@@ -107,9 +119,10 @@ impl Drop for Created {
     fn drop(&mut self) {
         let Some(id) = self.id.take() else { return };
         let (api, app) = (self.api.clone(), std::mem::take(&mut self.app));
+        let destroyed = self.destroyed.clone();
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
-                runtime.spawn(async move { destroy(&api, &app, id).await });
+                runtime.spawn(async move { destroy(&api, &app, id, &destroyed).await });
             }
             Err(_) => {
                 tracing::warn!(machine = %id, "abandoned outside a runtime; the reaper will destroy it")
@@ -122,13 +135,18 @@ impl Drop for Created {
 /// a 5xx), looks for it a few times while Fly may still be performing it, and destroys it if
 /// it is there. In the background: the visitor is not kept waiting for a Machine that most
 /// likely does not exist, and the Machine's own claim window and the reaper stay behind it.
-pub fn sweep_doubtful_create(api: &FlyApi, app: &str, request: CreateMachineRequest) {
-    let (api, app) = (api.clone(), app.to_owned());
+pub fn sweep_doubtful_create(
+    api: &FlyApi,
+    app: &str,
+    request: CreateMachineRequest,
+    destroyed: &Destroyed,
+) {
+    let (api, app, destroyed) = (api.clone(), app.to_owned(), destroyed.clone());
     tokio::spawn(async move {
         for pause in [1, 4, 10].map(Duration::from_secs) {
             tokio::time::sleep(pause).await;
             if let Ok(Some(id)) = api.find_created(&app, &request).await {
-                destroy(&api, &app, id).await;
+                destroy(&api, &app, id, &destroyed).await;
                 return;
             }
         }
@@ -136,9 +154,12 @@ pub fn sweep_doubtful_create(api: &FlyApi, app: &str, request: CreateMachineRequ
 }
 
 /// Destroys a Machine a launch created; a failure is left to the reaper.
-async fn destroy(api: &FlyApi, app: &str, machine: MachineId) {
+async fn destroy(api: &FlyApi, app: &str, machine: MachineId, destroyed: &Destroyed) {
     match api.delete(app, machine, true).await.map(drop) {
-        Ok(()) => tracing::info!(%machine, "destroyed after a failed launch"),
+        Ok(()) => {
+            destroyed.lock().expect("destroyed lock").insert(machine);
+            tracing::info!(%machine, "destroyed after a failed launch");
+        }
         Err(e) => tracing::warn!(%machine, error = %e, "could not destroy; the reaper will"),
     }
 }

@@ -58,11 +58,14 @@ impl Launcher {
                 if let Some(machine) = created {
                     machine.destroy().await;
                 }
+                // How long a visitor waited to be told: a phase of its own.
+                self.metrics.phase("failed", started.elapsed());
                 self.metrics.launch(match error {
                     AppError::CapacityReached { .. } => "capacity",
                     AppError::FlyApiUnavailable => "api_failed",
                     AppError::NoRoomNearby => "no_room",
                     AppError::MachineDidNotStart => "did_not_start",
+                    AppError::LauncherMisconfigured => "token_refused",
                     _ => "failed",
                 });
                 Err(error)
@@ -112,7 +115,7 @@ impl Launcher {
             .create_in_a_free_slot(&mut request, budget, step)
             .await
             .map_err(|e| (e, None))?;
-        let created = Created::new(&self.api, &self.ephemeral_app, machine.id);
+        let created = Created::new(&self.api, &self.ephemeral_app, machine.id, &self.destroyed);
         self.metrics.phase("create", phase.elapsed());
         tracing::info!(machine = %machine.id, region = %machine.region, name = %machine.name, "launched");
         step(Step::Created {
@@ -209,7 +212,12 @@ impl Launcher {
                 Err(e) => {
                     tracing::warn!(error = %e, "create failed");
                     if e.create_may_have_happened() {
-                        sweep_doubtful_create(&self.api, &self.ephemeral_app, request.clone());
+                        sweep_doubtful_create(
+                            &self.api,
+                            &self.ephemeral_app,
+                            request.clone(),
+                            &self.destroyed,
+                        );
                     }
                     return Err(visitor_error(&e, cap));
                 }
@@ -223,12 +231,15 @@ impl Launcher {
         let free: Vec<String> = {
             let alive = self.alive.borrow();
             let reserved = self.reserved.lock().expect("reserved lock");
+            let destroyed = self.destroyed.lock().expect("destroyed lock");
             (0..self.settings.max_machines)
                 .map(slot_name)
                 .filter(|n| {
                     !tried.contains(n)
                         && !reserved.contains(n)
-                        && !alive.iter().any(|m| &m.name == n)
+                        && !alive
+                            .iter()
+                            .any(|m| &m.name == n && !destroyed.contains(&m.id))
                 })
                 .collect()
         };
@@ -304,10 +315,8 @@ fn visitor_error(error: &FlyApiError, cap: u32) -> AppError {
         FlyApiError::NameTaken { .. } => AppError::CapacityReached { cap },
         FlyApiError::InsufficientCapacity { .. } => AppError::NoRoomNearby,
         FlyApiError::WaitTimedOut => AppError::MachineDidNotStart,
-        FlyApiError::Unauthorized { .. } => {
-            tracing::error!("the Machines API refused the token");
-            AppError::Internal
-        }
+        // The tracker says so to the operator, once.
+        FlyApiError::Unauthorized { .. } => AppError::LauncherMisconfigured,
         _ => AppError::FlyApiUnavailable,
     }
 }

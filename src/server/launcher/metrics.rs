@@ -2,6 +2,7 @@
 //! of launches. Served on its own port (`FLYBY_METRICS_PORT`) on the Machine's private address,
 //! never through the public service.
 
+use crate::app::protocol::FlyReach;
 use std::{collections::BTreeMap, fmt::Write, sync::Mutex, time::Duration};
 
 /// Upper bounds (seconds) of the launch phase histogram buckets.
@@ -21,6 +22,7 @@ struct Inner {
     api_calls: BTreeMap<(&'static str, String), u64>,
     machines_alive: u64,
     reaped: u64,
+    fly: FlyReach,
 }
 
 /// All of the launcher's metrics, behind one lock (they change a few times per launch).
@@ -60,6 +62,11 @@ impl Metrics {
 
     pub fn reaped(&self) {
         self.lock().reaped += 1;
+    }
+
+    /// Whether the last list of Machines reached Fly.
+    pub fn fly_reach(&self, reach: FlyReach) {
+        self.lock().fly = reach;
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -112,6 +119,15 @@ impl Metrics {
         let _ = writeln!(out, "flyby_machines_alive {}", inner.machines_alive);
         let _ = writeln!(out, "# HELP flyby_machines_reaped_total Over-age Machines destroyed by the reaper.\n# TYPE flyby_machines_reaped_total counter");
         let _ = writeln!(out, "flyby_machines_reaped_total {}", inner.reaped);
+        let (unreachable, refused) = match inner.fly {
+            FlyReach::Reachable => (0, 0),
+            FlyReach::Unreachable { for_secs } => (for_secs, 0),
+            FlyReach::TokenRefused => (0, 1),
+        };
+        let _ = writeln!(out, "# HELP flyby_fly_unreachable_seconds How long listing Machines has failed (0: it answers).\n# TYPE flyby_fly_unreachable_seconds gauge");
+        let _ = writeln!(out, "flyby_fly_unreachable_seconds {unreachable}");
+        let _ = writeln!(out, "# HELP flyby_fly_token_refused 1 while Fly refuses the launcher's API token.\n# TYPE flyby_fly_token_refused gauge");
+        let _ = writeln!(out, "flyby_fly_token_refused {refused}");
         out
     }
 }

@@ -34,7 +34,8 @@ use super::{
 use crate::{
     app::{
         protocol::{
-            AliveMachine, Handover, LaunchEnd, LaunchProgress, LaunchTicket, LauncherInfo, Step,
+            FlyReach, Handover, LaunchEnd, LaunchProgress, LaunchTicket, LauncherInfo, MapView,
+            Step,
         },
         AppError,
     },
@@ -97,9 +98,13 @@ pub struct Launcher {
     creates: TokenBucket,
     /// Slot names of this launcher's creates in flight, which the tracker cannot see yet.
     reserved: Mutex<std::collections::HashSet<String>>,
+    /// Machines this launcher destroyed that the tracker may still list: their slots are free.
+    destroyed: holds::Destroyed,
     visitors: VisitorLimits,
     launches: Launches,
     alive: watch::Receiver<Vec<Tracked>>,
+    /// Whether the tracker's last list reached Fly: launches wait while it does not.
+    reach: watch::Receiver<FlyReach>,
     /// The visitors' app's concierges as the tracker last saw them, and this launcher's work on
     /// them.
     concierges: concierge::Concierges,
@@ -177,6 +182,7 @@ impl Launcher {
         }));
         let api = FlyApi::new(api_config)?;
         let (alive_tx, alive) = watch::channel(Vec::new());
+        let (reach_tx, reach) = watch::channel(FlyReach::Reachable);
         let launcher = Arc::new(Launcher {
             spec: MachineSpec {
                 timings: config.timings,
@@ -200,13 +206,15 @@ impl Launcher {
             // Fly: 1 create per second per app, bursts of 3.
             creates: TokenBucket::new(1.0, 3),
             reserved: Mutex::default(),
+            destroyed: holds::Destroyed::default(),
             visitors: VisitorLimits::new(settings.launches_per_minute),
             launches: Launches::default(),
             alive,
+            reach,
             concierges: concierge::Concierges::default(),
             metrics,
         });
-        tracker::spawn(launcher.clone(), alive_tx);
+        tracker::spawn(launcher.clone(), alive_tx, reach_tx);
         Ok(Some(launcher))
     }
 
@@ -235,6 +243,18 @@ impl Launcher {
             return Ok(LaunchTicket {
                 id: id.as_str().to_owned(),
             });
+        }
+        // Before the visitor's budget is spent: a launch now could only fail.
+        match *self.reach.borrow() {
+            FlyReach::Reachable => {}
+            FlyReach::Unreachable { .. } => {
+                self.metrics.launch("paused");
+                return Err(AppError::LaunchesPaused);
+            }
+            FlyReach::TokenRefused => {
+                self.metrics.launch("token_refused");
+                return Err(AppError::LauncherMisconfigured);
+            }
         }
         if let Err(retry) = self.visitors.admit(visitor) {
             self.metrics.launch("rate_limited");
@@ -354,27 +374,31 @@ impl Launcher {
         })
     }
 
-    /// The Machines alive, streamed on every change of the tracker's view.
+    /// The Machines alive and Fly's reach, streamed on every change of the tracker's view.
     pub fn watch_machines(
         self: Arc<Self>,
         input: BoxedStream<(), AppError>,
-    ) -> BoxedStream<Vec<AliveMachine>, AppError> {
+    ) -> BoxedStream<MapView, AppError> {
         let (mut tx, rx) = futures::channel::mpsc::channel(2);
-        let mut alive = self.alive.clone();
+        let (mut alive, mut reach) = (self.alive.clone(), self.reach.clone());
         tokio::spawn(async move {
             // The page never sends anything; its stream ending means it left.
             let mut input = input;
             loop {
-                let view = alive
-                    .borrow_and_update()
-                    .iter()
-                    .map(Tracked::view)
-                    .collect();
+                let view = MapView {
+                    machines: alive
+                        .borrow_and_update()
+                        .iter()
+                        .map(Tracked::view)
+                        .collect(),
+                    fly: *reach.borrow_and_update(),
+                };
                 if tx.send(Ok(view)).await.is_err() {
                     return;
                 }
                 tokio::select! {
                     changed = alive.changed() => if changed.is_err() { return },
+                    changed = reach.changed() => if changed.is_err() { return },
                     _ = input.next() => return,
                 }
             }

@@ -4,7 +4,7 @@
 
 use super::{concierge, Launcher, METADATA_ROLE};
 use crate::{
-    app::protocol::AliveMachine,
+    app::protocol::{AliveMachine, FlyReach},
     fly::{MachineId, RegionCode},
     server::fly_api::{Deleted, FlyApiError, ListFilter, Machine, MachineState},
 };
@@ -87,14 +87,39 @@ fn backoff_after(last: Duration, rate_limited: Option<Option<Duration>>) -> Dura
     }
 }
 
+/// What a list's outcome says of Fly's reach: `dark_since` is when listing started failing.
+fn reach_after(
+    listed: &Result<Vec<Machine>, FlyApiError>,
+    dark_since: &mut Option<tokio::time::Instant>,
+) -> FlyReach {
+    match listed {
+        Ok(_) => {
+            *dark_since = None;
+            FlyReach::Reachable
+        }
+        Err(FlyApiError::Unauthorized { .. }) => FlyReach::TokenRefused,
+        Err(_) => FlyReach::Unreachable {
+            for_secs: dark_since
+                .get_or_insert_with(tokio::time::Instant::now)
+                .elapsed()
+                .as_secs(),
+        },
+    }
+}
+
 /// Runs the tracker (and the reaper) for as long as the process lives.
-pub fn spawn(launcher: Arc<Launcher>, alive: watch::Sender<Vec<Tracked>>) {
+pub fn spawn(
+    launcher: Arc<Launcher>,
+    alive: watch::Sender<Vec<Tracked>>,
+    reach: watch::Sender<FlyReach>,
+) {
     tokio::spawn(async move {
         // All of the app's Machines: the visitors' and the concierge.
         let filter = ListFilter::default();
         let mut backoff = Duration::ZERO;
         let mut first = true;
         let reaping = Arc::new(Mutex::new(HashSet::new()));
+        let mut dark_since = None;
         loop {
             if !std::mem::take(&mut first) {
                 tokio::time::sleep(next_wait(backoff, rand::random::<f64>())).await;
@@ -107,10 +132,17 @@ pub fn spawn(launcher: Arc<Launcher>, alive: watch::Sender<Vec<Tracked>>) {
                     _ => None,
                 },
             );
+            let now = reach_after(&listed, &mut dark_since);
+            if now == FlyReach::TokenRefused && *reach.borrow() != FlyReach::TokenRefused {
+                // Once, not every poll: the operator must act (a new FLY_API_TOKEN).
+                tracing::error!("Fly refuses FLY_API_TOKEN: launches are stopped until it is replaced (fly tokens create deploy, fly secrets set)");
+            }
+            launcher.metrics.fly_reach(now);
+            reach.send_if_modified(|seen| std::mem::replace(seen, now) != now);
             let machines = match listed {
                 Ok(machines) => machines,
                 Err(e) => {
-                    tracing::warn!(error = %e, "could not list Machines; keeping the last view");
+                    tracing::warn!(error = %e, "could not list Machines; keeping the last view, launches paused");
                     continue;
                 }
             };
@@ -126,6 +158,12 @@ pub fn spawn(launcher: Arc<Launcher>, alive: watch::Sender<Vec<Tracked>>) {
                 .filter(|m| labelled(m, METADATA_ROLE))
                 .map(Tracked::from_machine)
                 .collect();
+            // What a list no longer shows needs no note of its destruction.
+            launcher
+                .destroyed
+                .lock()
+                .expect("destroyed lock")
+                .retain(|id| machines.iter().any(|m| m.id == *id && living(&m)));
             launcher.concierges.saw(concierge::Seen::among(&machines));
             launcher.tend_concierges();
             launcher.metrics.machines_alive(now_alive.len());
