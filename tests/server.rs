@@ -333,12 +333,13 @@ async fn every_request_is_logged_once_with_method_path_status_and_latency() {
 }
 
 /// The one inline script of a page, as the browser hashes it.
+/// The island loader: the one inline script of a page without a nonce.
 fn inline_script(html: &str) -> &str {
     let start = html.find("<script>").expect("an inline script") + "<script>".len();
     let end = start + html[start..].find("</script>").expect("its end");
     assert!(
         !html[end..].contains("<script>"),
-        "one inline script only: {html}"
+        "one script without a nonce only: {html}"
     );
     &html[start..end]
 }
@@ -374,6 +375,15 @@ async fn both_apps_pages_allow_only_their_own_scripts_and_no_framing() {
             policy.contains(&format!("script-src 'self' 'sha256-{hash}'")),
             "{path}: the loader is allowed by its hash: {policy}"
         );
+        // Every other inline script carries the nonce the policy names.
+        let nonce = policy
+            .split("'nonce-")
+            .nth(1)
+            .and_then(|rest| rest.split('\'').next())
+            .unwrap_or_else(|| panic!("{path}: a page's policy has its nonce: {policy}"));
+        let scripts = html.matches("<script").count();
+        let with_nonce = html.matches(&format!("<script nonce=\"{nonce}\">")).count();
+        assert_eq!(scripts, with_nonce + 1, "{path}: {html}");
         for directive in [
             "frame-ancestors 'none'",
             "object-src 'none'",

@@ -64,6 +64,14 @@ impl BundleLinks {
 pub fn shell(options: LeptosOptions, role: Role, bundle: BundleLinks) -> impl IntoView {
     use leptos::hydration::AutoReload;
     use leptos_meta::MetaTags;
+    // The page's own policy: its nonce allows the scripts Leptos streams with it.
+    if let Some(response) = use_context::<leptos_axum::ResponseOptions>() {
+        let nonce = leptos::nonce::use_nonce();
+        response.insert_header(
+            http::header::CONTENT_SECURITY_POLICY,
+            crate::server::page_policy::content_security_policy(&bundle.loader, nonce.as_deref()),
+        );
+    }
     view! {
         <!DOCTYPE html>
         <html lang="en">

@@ -1,24 +1,28 @@
 //! What a browser lets our pages do, said in response headers: a Content-Security-Policy that
-//! allows only our own scripts (the island loader, inline, by its hash: never
-//! `'unsafe-inline'`), our WASM, our styles and connections to our own origin; no framing by
-//! anyone (`frame-ancestors 'none'`: the launch button cannot be clickjacked); and no
-//! content-type sniffing. On every response of both apps, pages or not.
+//! allows only our own scripts (the island loader, inline, by its hash, and the few inline
+//! scripts Leptos streams with a page, by the page's nonce: never `'unsafe-inline'`), our WASM,
+//! our styles and connections to our own origin; no framing by anyone (`frame-ancestors
+//! 'none'`: the launch button cannot be clickjacked); and no content-type sniffing. On every
+//! response of both apps: a page sets its own policy, with its nonce (`app::shell`); every
+//! other response gets the policy without one.
 
 use base64::Engine;
 use http::{header, HeaderValue};
 use sha2::{Digest, Sha256};
 use tower_http::set_header::SetResponseHeaderLayer;
 
-/// The policy for pages whose one inline script is `loader` (the island loader, exactly as
-/// the page carries it).
-pub fn content_security_policy(loader: &str) -> HeaderValue {
+/// The policy for pages whose inline scripts are `loader` (the island loader, exactly as the
+/// page carries it) and those that carry `nonce` (Leptos's, on a page's response).
+pub fn content_security_policy(loader: &str, nonce: Option<&str>) -> HeaderValue {
     let hash = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(loader.as_bytes()));
+    let nonce = nonce.map(|n| format!(" 'nonce-{n}'")).unwrap_or_default();
     let policy = format!(
         "default-src 'self'; \
-         script-src 'self' 'sha256-{hash}' 'wasm-unsafe-eval'; \
+         script-src 'self' 'sha256-{hash}'{nonce} 'wasm-unsafe-eval'; \
          style-src 'self'; img-src 'self' data:; connect-src 'self'; \
          object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
     );
+    // A nonce is base64: the policy stays ASCII.
     HeaderValue::try_from(policy).expect("a policy of ASCII")
 }
 
@@ -31,9 +35,9 @@ pub fn layers(
     SetResponseHeaderLayer<HeaderValue>,
 ) {
     (
-        SetResponseHeaderLayer::overriding(
+        SetResponseHeaderLayer::if_not_present(
             header::CONTENT_SECURITY_POLICY,
-            content_security_policy(loader),
+            content_security_policy(loader, None),
         ),
         SetResponseHeaderLayer::overriding(
             header::X_CONTENT_TYPE_OPTIONS,
@@ -53,7 +57,7 @@ mod tests {
 
     #[test]
     fn the_policy_allows_the_loader_by_its_hash_and_nothing_inline_or_framed() {
-        let policy = content_security_policy("(() => {})()");
+        let policy = content_security_policy("(() => {})()", None);
         let policy = policy.to_str().unwrap();
         // echo -n '(() => {})()' | openssl dgst -sha256 -binary | base64
         let hash =
@@ -64,8 +68,13 @@ mod tests {
         assert!(policy.contains("'wasm-unsafe-eval'"), "{policy}");
         // Another script gets another hash.
         assert_ne!(
-            content_security_policy("alert(1)"),
-            content_security_policy("(() => {})()")
+            content_security_policy("alert(1)", None),
+            content_security_policy("(() => {})()", None)
         );
+        // A page's nonce allows the scripts that carry it, beside the loader.
+        let paged = content_security_policy("(() => {})()", Some("bm9uY2U"));
+        assert!(paged.to_str().unwrap().contains(&format!(
+            "'sha256-{hash}' 'nonce-bm9uY2U' 'wasm-unsafe-eval'"
+        )));
     }
 }
