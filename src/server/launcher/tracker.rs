@@ -87,8 +87,10 @@ fn backoff_after(last: Duration, rate_limited: Option<Option<Duration>>) -> Dura
     }
 }
 
-/// What a list's outcome says of Fly's reach: `dark_since` is when listing started failing.
+/// What a list's outcome says of Fly's reach, after `before`: `dark_since` is when listing
+/// started failing. A rate limit says nothing of it: Fly answered, and the tracker backs off.
 fn reach_after(
+    before: FlyReach,
     listed: &Result<Vec<Machine>, FlyApiError>,
     dark_since: &mut Option<tokio::time::Instant>,
 ) -> FlyReach {
@@ -97,6 +99,7 @@ fn reach_after(
             *dark_since = None;
             FlyReach::Reachable
         }
+        Err(FlyApiError::RateLimited { .. }) => before,
         Err(FlyApiError::Unauthorized { .. }) => FlyReach::TokenRefused,
         Err(_) => FlyReach::Unreachable {
             for_secs: dark_since
@@ -132,8 +135,9 @@ pub fn spawn(
                     _ => None,
                 },
             );
-            let now = reach_after(&listed, &mut dark_since);
-            if now == FlyReach::TokenRefused && *reach.borrow() != FlyReach::TokenRefused {
+            let before = *reach.borrow();
+            let now = reach_after(before, &listed, &mut dark_since);
+            if now == FlyReach::TokenRefused && before != FlyReach::TokenRefused {
                 // Once, not every poll: the operator must act (a new FLY_API_TOKEN).
                 tracing::error!("Fly refuses FLY_API_TOKEN: launches are stopped until it is replaced (fly tokens create deploy, fly secrets set)");
             }
@@ -142,7 +146,7 @@ pub fn spawn(
             let machines = match listed {
                 Ok(machines) => machines,
                 Err(e) => {
-                    tracing::warn!(error = %e, "could not list Machines; keeping the last view, launches paused");
+                    tracing::warn!(error = %e, reach = ?now, "could not list Machines; keeping the last view");
                     continue;
                 }
             };
@@ -242,6 +246,28 @@ mod tests {
         assert_eq!(limited(MAX_POLL, None), MAX_POLL);
         assert_eq!(backoff_after(MAX_POLL, None), Duration::ZERO);
         assert_eq!(next_wait(POLL * 2, 0.5), POLL * 2);
+    }
+
+    #[test]
+    fn only_a_list_fly_did_not_answer_makes_it_unreachable_and_an_answer_ends_that() {
+        let mut dark = None;
+        let down = Err(FlyApiError::Timeout);
+        let limited = Err(FlyApiError::RateLimited { retry_after: None });
+        let refused = Err(FlyApiError::Unauthorized { status: 401 });
+        let reachable = FlyReach::Reachable;
+        assert_eq!(reach_after(reachable, &limited, &mut dark), reachable);
+        assert!(dark.is_none(), "a rate limit is an answer");
+        let now = reach_after(reachable, &down, &mut dark);
+        assert!(matches!(now, FlyReach::Unreachable { .. }), "{now:?}");
+        assert!(dark.is_some());
+        // A rate limit while dark keeps it dark.
+        assert_eq!(reach_after(now, &limited, &mut dark), now);
+        assert_eq!(
+            reach_after(now, &refused, &mut dark),
+            FlyReach::TokenRefused
+        );
+        assert_eq!(reach_after(now, &Ok(Vec::new()), &mut dark), reachable);
+        assert!(dark.is_none());
     }
 
     #[test]
