@@ -663,9 +663,12 @@ async fn flyby_serves_what_fly_toml_expects() {
 
     // A visitor's launch, through the public service as fly-proxy forwards it. The Machines API
     // here answers nothing, so it fails; its hand-over answers when it has.
-    let origin = format!("http://{public}");
+    // By the app's host name, from which the launcher derives the visitors' app's.
+    let host = format!("{}.localhost:{}", str_at(&fly, "app"), public.port());
+    let origin = format!("http://{host}");
     let launch = client
-        .post(format!("{origin}/api/launch"))
+        .post(format!("http://{public}/api/launch"))
+        .header(reqwest::header::HOST, &host)
         .header(reqwest::header::ORIGIN, &origin)
         .header("fly-client-ip", "203.0.113.7")
         .send()
@@ -674,7 +677,8 @@ async fn flyby_serves_what_fly_toml_expects() {
     assert_eq!(launch.status(), 200);
     let ticket: serde_json::Value = launch.json().await.unwrap();
     let handover = client
-        .post(format!("{origin}/api/handover"))
+        .post(format!("http://{public}/api/handover"))
+        .header(reqwest::header::HOST, &host)
         .header(reqwest::header::ORIGIN, &origin)
         .header("fly-client-ip", "203.0.113.7")
         .form(&[("launch", ticket["id"].as_str().unwrap())])
