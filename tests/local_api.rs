@@ -699,9 +699,8 @@ async fn stop_then_start() {
     assert_ne!(local.record(&machine).pid, Some(pid));
 }
 
-#[tokio::test]
-async fn a_stop_ends_with_sigkill_after_the_timeout() {
-    let local = Local::start(Options::bare()).await;
+/// A started Machine whose process ignores SIGTERM (and SIGINT), and its pid.
+async fn stubborn_machine(local: &Local) -> (Value, u32) {
     // Ignored signals stay ignored across exec: this Machine cannot be stopped politely.
     let machine = local
         .create_shell("trap '' INT TERM; exec sleep 600", json!({}))
@@ -712,6 +711,13 @@ async fn a_stop_ends_with_sigkill_after_the_timeout() {
         ignores(pid, libc::SIGTERM)
     })
     .await;
+    (machine, pid)
+}
+
+#[tokio::test]
+async fn a_stop_ends_with_sigkill_after_the_timeout() {
+    let local = Local::start(Options::bare()).await;
+    let (machine, pid) = stubborn_machine(&local).await;
     let started = Instant::now();
     let (status, _) = local
         .post(
@@ -786,16 +792,7 @@ async fn deleting_a_running_machine_needs_force() {
 #[tokio::test]
 async fn a_forced_destroy_kills_at_once_and_never_lists_destroyed_while_the_process_lives() {
     let local = Local::start(Options::bare()).await;
-    // A Machine that takes its time on SIGTERM: it ignores it.
-    let machine = local
-        .create_shell("trap '' INT TERM; exec sleep 600", json!({}))
-        .await;
-    local.wait_started(&machine).await;
-    let pid = local.record(&machine).pid.unwrap();
-    until_proc("the Machine ignores SIGTERM", || {
-        ignores(pid, libc::SIGTERM)
-    })
-    .await;
+    let (machine, pid) = stubborn_machine(&local).await;
     let path = machine_path(&machine);
     let (status, _) = local
         .post(
