@@ -41,6 +41,8 @@ pub struct BundleLinks {
     pub wasm: std::sync::Arc<str>,
     /// The island loader's script, with the JS glue's and the WASM's URLs in it.
     pub loader: std::sync::Arc<str>,
+    /// The loader's CSP source (`'sha256-…'`), for every page's policy.
+    pub loader_hash: std::sync::Arc<str>,
 }
 
 #[cfg(feature = "ssr")]
@@ -54,6 +56,7 @@ impl BundleLinks {
             css: css.into(),
             js: js.into(),
             wasm: wasm.into(),
+            loader_hash: crate::server::page_policy::script_hash(&loader).into(),
             loader: loader.into(),
         }
     }
@@ -69,7 +72,10 @@ pub fn shell(options: LeptosOptions, role: Role, bundle: BundleLinks) -> impl In
         let nonce = leptos::nonce::use_nonce();
         response.insert_header(
             http::header::CONTENT_SECURITY_POLICY,
-            crate::server::page_policy::content_security_policy(&bundle.loader, nonce.as_deref()),
+            crate::server::page_policy::content_security_policy(
+                &bundle.loader_hash,
+                nonce.as_deref(),
+            ),
         );
     }
     view! {

@@ -202,7 +202,7 @@ fn assemble(
     let options = config.leptos.clone();
     let bundle = assets::Bundle::find(&options, role);
     let links = bundle.links(&options);
-    let policy_loader = links.loader.clone();
+    let loader_hash = links.loader_hash.clone();
     let routes = generate_route_list(App)
         .into_iter()
         .filter(|route| belongs_to(role, route.path()))
@@ -272,7 +272,7 @@ fn assemble(
         router
     };
     router
-        .layer(page_policy::layers(&policy_loader))
+        .layer(page_policy::layers(&loader_hash))
         .layer(SetResponseHeaderLayer::if_not_present(
             MACHINE_HEADER,
             answered_by,
@@ -321,15 +321,11 @@ async fn health(
     key: Option<readiness::ReadinessKey>,
     headers: http::HeaderMap,
 ) -> impl axum::response::IntoResponse {
-    let proof = key.and_then(|key| readiness::answer(&key, &headers));
-    (
-        proof
-            .map(|proof| [(readiness::PROOF_HEADER, proof)])
-            .into_iter()
-            .flatten()
-            .collect::<http::HeaderMap>(),
-        "ok",
-    )
+    let mut answer = http::HeaderMap::new();
+    if let Some(proof) = key.and_then(|key| readiness::answer(&key, &headers)) {
+        answer.insert(readiness::PROOF_HEADER, proof);
+    }
+    (answer, "ok")
 }
 
 /// Completes on SIGINT (what Fly sends on stop by default) or SIGTERM. The handlers are

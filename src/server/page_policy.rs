@@ -11,14 +11,23 @@ use http::{header, HeaderValue};
 use sha2::{Digest, Sha256};
 use tower_http::set_header::SetResponseHeaderLayer;
 
-/// The policy for pages whose inline scripts are `loader` (the island loader, exactly as the
-/// page carries it) and those that carry `nonce` (Leptos's, on a page's response).
-pub fn content_security_policy(loader: &str, nonce: Option<&str>) -> HeaderValue {
-    let hash = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(loader.as_bytes()));
+/// An inline script's CSP source, `'sha256-<base64>'`: made once per bundle, when the server
+/// starts, not per page.
+pub fn script_hash(script: &str) -> String {
+    let digest = Sha256::digest(script.as_bytes());
+    format!(
+        "'sha256-{}'",
+        base64::engine::general_purpose::STANDARD.encode(digest)
+    )
+}
+
+/// The policy for pages whose inline scripts are the one of `loader_hash` (the island loader,
+/// [`script_hash`]) and those that carry `nonce` (Leptos's, on a page's response).
+pub fn content_security_policy(loader_hash: &str, nonce: Option<&str>) -> HeaderValue {
     let nonce = nonce.map(|n| format!(" 'nonce-{n}'")).unwrap_or_default();
     let policy = format!(
         "default-src 'self'; \
-         script-src 'self' 'sha256-{hash}'{nonce} 'wasm-unsafe-eval'; \
+         script-src 'self' {loader_hash}{nonce} 'wasm-unsafe-eval'; \
          style-src 'self'; img-src 'self' data:; connect-src 'self'; \
          object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
     );
@@ -28,7 +37,7 @@ pub fn content_security_policy(loader: &str, nonce: Option<&str>) -> HeaderValue
 
 /// The three headers, as layers for the whole router.
 pub fn layers(
-    loader: &str,
+    loader_hash: &str,
 ) -> (
     SetResponseHeaderLayer<HeaderValue>,
     SetResponseHeaderLayer<HeaderValue>,
@@ -37,7 +46,7 @@ pub fn layers(
     (
         SetResponseHeaderLayer::if_not_present(
             header::CONTENT_SECURITY_POLICY,
-            content_security_policy(loader, None),
+            content_security_policy(loader_hash, None),
         ),
         SetResponseHeaderLayer::overriding(
             header::X_CONTENT_TYPE_OPTIONS,
@@ -57,22 +66,23 @@ mod tests {
 
     #[test]
     fn the_policy_allows_the_loader_by_its_hash_and_nothing_inline_or_framed() {
-        let policy = content_security_policy("(() => {})()", None);
+        let loader = script_hash("(() => {})()");
+        let policy = content_security_policy(&loader, None);
         let policy = policy.to_str().unwrap();
-        // echo -n '(() => {})()' | openssl dgst -sha256 -binary | base64
-        let hash =
-            base64::engine::general_purpose::STANDARD.encode(Sha256::digest(b"(() => {})()"));
-        assert!(policy.contains(&format!("'sha256-{hash}'")), "{policy}");
+        // printf '%s' '(() => {})()' | openssl dgst -sha256 -binary | base64
+        let hash = "+qSgJuHoYUWwnMpdodufkhkdl0E/jO6LXjkRpVf3Znk=";
+        assert_eq!(loader, format!("'sha256-{hash}'"));
+        assert!(
+            policy.contains(&format!("script-src 'self' {loader} ")),
+            "{policy}"
+        );
         assert!(!policy.contains("unsafe-inline"), "{policy}");
         assert!(policy.contains("frame-ancestors 'none'"), "{policy}");
         assert!(policy.contains("'wasm-unsafe-eval'"), "{policy}");
         // Another script gets another hash.
-        assert_ne!(
-            content_security_policy("alert(1)", None),
-            content_security_policy("(() => {})()", None)
-        );
+        assert_ne!(script_hash("alert(1)"), loader);
         // A page's nonce allows the scripts that carry it, beside the loader.
-        let paged = content_security_policy("(() => {})()", Some("bm9uY2U"));
+        let paged = content_security_policy(&loader, Some("bm9uY2U"));
         assert!(paged.to_str().unwrap().contains(&format!(
             "'sha256-{hash}' 'nonce-bm9uY2U' 'wasm-unsafe-eval'"
         )));
