@@ -534,7 +534,8 @@ async fn a_failing_create_is_reported_and_leaves_nothing() {
 #[tokio::test]
 async fn a_rate_limited_create_is_reported_and_leaves_nothing() {
     let error =
-        failed_launch(json!({"kind": "api", "action": "create", "count": 50, "status": 429})).await;
+        failed_launch(json!({"kind": "api", "action": "create", "count": 100_000, "status": 429}))
+            .await;
     assert_eq!(error, AppError::FlyApiUnavailable);
 }
 

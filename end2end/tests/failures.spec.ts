@@ -123,7 +123,7 @@ test.describe('the Fly API fails', () => {
       test.slow(status === 429);
       await openLauncher(page, platform);
       const createsBefore = await api.created();
-      await api.fault({ kind: 'api', action: 'create', count: 100, status });
+      await api.fault({ kind: 'api', action: 'create', count: status === 429 ? 100_000 : 100, status });
 
       await launchButton(page).click();
       const steps = page.locator('.steps .step .label');
