@@ -161,3 +161,50 @@ async fn a_launch_past_its_deadline_at_any_step_leaves_no_machine_and_no_slot_lo
         .launch_and_claim()
         .await;
 }
+
+/// Two launchers see the same over-age Machine and both destroy it: the Machine is destroyed
+/// once and counted once, by the launcher whose destroy did it.
+#[tokio::test]
+async fn two_launchers_racing_to_reap_a_machine_count_it_once() {
+    let platform = local::start(&["--launchers=0"]).await;
+    let api = Api::new(&platform);
+    let env = [
+        ("FLYBY_ROLE", "launcher"),
+        ("FLY_API_TOKEN", support::platform::TOKEN),
+        ("FLYBY_MACHINES_API", &platform.api_url),
+        ("FLYBY_METRICS_PORT", "0"),
+        ("FLY_REGION", "ams"),
+    ];
+    let (a, b) = (support::Flyby::start(&env).await, support::Flyby::start(&env).await);
+    // Each destroy is held long enough for both launchers' lists (every 3-5 s) to see the
+    // Machine still alive and both to destroy it.
+    api.fault(json!({"kind": "api", "action": "delete", "count": 2, "delay_ms": 8_000}))
+        .await;
+    let id = api.over_age_machine().await;
+    api.wait_destroyed(id).await;
+
+    let client = reqwest::Client::new();
+    // The sum of a launcher's samples whose line starts with `prefix`.
+    let metric = |launcher: &support::Flyby, prefix: &'static str| {
+        let url = format!("http://{}/metrics", launcher.metrics.expect("metrics"));
+        let client = client.clone();
+        async move {
+            let text = client.get(url).send().await.unwrap().text().await.unwrap();
+            text.lines()
+                .filter(|l| l.starts_with(prefix))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .sum::<u64>()
+        }
+    };
+    const DELETES: &str = "flyby_fly_api_calls_total{action=\"delete\",";
+    const REAPED: &str = "flyby_machines_reaped_total ";
+    let deletes = |launcher| metric(launcher, DELETES);
+    // Both launchers' destroys answered (the platform holds them 8 s each, at once).
+    local::eventually("both launchers destroyed it", || async {
+        deletes(&a).await >= 1 && deletes(&b).await >= 1
+    })
+    .await;
+    let reaped = metric(&a, REAPED).await + metric(&b, REAPED).await;
+    assert_eq!(reaped, 1, "one Machine reaped, counted once across launchers");
+    assert_eq!(deletes(&a).await + deletes(&b).await, 2, "each destroyed it once");
+}

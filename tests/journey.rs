@@ -594,28 +594,7 @@ async fn concurrent_launches_never_exceed_the_cap() {
 async fn the_reaper_destroys_an_over_age_machine() {
     let platform = local::start(&[]).await;
     let api = Api::new(&platform);
-    let long_ago = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        - 3600;
-    let created = api
-        .post(
-            "/v1/apps/flyby-machines/machines",
-            json!({
-                "name": "flyby-slot-0",
-                "config": {
-                    "image": "registry.fly.io/flyby:local",
-                    "env": {"FLYBY_ROLE": "ephemeral", "FLYBY_OWNER_HASH": "0".repeat(64), "FLYBY_CLAIM_SECS": "600", "FLYBY_TTL_SECS": "3600"},
-                    "services": [{"protocol": "tcp", "internal_port": 8080, "ports": [{"port": 80, "handlers": ["http"]}]}],
-                    "metadata": {"flyby": "ephemeral", "flyby_launched_at": long_ago.to_string()}
-                }
-            }),
-        )
-        .await;
-    assert_eq!(created.status(), 200);
-    let id: serde_json::Value = created.json().await.unwrap();
-    let id = flyby::fly::MachineId::parse(id["id"].as_str().unwrap()).unwrap();
+    let id = api.over_age_machine().await;
     api.wait_destroyed(id).await;
 }
 

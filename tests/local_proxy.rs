@@ -27,6 +27,7 @@ use flyby::{
     },
 };
 use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
 use reqwest::{header::HeaderMap, RequestBuilder, StatusCode};
 use serde_json::{json, Value};
 use std::{
@@ -863,7 +864,7 @@ async fn a_websocket_upgrade_is_replayed_and_completed_by_the_final_machine() {
             .expect("the upgrade completes");
     assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
     socket
-        .send(tokio_tungstenite::tungstenite::Message::text("ping"))
+        .send(Message::text("ping"))
         .await
         .unwrap();
     let echo = tokio::time::timeout(BOUND, socket.next())
@@ -875,6 +876,66 @@ async fn a_websocket_upgrade_is_replayed_and_completed_by_the_final_machine() {
     socket.close(None).await.unwrap();
     assert_eq!(local.counter("proxy.websockets").await, 1);
     assert_eq!(local.counter("proxy.replays.delivered").await, 1);
+}
+
+#[tokio::test]
+async fn a_cut_closes_the_machines_websockets_and_refuses_new_ones_for_a_while() {
+    let local = platform("nearest").await;
+    let ids = local.machines(&["ams", "ams"]).await;
+    let (cut, spared) = (ids[0], ids[1]);
+    let open = |id: MachineId| {
+        let url = format!("ws://{APP}.localhost:{}/ws", local.proxy_port);
+        let port = local.proxy_port;
+        async move {
+            let mut request = url.into_client_request().unwrap();
+            request.headers_mut().insert(
+                "fly-force-instance-id",
+                id.to_string().parse().unwrap(),
+            );
+            let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap();
+            tokio::time::timeout(BOUND, tokio_tungstenite::client_async(request, stream))
+                .await
+                .expect("in time")
+        }
+    };
+    let (mut a, _) = open(cut).await.expect("the upgrade completes");
+    let (mut b, _) = open(spared).await.expect("the upgrade completes");
+
+    let fault = json!({"kind": "cut_websockets", "machine": cut.to_string(), "for_ms": 60_000});
+    assert!(local.arm(fault).await.is_success());
+    let end = tokio::time::timeout(BOUND, a.next()).await.expect("in time");
+    assert!(
+        !matches!(end, Some(Ok(Message::Text(_)))),
+        "the cut socket ends: {end:?}"
+    );
+    match open(cut).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(refused)) => {
+            assert_eq!(refused.status(), StatusCode::BAD_GATEWAY)
+        }
+        other => panic!("a new upgrade is refused during the cut: {other:?}"),
+    }
+    b.send(Message::text("ping")).await.unwrap();
+    let echo = tokio::time::timeout(BOUND, b.next()).await.expect("in time");
+    assert_eq!(
+        echo.expect("a message").unwrap().into_text().unwrap().as_str(),
+        format!("{spared}:ping"),
+        "another Machine's socket is untouched"
+    );
+    let process_alive = local.visit("/").header("fly-force-instance-id", cut.to_string());
+    assert_eq!(local.send(process_alive).await.machine(), cut, "the Machine still serves");
+
+    // Cleared, the Machine takes upgrades again.
+    assert!(local.delete("/_local/faults").await.0.is_success());
+    let (mut again, _) = open(cut).await.expect("the upgrade completes after the cut");
+    again.send(Message::text("ping")).await.unwrap();
+    let echo = tokio::time::timeout(BOUND, again.next()).await.expect("in time");
+    assert_eq!(
+        echo.expect("a message").unwrap().into_text().unwrap().as_str(),
+        format!("{cut}:ping")
+    );
+    assert_eq!(local.counter("proxy.websockets.refused").await, 1);
 }
 
 #[tokio::test]

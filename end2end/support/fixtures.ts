@@ -183,6 +183,14 @@ function readFrom(file: string, offset: number): string {
 
 export { expect };
 
+/**
+ * The failures a test provokes, for `test.use({ expectedFailures })`, as one pattern:
+ * `test.use` reads an array of two or more as a fixture's `[value, options]`.
+ */
+export function provoked(...patterns: RegExp[]): RegExp[] {
+  return [new RegExp(patterns.map((p) => `(?:${p.source})`).join('|'))];
+}
+
 /** Waits until the WASM bundle has hydrated the page. */
 export async function hydrated(page: Page) {
   await expect(page.locator('body[data-hydrated]')).toBeAttached();

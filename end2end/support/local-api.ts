@@ -108,6 +108,12 @@ export class LocalApi {
     await this.fault({ kind: 'crash', machine });
   }
 
+  /** Closes the WebSockets the proxy tunnels to a Machine, and refuses new ones for `forMs`,
+   * as a network blip would; the Machine itself is untouched. */
+  async cutWebsockets(machine: string, forMs: number): Promise<void> {
+    await this.fault({ kind: 'cut_websockets', machine, for_ms: forMs });
+  }
+
   async counters(): Promise<Record<string, number>> {
     return ((await this.call('GET', '/_local/stats')) as { counters?: Record<string, number> }).counters ?? {};
   }

@@ -1,7 +1,8 @@
 //! The page a visitor sees on their own Machine, and the server functions behind it.
 //!
 //! The server drives the Machine's timeline (see `server::lifecycle`); the page follows it over
-//! one WebSocket server function that also measures the round trip every second. Everything the
+//! one WebSocket server function that also measures the round trip every second, and opens it
+//! again when a network blip closes it. Everything the
 //! page shows after the end ("This Machine is no more", the way back) is already in the hydrated
 //! page: it needs nothing from a Machine that no longer exists.
 
@@ -70,7 +71,9 @@ pub fn MachinePage() -> impl IntoView {
 fn MachineView(info: MachineInfo) -> impl IntoView {
     let phase = RwSignal::new(info.phase);
     let rtt_ms = RwSignal::new(None::<f64>);
-    // The channel closed without saying the Machine ended: it crashed or vanished.
+    // The channel closed without the Machine saying it ended, and the page is finding out why.
+    let reconnecting = RwSignal::new(false);
+    // The Machine was found gone without having said it ended: it crashed or vanished.
     let lost = RwSignal::new(false);
     let seconds_left = RwSignal::new(match info.phase {
         PhaseView::Showing { seconds_left } => Some(seconds_left),
@@ -79,7 +82,13 @@ fn MachineView(info: MachineInfo) -> impl IntoView {
     let ended = Memo::new(move |_| matches!(phase.get(), PhaseView::Ended { .. }) || lost.get());
 
     #[cfg(feature = "hydrate")]
-    live::connect(phase, rtt_ms, lost, seconds_left);
+    live::connect(live::Live {
+        phase,
+        rtt_ms,
+        seconds_left,
+        reconnecting,
+        lost,
+    });
     super::mark_hydrated_after_render();
 
     let switching = Action::new(|_: &()| switch_off());
@@ -131,6 +140,7 @@ fn MachineView(info: MachineInfo) -> impl IntoView {
                         <dt>"Round trip to this Machine"</dt>
                         <dd class="rtt" aria-live="off">
                             {move || match rtt_ms.get() {
+                                _ if reconnecting.get() => "reconnecting…".to_owned(),
                                 Some(ms) => format!("{} ms", super::fixed(ms, 1)),
                                 None => "measuring…".to_owned(),
                             }}
@@ -144,6 +154,15 @@ fn MachineView(info: MachineInfo) -> impl IntoView {
                             }}
                         </dd>
                     </dl>
+                    <p class="link-state" role="status">
+                        {move || {
+                            if reconnecting.get() {
+                                "Lost touch with your Machine for a moment: reconnecting…"
+                            } else {
+                                ""
+                            }
+                        }}
+                    </p>
                     <button
                         type="button"
                         class="switch-off"
@@ -175,6 +194,10 @@ fn MachineView(info: MachineInfo) -> impl IntoView {
 }
 
 /// The browser side of the live channel: pings every second, follows the phase, counts down.
+/// A channel that closes without the Machine having said it ended is a blip until shown
+/// otherwise: the page asks the Machine (`about_machine`) after a jittered, growing pause and
+/// opens the channel again; only the Machine's own timeline, or the 410 of a Machine found
+/// gone, ends the page.
 #[cfg(feature = "hydrate")]
 mod live {
     use super::*;
@@ -185,29 +208,47 @@ mod live {
         window().performance().map(|p| p.now()).unwrap_or_default()
     }
 
-    pub fn connect(
-        phase: RwSignal<PhaseView>,
-        rtt_ms: RwSignal<Option<f64>>,
-        lost: RwSignal<bool>,
-        seconds_left: RwSignal<Option<u64>>,
-    ) {
-        let (tx, rx) = mpsc::channel::<Result<ClientMessage, AppError>>(4);
+    /// The signals the live channel drives.
+    pub struct Live {
+        pub phase: RwSignal<PhaseView>,
+        pub rtt_ms: RwSignal<Option<f64>>,
+        pub seconds_left: RwSignal<Option<u64>>,
+        pub reconnecting: RwSignal<bool>,
+        pub lost: RwSignal<bool>,
+    }
+
+    type Sender = mpsc::Sender<Result<ClientMessage, AppError>>;
+
+    pub fn connect(live: Live) {
+        let Live {
+            phase,
+            rtt_ms,
+            seconds_left,
+            reconnecting,
+            lost,
+        } = live;
+        // The open channel's sending half, if one is open.
+        let sender: Rc<RefCell<Option<Sender>>> = Rc::default();
         // Pings in flight (sequence number, when sent): a handful at most, so a list.
         let sent: Rc<RefCell<Vec<(u32, f64)>>> = Rc::default();
         let countdown_to = Rc::new(RefCell::new(None::<f64>));
-
-        let ticker = {
-            let sent = sent.clone();
-            let countdown_to = countdown_to.clone();
-            let tx = RefCell::new(tx.clone());
-            let seq = std::cell::Cell::new(0u32);
-            set_interval_with_handle(
-                move || {
+        let seq = Rc::new(std::cell::Cell::new(0u32));
+        let ping = {
+            let (sender, sent, seq) = (sender.clone(), sent.clone(), seq.clone());
+            move || {
+                if let Some(tx) = sender.borrow_mut().as_mut() {
                     seq.set(seq.get().wrapping_add(1));
                     sent.borrow_mut().push((seq.get(), now_ms()));
-                    let _ = tx
-                        .borrow_mut()
-                        .try_send(Ok(ClientMessage::Ping { seq: seq.get() }));
+                    let _ = tx.try_send(Ok(ClientMessage::Ping { seq: seq.get() }));
+                }
+            }
+        };
+
+        let ticker = {
+            let (ping, countdown_to) = (ping.clone(), countdown_to.clone());
+            set_interval_with_handle(
+                move || {
+                    ping();
                     if let Some(at) = *countdown_to.borrow() {
                         let left = ((at - now_ms()) / 1000.0).ceil().max(0.0) as u64;
                         seconds_left.set(Some(left));
@@ -219,49 +260,74 @@ mod live {
         };
 
         leptos::task::spawn_local(async move {
-            // The first ping goes out at once, so the round trip shows without waiting a second.
-            let mut first = tx;
-            sent.borrow_mut().push((0, now_ms()));
-            let _ = first.try_send(Ok(ClientMessage::Ping { seq: 0 }));
-            let mut ended = false;
-            if let Ok(mut messages) = machine_channel(rx.into()).await {
-                while let Some(message) = messages.next().await {
-                    match message {
-                        Ok(ServerMessage::Pong { seq }) => {
-                            let mut sent = sent.borrow_mut();
-                            if let Some(i) = sent.iter().position(|(s, _)| *s == seq) {
-                                let (_, at) = sent.swap_remove(i);
-                                rtt_ms.set(Some(now_ms() - at));
+            let mut failures = 0;
+            'channel: loop {
+                let (tx, rx) = mpsc::channel::<Result<ClientMessage, AppError>>(4);
+                sent.borrow_mut().clear();
+                *sender.borrow_mut() = Some(tx);
+                // The first ping goes out at once, so the round trip shows without waiting.
+                ping();
+                if let Ok(mut messages) = machine_channel(rx.into()).await {
+                    while let Some(Ok(message)) = messages.next().await {
+                        failures = 0;
+                        reconnecting.set(false);
+                        match message {
+                            ServerMessage::Pong { seq } => {
+                                let mut sent = sent.borrow_mut();
+                                if let Some(i) = sent.iter().position(|(s, _)| *s == seq) {
+                                    let (_, at) = sent.swap_remove(i);
+                                    rtt_ms.set(Some(now_ms() - at));
+                                }
+                                // Pongs come in order: a ping older than this one lost its pong.
+                                sent.retain(|(s, _)| s.wrapping_sub(seq) < 1 << 31);
                             }
-                            // Pongs come in order: a ping older than this one lost its pong.
-                            sent.retain(|(s, _)| s.wrapping_sub(seq) < 1 << 31);
+                            ServerMessage::Phase(p) => {
+                                if let PhaseView::Showing { seconds_left: s } = p {
+                                    *countdown_to.borrow_mut() =
+                                        Some(now_ms() + s as f64 * 1000.0);
+                                    seconds_left.set(Some(s));
+                                }
+                                let ended = matches!(p, PhaseView::Ended { .. });
+                                phase.set(p);
+                                // Stop reading at the announced end: the close that follows
+                                // would only be logged as an error by the WebSocket client.
+                                if ended {
+                                    break 'channel;
+                                }
+                            }
                         }
-                        Ok(ServerMessage::Phase(p)) => {
-                            if let PhaseView::Showing { seconds_left: s } = p {
-                                *countdown_to.borrow_mut() = Some(now_ms() + s as f64 * 1000.0);
-                                seconds_left.set(Some(s));
-                            }
-                            ended = matches!(p, PhaseView::Ended { .. });
-                            phase.set(p);
-                            // Stop reading at the announced end: the close that follows would
-                            // only be logged as an error by the WebSocket client.
-                            if ended {
-                                break;
-                            }
+                    }
+                }
+                *sender.borrow_mut() = None;
+                // A close right after "switching off" is the end the Machine announced.
+                if let PhaseView::SwitchingOff { reason } = phase.get_untracked() {
+                    phase.set(PhaseView::Ended { reason });
+                    break;
+                }
+                reconnecting.set(true);
+                // Until the Machine answers again, nothing is known of it.
+                loop {
+                    failures += 1;
+                    let jitter = (now_ms() / 7.0).fract();
+                    crate::app::pause(crate::app::reconnect_delay(failures, jitter)).await;
+                    match about_machine().await {
+                        Ok(info) if matches!(info.phase, PhaseView::Ended { .. }) => {
+                            phase.set(info.phase);
+                            break 'channel;
                         }
-                        Err(_) => break,
+                        Ok(_) => continue 'channel,
+                        Err(AppError::MachineGone) => {
+                            lost.set(true);
+                            break 'channel;
+                        }
+                        Err(_) => {}
                     }
                 }
             }
+            reconnecting.set(false);
+            *sender.borrow_mut() = None;
             if let Some(ticker) = ticker {
                 ticker.clear();
-            }
-            // A close right after "switching off" is the end the Machine announced; any other
-            // close means the Machine vanished.
-            match phase.get_untracked() {
-                PhaseView::SwitchingOff { reason } => phase.set(PhaseView::Ended { reason }),
-                _ if !ended => lost.set(true),
-                _ => {}
             }
         });
     }

@@ -13,6 +13,10 @@ pub enum AppError {
     /// The Machine this request was meant for no longer exists.
     #[error("your Machine is gone")]
     MachineGone,
+    /// The browser could not reach the server at all (its network, or a connection cut on the
+    /// way): nothing is known of the Machine, so nothing is concluded; the page tries again.
+    #[error("can't reach the server right now; trying again")]
+    Unreachable,
     /// The request did not prove it belongs to this Machine's owner.
     #[error("this Machine is not yours")]
     NotYours,
@@ -51,6 +55,7 @@ impl AppError {
     pub fn status(&self) -> u16 {
         match self {
             AppError::MachineGone => 410,
+            AppError::Unreachable => 503,
             AppError::NotYours => 403,
             AppError::CapacityReached { .. } => 409,
             AppError::TooManyLaunches { .. } => 429,
@@ -85,8 +90,9 @@ impl FromServerFnError for AppError {
 
     fn from_server_fn_error(value: ServerFnErrorErr) -> Self {
         match value {
-            // The client could not reach the server at all (network down, Machine gone).
-            ServerFnErrorErr::Request(_) => AppError::MachineGone,
+            // The client could not reach the server at all: a network down, a connection cut.
+            // Only the server's own 410 says the Machine is gone.
+            ServerFnErrorErr::Request(_) => AppError::Unreachable,
             ServerFnErrorErr::Args(m) | ServerFnErrorErr::MissingArg(m) => AppError::BadRequest(m),
             _ => AppError::Internal,
         }

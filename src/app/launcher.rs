@@ -235,7 +235,7 @@ async fn run(
             match answer {
                 // The request was cut on its way (a proxy's idle timeout on the slowest
                 // launch): the launcher answers its visitor again, at once if the launch ended.
-                Err(AppError::MachineGone) if cuts < 2 => cuts += 1,
+                Err(AppError::Unreachable) if cuts < 2 => cuts += 1,
                 answer => break answer,
             }
         }?;

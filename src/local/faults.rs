@@ -6,7 +6,12 @@
 
 use crate::fly::MachineId;
 use serde::{Deserialize, Serialize};
-use std::{collections::HashSet, sync::Mutex, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+use tokio::sync::broadcast;
 
 /// One fault, as posted to `/_local/faults` (JSON, tagged by `kind`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -62,6 +67,14 @@ pub enum Fault {
     /// request is balanced to them, a replay to them finds no candidate), as Fly's proxy nodes
     /// learn of a started Machine a moment later; cleared by `DELETE /_local/faults`.
     RoutingDelay { ms: u64 },
+    /// The proxy closes every WebSocket it tunnels to this Machine now, and answers `502` to
+    /// new WebSocket upgrades to it for `for_ms`, as a network blip between a browser and a
+    /// Machine would; the Machine and its process are untouched.
+    CutWebsockets {
+        machine: MachineId,
+        #[serde(default)]
+        for_ms: u64,
+    },
     /// Fly has no room in `region`: every create there fails with `insufficient_capacity`
     /// until `DELETE /_local/faults`.
     NoCapacity { region: String },
@@ -89,9 +102,20 @@ struct ArmedApi {
 }
 
 /// The armed faults.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Faults {
     inner: Mutex<Armed>,
+    /// Tells the proxy's open WebSocket tunnels which Machine's tunnels to close now.
+    cuts: broadcast::Sender<MachineId>,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Faults {
+            inner: Mutex::default(),
+            cuts: broadcast::channel(16).0,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -103,6 +127,8 @@ struct Armed {
     dropped: HashSet<MachineId>,
     routing_delay: Duration,
     full_regions: HashSet<String>,
+    /// Until when WebSocket upgrades to a Machine are refused.
+    upgrades_refused: HashMap<MachineId, Instant>,
 }
 
 impl Faults {
@@ -139,6 +165,12 @@ impl Faults {
             Fault::RoutingDelay { ms } => armed.routing_delay = Duration::from_millis(*ms),
             Fault::NoCapacity { region } => {
                 armed.full_regions.insert(region.clone());
+            }
+            Fault::CutWebsockets { machine, for_ms } => {
+                let until = Instant::now() + Duration::from_millis(*for_ms);
+                armed.upgrades_refused.insert(*machine, until);
+                // No tunnel open is no receiver: nothing to cut.
+                let _ = self.cuts.send(*machine);
             }
         }
     }
@@ -203,6 +235,24 @@ impl Faults {
     /// How long after it starts a Machine stays unknown to the proxy.
     pub fn routing_delay(&self) -> Duration {
         self.inner.lock().expect("faults lock").routing_delay
+    }
+
+    /// Where an open WebSocket tunnel hears that its Machine's tunnels are cut.
+    pub fn websocket_cuts(&self) -> broadcast::Receiver<MachineId> {
+        self.cuts.subscribe()
+    }
+
+    /// Whether a WebSocket upgrade to this Machine is refused now.
+    pub fn upgrade_refused(&self, machine: MachineId) -> bool {
+        let mut armed = self.inner.lock().expect("faults lock");
+        match armed.upgrades_refused.get(&machine) {
+            Some(until) if *until > Instant::now() => true,
+            Some(_) => {
+                armed.upgrades_refused.remove(&machine);
+                false
+            }
+            None => false,
+        }
     }
 
     /// Whether the proxy has lost this Machine's listener.

@@ -282,6 +282,49 @@ impl Api {
             .await
             .unwrap()
     }
+
+    /// Creates a visitor's Machine as a launcher would, but launched an hour ago: over any
+    /// TTL, for the reaper. It belongs to nobody (an owner hash no secret has).
+    pub async fn over_age_machine(&self) -> MachineId {
+        let long_ago = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            - 3600;
+        let created = self
+            .post(
+                "/v1/apps/flyby-machines/machines",
+                serde_json::json!({
+                    "name": "flyby-slot-0",
+                    "config": {
+                        "image": "registry.fly.io/flyby:local",
+                        "env": {"FLYBY_ROLE": "ephemeral", "FLYBY_OWNER_HASH": "0".repeat(64), "FLYBY_CLAIM_SECS": "600", "FLYBY_TTL_SECS": "3600"},
+                        "services": [{"protocol": "tcp", "internal_port": 8080, "ports": [{"port": 80, "handlers": ["http"]}]}],
+                        "metadata": {"flyby": "ephemeral", "flyby_launched_at": long_ago.to_string()}
+                    }
+                }),
+            )
+            .await;
+        assert_eq!(created.status(), 200);
+        let created: serde_json::Value = created.json().await.unwrap();
+        MachineId::parse(created["id"].as_str().unwrap()).unwrap()
+    }
+}
+
+/// Reads `condition` every 100 ms until it holds; bounded (30 s), so a platform that never
+/// gets there fails the test.
+pub async fn eventually<F: std::future::Future<Output = bool>>(
+    what: &str,
+    condition: impl Fn() -> F,
+) {
+    let mut ticks = tokio::time::interval(Duration::from_millis(100));
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while !condition().await {
+            ticks.tick().await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what}: not within 30 s"))
 }
 
 /// One visitor: a browser's cookie jar, their own client address, and the two apps' origins.

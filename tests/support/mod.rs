@@ -27,6 +27,8 @@ pub const MACHINE_ID: &str = "0123456789abcd";
 pub struct Flyby {
     pub child: Child,
     pub addr: SocketAddr,
+    /// Where a launcher serves `/metrics`, from its "metrics" line.
+    pub metrics: Option<SocketAddr>,
     logs: Lines<BufReader<ChildStderr>>,
 }
 
@@ -45,9 +47,24 @@ impl Flyby {
             .spawn()
             .expect("spawn flyby");
         let mut logs = BufReader::new(child.stderr.take().unwrap()).lines();
-        let serving = next_event(&mut logs, |e| e["message"] == "serving").await;
-        let addr = serving["addr"].as_str().unwrap().parse().unwrap();
-        Flyby { child, addr, logs }
+        let address = |event: &Value| event["addr"].as_str().unwrap().parse().unwrap();
+        let mut metrics = None;
+        let addr = loop {
+            let event = next_event(&mut logs, |e| {
+                e["message"] == "serving" || e["message"] == "metrics"
+            })
+            .await;
+            match event["message"].as_str() {
+                Some("metrics") => metrics = Some(address(&event)),
+                _ => break address(&event),
+            }
+        };
+        Flyby {
+            child,
+            addr,
+            metrics,
+            logs,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {

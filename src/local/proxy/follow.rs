@@ -39,7 +39,7 @@ impl Proxy {
                         );
                     }
                     self.remember_served(&exchange, current.route.id);
-                    return Ok(self.finish(response, upgrade));
+                    return self.finish(response, upgrade, current.route.id);
                 }
                 Answer::Invalid(e) => {
                     self.count("proxy.replays.invalid");

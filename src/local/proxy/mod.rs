@@ -97,7 +97,10 @@ use std::{
     },
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
-use tokio::{net::TcpListener, sync::watch};
+use tokio::{
+    net::TcpListener,
+    sync::{broadcast, watch},
+};
 use tracing::{debug, info, warn};
 
 /// Request header (local only, stripped): the edge region for this request instead of

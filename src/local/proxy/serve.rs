@@ -53,17 +53,26 @@ pub async fn serve(listener: TcpListener, platform: Arc<Platform>) {
 
 impl Proxy {
     /// The final answer for the client: hop-by-hop headers and cache directives removed, and
-    /// for a `101` to an upgrade request, the tunnel between client and Machine.
+    /// for a `101` to an upgrade request, the tunnel between client and `machine`.
     pub(super) fn finish(
         self: &Arc<Self>,
         mut response: Response<Incoming>,
         upgrade: Option<OnUpgrade>,
-    ) -> Response<ClientBody> {
+        machine: MachineId,
+    ) -> Result<Response<ClientBody>, ProxyError> {
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if switching && self.platform.faults.upgrade_refused(machine) {
+            // Dropping the Machine's answer closes its side of the upgrade.
+            self.count("proxy.websockets.refused");
+            return Err(ProxyError::Upstream {
+                machine: machine.to_string(),
+                reason: "WebSocket upgrade refused (a cut_websockets fault)".into(),
+            });
+        }
         if let (true, Some(client)) = (switching, upgrade) {
-            let machine = hyper::upgrade::on(&mut response);
+            let upgraded = hyper::upgrade::on(&mut response);
             self.count("proxy.websockets");
-            self.tunnel(client, machine);
+            self.tunnel(client, upgraded, machine);
         }
         let headers = response.headers_mut();
         for name in HOP_BY_HOP {
@@ -80,13 +89,23 @@ impl Proxy {
         ] {
             headers.remove(name);
         }
-        response.map(Either::Left)
+        Ok(response.map(Either::Left))
     }
 
     /// Copies bytes both ways between an upgraded client connection and an upgraded Machine
-    /// connection, until either side closes or the proxy stops.
-    pub(super) fn tunnel(&self, client: OnUpgrade, machine: OnUpgrade) {
+    /// connection, until either side closes, the proxy stops, or a fault cuts `id`'s tunnels.
+    pub(super) fn tunnel(&self, client: OnUpgrade, machine: OnUpgrade, id: MachineId) {
         let mut shutdown = self.shutdown.clone();
+        let mut cuts = self.platform.faults.websocket_cuts();
+        let cut = async move {
+            loop {
+                match cuts.recv().await {
+                    Ok(cut) if cut == id => return,
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+                }
+            }
+        };
         tokio::spawn(async move {
             let pipe = async {
                 let (client, machine) = tokio::try_join!(client, machine)?;
@@ -101,6 +120,7 @@ impl Proxy {
                     }
                 }
                 _ = shutdown.changed() => {}
+                _ = cut => debug!(machine = %id, "websocket tunnel cut by a fault"),
             }
         });
     }
