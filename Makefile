@@ -19,7 +19,7 @@ WASM := --lib --no-default-features --target wasm32-unknown-unknown
 
 ## Run the whole system locally: the local Fly platform with two launcher Machines.
 run: build
-	target/release/flyby-local
+	target/release/flyby-local --timings fly
 
 ## Every check CI runs: format, lints, Rust tests, browser tests.
 test: setup-test fmt-check lint build deploy-check unit e2e

@@ -175,7 +175,10 @@ async fn two_launchers_racing_to_reap_a_machine_count_it_once() {
         ("FLYBY_METRICS_PORT", "0"),
         ("FLY_REGION", "ams"),
     ];
-    let (a, b) = (support::Flyby::start(&env).await, support::Flyby::start(&env).await);
+    let (a, b) = (
+        support::Flyby::start(&env).await,
+        support::Flyby::start(&env).await,
+    );
     // Each destroy is held long enough for both launchers' lists (every 3-5 s) to see the
     // Machine still alive and both to destroy it.
     api.fault(json!({"kind": "api", "action": "delete", "count": 2, "delay_ms": 8_000}))
@@ -205,6 +208,13 @@ async fn two_launchers_racing_to_reap_a_machine_count_it_once() {
     })
     .await;
     let reaped = metric(&a, REAPED).await + metric(&b, REAPED).await;
-    assert_eq!(reaped, 1, "one Machine reaped, counted once across launchers");
-    assert_eq!(deletes(&a).await + deletes(&b).await, 2, "each destroyed it once");
+    assert_eq!(
+        reaped, 1,
+        "one Machine reaped, counted once across launchers"
+    );
+    assert_eq!(
+        deletes(&a).await + deletes(&b).await,
+        2,
+        "each destroyed it once"
+    );
 }

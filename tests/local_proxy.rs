@@ -27,7 +27,6 @@ use flyby::{
     },
 };
 use futures_util::{SinkExt, StreamExt};
-use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
 use reqwest::{header::HeaderMap, RequestBuilder, StatusCode};
 use serde_json::{json, Value};
 use std::{
@@ -37,6 +36,7 @@ use std::{
     },
     time::{SystemTime, UNIX_EPOCH},
 };
+use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
 
 mod support;
 
@@ -863,10 +863,7 @@ async fn a_websocket_upgrade_is_replayed_and_completed_by_the_final_machine() {
             .expect("in time")
             .expect("the upgrade completes");
     assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
-    socket
-        .send(Message::text("ping"))
-        .await
-        .unwrap();
+    socket.send(Message::text("ping")).await.unwrap();
     let echo = tokio::time::timeout(BOUND, socket.next())
         .await
         .expect("in time")
@@ -888,10 +885,9 @@ async fn a_cut_closes_the_machines_websockets_and_refuses_new_ones_for_a_while()
         let port = local.proxy_port;
         async move {
             let mut request = url.into_client_request().unwrap();
-            request.headers_mut().insert(
-                "fly-force-instance-id",
-                id.to_string().parse().unwrap(),
-            );
+            request
+                .headers_mut()
+                .insert("fly-force-instance-id", id.to_string().parse().unwrap());
             let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
                 .await
                 .unwrap();
@@ -905,7 +901,9 @@ async fn a_cut_closes_the_machines_websockets_and_refuses_new_ones_for_a_while()
 
     let fault = json!({"kind": "cut_websockets", "machine": cut.to_string(), "for_ms": 60_000});
     assert!(local.arm(fault).await.is_success());
-    let end = tokio::time::timeout(BOUND, a.next()).await.expect("in time");
+    let end = tokio::time::timeout(BOUND, a.next())
+        .await
+        .expect("in time");
     assert!(
         !matches!(end, Some(Ok(Message::Text(_)))),
         "the cut socket ends: {end:?}"
@@ -917,22 +915,42 @@ async fn a_cut_closes_the_machines_websockets_and_refuses_new_ones_for_a_while()
         other => panic!("a new upgrade is refused during the cut: {other:?}"),
     }
     b.send(Message::text("ping")).await.unwrap();
-    let echo = tokio::time::timeout(BOUND, b.next()).await.expect("in time");
+    let echo = tokio::time::timeout(BOUND, b.next())
+        .await
+        .expect("in time");
     assert_eq!(
-        echo.expect("a message").unwrap().into_text().unwrap().as_str(),
+        echo.expect("a message")
+            .unwrap()
+            .into_text()
+            .unwrap()
+            .as_str(),
         format!("{spared}:ping"),
         "another Machine's socket is untouched"
     );
-    let process_alive = local.visit("/").header("fly-force-instance-id", cut.to_string());
-    assert_eq!(local.send(process_alive).await.machine(), cut, "the Machine still serves");
+    let process_alive = local
+        .visit("/")
+        .header("fly-force-instance-id", cut.to_string());
+    assert_eq!(
+        local.send(process_alive).await.machine(),
+        cut,
+        "the Machine still serves"
+    );
 
     // Cleared, the Machine takes upgrades again.
     assert!(local.delete("/_local/faults").await.0.is_success());
-    let (mut again, _) = open(cut).await.expect("the upgrade completes after the cut");
+    let (mut again, _) = open(cut)
+        .await
+        .expect("the upgrade completes after the cut");
     again.send(Message::text("ping")).await.unwrap();
-    let echo = tokio::time::timeout(BOUND, again.next()).await.expect("in time");
+    let echo = tokio::time::timeout(BOUND, again.next())
+        .await
+        .expect("in time");
     assert_eq!(
-        echo.expect("a message").unwrap().into_text().unwrap().as_str(),
+        echo.expect("a message")
+            .unwrap()
+            .into_text()
+            .unwrap()
+            .as_str(),
         format!("{cut}:ping")
     );
     assert_eq!(local.counter("proxy.websockets.refused").await, 1);

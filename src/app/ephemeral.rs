@@ -283,8 +283,7 @@ mod live {
                             }
                             ServerMessage::Phase(p) => {
                                 if let PhaseView::Showing { seconds_left: s } = p {
-                                    *countdown_to.borrow_mut() =
-                                        Some(now_ms() + s as f64 * 1000.0);
+                                    *countdown_to.borrow_mut() = Some(now_ms() + s as f64 * 1000.0);
                                     seconds_left.set(Some(s));
                                 }
                                 let ended = matches!(p, PhaseView::Ended { .. });

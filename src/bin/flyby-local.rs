@@ -44,9 +44,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         running.proxy_addr(),
         running.api_addr()
     );
+    let port = running.proxy_addr().port();
+    println!("Open http://flyby.localhost:{port}/");
+    // The edge region sticks to the browser's address until another such visit.
     println!(
-        "Open http://flyby.localhost:{}/",
-        running.proxy_addr().port()
+        "From Sydney: http://flyby.localhost:{port}/?{}=syd (and back: ?{}=ams)",
+        flyby::local::proxy::EDGE_REGION_QUERY,
+        flyby::local::proxy::EDGE_REGION_QUERY
     );
 
     tokio::select! {

@@ -1,7 +1,7 @@
 //! The command line of `flyby-local`, parsed once by clap into typed values: a bad flag
 //! stops it at start with clap's one line naming it.
 
-use super::{NetworkMode, DEFAULT_API_TOKEN};
+use super::{NetworkMode, TimingsMode, DEFAULT_API_TOKEN};
 use crate::fly::RegionCode;
 use clap::{Parser, ValueEnum};
 use std::{convert::Infallible, fmt, net::SocketAddr, path::PathBuf, str::FromStr};
@@ -80,6 +80,13 @@ pub struct Args {
     /// Tests that are not about them turn them off.
     #[arg(long, value_enum, default_value_t = Switch::On)]
     pub rate_limits: Switch,
+    /// How long things take: `instant` (nothing is delayed on purpose, for tests) or `fly`
+    /// (distance between regions and Fly's boot times; see the manual's timing model).
+    #[arg(long, value_enum, default_value_t = TimingsMode::Instant)]
+    pub timings: TimingsMode,
+    /// The seed of `--timings fly`'s draws: the same seed, the same boot times.
+    #[arg(long, default_value_t = 1)]
+    pub timings_seed: u64,
     /// Extra environment for the launcher Machines (repeatable): KEY=VALUE.
     #[arg(long = "launcher-env", value_parser = parse_env)]
     pub launcher_env: Vec<(String, String)>,

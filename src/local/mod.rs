@@ -15,6 +15,7 @@
 //! - [`launchers`]: the launcher Machines booted at start, configured as `fly.toml` would.
 //! - [`faults`]: knobs that make the platform fail on purpose, for tests.
 //! - [`stats`]: counters that prove what a run exercised.
+//! - [`timings`]: how long hops, API calls and boots take (`--timings instant|fly`).
 //!
 //! [`start`] binds both listeners, serves them and boots the launchers; the returned
 //! [`RunningPlatform`] stops every Machine when shut down (or, as a backstop, when dropped).
@@ -30,6 +31,7 @@ pub mod proxy;
 pub mod registry;
 pub mod stats;
 pub mod supervisor;
+pub mod timings;
 
 pub use args::{ApiToken, Args, Balance, Switch};
 pub use faults::Faults;
@@ -39,6 +41,7 @@ pub use platform::Platform;
 pub use registry::Registry;
 pub use stats::Stats;
 pub use supervisor::Supervisor;
+pub use timings::{Timings, TimingsMode};
 
 use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, sync::Arc};
 use tokio::{net::TcpListener, task::JoinHandle};

@@ -28,6 +28,8 @@ pub struct Platform {
     pub api_addr: SocketAddr,
     /// How the proxy reaches Machines and Machines reach each other and the API.
     pub network: Network,
+    /// How long hops, API calls and boots take.
+    pub timings: Timings,
 }
 
 impl Platform {
@@ -54,6 +56,7 @@ impl Platform {
             proxy_addr,
             api_addr,
             network,
+            timings: Timings::new(args.timings, args.timings_seed),
             args,
         }
     }

@@ -132,6 +132,10 @@ pub(super) async fn gate(
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_owned());
     let action = Action::of(request.method(), route.as_deref());
+    if platform.timings.mode() == TimingsMode::Fly {
+        let caller = caller_region(&platform, &request);
+        tokio::time::sleep(platform.timings.api_round_trip(caller)).await;
+    }
     let mut response = guarded(&platform, action, request, next).await;
     // Fly tags every answer with a request id (`<ULID>-<region>`); clients log it.
     if let Ok(id) = format!("{}-{}", new_ulid(), platform.args.edge_region).parse() {
@@ -143,6 +147,24 @@ pub(super) async fn gate(
         response.status().as_u16()
     ));
     response
+}
+
+/// Where an API call comes from: the region of the Machine at the peer's address, else (a
+/// test, a human, every caller on the shared network's loopback) the edge region.
+fn caller_region(platform: &Platform, request: &Request) -> RegionCode {
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    peer.and_then(|ip| {
+        platform
+            .registry
+            .all()
+            .into_iter()
+            .find(|m| m.addrs.private == ip || m.addrs.proxy == ip)
+            .map(|m| m.region)
+    })
+    .unwrap_or(platform.args.edge_region)
 }
 
 pub(super) async fn guarded(

@@ -29,7 +29,7 @@ use crate::{
             DurationSpec, GuestKind, LaunchSpec, MachineConfig, RestartPolicy, SignalSpec,
             SupervisorError,
         },
-        Platform,
+        Platform, TimingsMode,
     },
 };
 use axum::{

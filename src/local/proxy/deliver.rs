@@ -376,12 +376,17 @@ impl Proxy {
                 };
                 match self.client.request(request).await {
                     Ok(response) => {
+                        // The request's way out and the answer's way back, under `--timings fly`.
+                        let trip = self.platform.timings.round_trip(edge, route.region);
+                        if !trip.is_zero() {
+                            tokio::time::sleep(trip).await;
+                        }
                         return Ok(Delivered {
                             route,
                             response,
                             hop,
                             fallback: false,
-                        })
+                        });
                     }
                     Err(e) if e.is_connect() => {
                         debug!(machine = %route.id, error = %e, "connection refused");

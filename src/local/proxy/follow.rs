@@ -39,7 +39,7 @@ impl Proxy {
                         );
                     }
                     self.remember_served(&exchange, current.route.id);
-                    return self.finish(response, upgrade, current.route.id);
+                    return self.finish(response, upgrade, &current.route, exchange.edge);
                 }
                 Answer::Invalid(e) => {
                     self.count("proxy.replays.invalid");

@@ -224,9 +224,71 @@ pub(super) fn cookie_text(headers: &http::HeaderMap) -> String {
     out
 }
 
+/// Takes `flyby-local-edge=<region>` out of the query (the app never sees it): the region,
+/// `None` without one, an error naming the parameter for a code that is not a region.
+pub(super) fn take_edge_query(uri: &mut http::Uri) -> Result<Option<RegionCode>, ProxyError> {
+    let Some(query) = uri.query() else {
+        return Ok(None);
+    };
+    let mut chosen = None;
+    let mut kept = Vec::new();
+    for pair in query.split('&') {
+        match pair.split_once('=') {
+            Some((super::EDGE_REGION_QUERY, code)) => {
+                chosen = Some(RegionCode::parse(code).map_err(|_| ProxyError::BadHeader {
+                    header: super::EDGE_REGION_QUERY,
+                    reason: format!("{code:?} is not a region code (three lowercase letters)"),
+                })?);
+            }
+            _ => kept.push(pair),
+        }
+    }
+    if chosen.is_none() {
+        return Ok(None);
+    }
+    let path = uri.path();
+    let rest = if kept.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{}", kept.join("&"))
+    };
+    let mut parts = std::mem::take(uri).into_parts();
+    parts.path_and_query = rest.parse().ok();
+    *uri = http::Uri::from_parts(parts).map_err(|_| ProxyError::BadHeader {
+        header: super::EDGE_REGION_QUERY,
+        reason: "the rest of the URL does not parse".into(),
+    })?;
+    Ok(chosen)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_edge_query_is_taken_out_of_the_url_and_a_bad_code_refused() {
+        let take = |url: &str| {
+            let mut uri: http::Uri = url.parse().unwrap();
+            take_edge_query(&mut uri).map(|edge| (edge.map(|e| e.to_string()), uri.to_string()))
+        };
+        assert_eq!(
+            take("/?flyby-local-edge=syd").unwrap(),
+            (Some("syd".into()), "/".into())
+        );
+        assert_eq!(
+            take("/m/x?a=1&flyby-local-edge=gru&b=2").unwrap(),
+            (Some("gru".into()), "/m/x?a=1&b=2".into())
+        );
+        assert_eq!(take("/?a=1").unwrap(), (None, "/?a=1".into()));
+        assert_eq!(take("/").unwrap(), (None, "/".into()));
+        assert!(matches!(
+            take("/?flyby-local-edge=SYD1"),
+            Err(ProxyError::BadHeader {
+                header: "flyby-local-edge",
+                ..
+            })
+        ));
+    }
 
     #[test]
     fn hosts_name_apps_under_localhost() {

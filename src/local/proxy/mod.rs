@@ -48,7 +48,8 @@ mod table;
 
 use deliver::{Delivered, Failure};
 use forward::{
-    app_of_host, client_routing, cookie_text, is_upgrade, sanitize, take_parsed, Outgoing,
+    app_of_host, client_routing, cookie_text, is_upgrade, sanitize, take_edge_query, take_parsed,
+    Outgoing,
 };
 pub use serve::serve;
 
@@ -109,6 +110,10 @@ pub const EDGE_REGION_HEADER: &str = "flyby-local-edge-region";
 /// Request header (local only, stripped): the client address for this request instead of the
 /// socket's, e.g. `flyby-local-client-ip: 203.0.113.7`. Plays several visitors from one host.
 pub const CLIENT_IP_HEADER: &str = "flyby-local-client-ip";
+/// Query parameter (local only, stripped): `?flyby-local-edge=syd` on any request makes `syd`
+/// the edge region of every later request from the same client address (until another such
+/// query), for a browser, which cannot set [`EDGE_REGION_HEADER`]; the header still wins.
+pub const EDGE_REGION_QUERY: &str = "flyby-local-edge";
 
 /// How long a replay without `timeout` keeps trying its target at most. Fly's own default is
 /// undocumented ("the default error timeout"); see also [`MAX_ROUNDS`].
@@ -174,6 +179,8 @@ struct Proxy {
     tick: AtomicUsize,
     /// `wrong-first`: hash of (Host, Cookie) -> the Machine that last served it.
     last_served: Mutex<HashMap<u64, MachineId>>,
+    /// The edge region a client address chose with [`EDGE_REGION_QUERY`].
+    chosen_edges: Mutex<HashMap<IpAddr, RegionCode>>,
     /// Changes (closes) when `serve` ends: connections and tunnels stop with it.
     shutdown: watch::Receiver<()>,
 }
@@ -237,6 +244,7 @@ impl Proxy {
             cache: ReplayCache::default(),
             tick: AtomicUsize::new(0),
             last_served: Mutex::new(HashMap::new()),
+            chosen_edges: Mutex::new(HashMap::new()),
             shutdown,
             platform,
         }
@@ -311,12 +319,20 @@ impl Proxy {
             return Err(ProxyError::NoPublicIp(app));
         }
 
+        let chosen = take_edge_query(request.uri_mut())?;
         let headers = request.headers_mut();
-        let edge = take_parsed(headers, EDGE_REGION_HEADER, |s| RegionCode::parse(s).ok())?
-            .unwrap_or(self.edge_region);
-        *edge_out = edge;
         let client_ip = take_parsed(headers, CLIENT_IP_HEADER, |s| s.parse::<IpAddr>().ok())?
             .unwrap_or(peer.ip());
+        let edge = take_parsed(headers, EDGE_REGION_HEADER, |s| RegionCode::parse(s).ok())?;
+        let edge = {
+            let mut chosen_edges = self.chosen_edges.lock().expect("edges lock");
+            if let Some(region) = chosen {
+                chosen_edges.insert(client_ip, region);
+            }
+            edge.or_else(|| chosen_edges.get(&client_ip).copied())
+        }
+        .unwrap_or(self.edge_region);
+        *edge_out = edge;
         let routing = client_routing(headers)?;
         let upgrade = is_upgrade(headers);
         sanitize(headers, upgrade);

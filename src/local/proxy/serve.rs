@@ -53,13 +53,15 @@ pub async fn serve(listener: TcpListener, platform: Arc<Platform>) {
 
 impl Proxy {
     /// The final answer for the client: hop-by-hop headers and cache directives removed, and
-    /// for a `101` to an upgrade request, the tunnel between client and `machine`.
+    /// for a `101` to an upgrade request, the tunnel between client (at `edge`) and `route`.
     pub(super) fn finish(
         self: &Arc<Self>,
         mut response: Response<Incoming>,
         upgrade: Option<OnUpgrade>,
-        machine: MachineId,
+        route: &Route,
+        edge: RegionCode,
     ) -> Result<Response<ClientBody>, ProxyError> {
+        let machine = route.id;
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         if switching && self.platform.faults.upgrade_refused(machine) {
             // Dropping the Machine's answer closes its side of the upgrade.
@@ -72,7 +74,8 @@ impl Proxy {
         if let (true, Some(client)) = (switching, upgrade) {
             let upgraded = hyper::upgrade::on(&mut response);
             self.count("proxy.websockets");
-            self.tunnel(client, upgraded, machine);
+            let trip = self.platform.timings.round_trip(edge, route.region);
+            self.tunnel(client, upgraded, machine, trip / 2);
         }
         let headers = response.headers_mut();
         for name in HOP_BY_HOP {
@@ -93,8 +96,15 @@ impl Proxy {
     }
 
     /// Copies bytes both ways between an upgraded client connection and an upgraded Machine
-    /// connection, until either side closes, the proxy stops, or a fault cuts `id`'s tunnels.
-    pub(super) fn tunnel(&self, client: OnUpgrade, machine: OnUpgrade, id: MachineId) {
+    /// connection, each way `one_way` late, until either side closes, the proxy stops, or a
+    /// fault cuts `id`'s tunnels.
+    pub(super) fn tunnel(
+        &self,
+        client: OnUpgrade,
+        machine: OnUpgrade,
+        id: MachineId,
+        one_way: Duration,
+    ) {
         let mut shutdown = self.shutdown.clone();
         let mut cuts = self.platform.faults.websocket_cuts();
         let cut = async move {
@@ -110,7 +120,16 @@ impl Proxy {
             let pipe = async {
                 let (client, machine) = tokio::try_join!(client, machine)?;
                 let (mut client, mut machine) = (TokioIo::new(client), TokioIo::new(machine));
-                tokio::io::copy_bidirectional(&mut client, &mut machine).await?;
+                if one_way.is_zero() {
+                    tokio::io::copy_bidirectional(&mut client, &mut machine).await?;
+                } else {
+                    let (client_in, client_out) = tokio::io::split(client);
+                    let (machine_in, machine_out) = tokio::io::split(machine);
+                    tokio::try_join!(
+                        copy_late(client_in, machine_out, one_way),
+                        copy_late(machine_in, client_out, one_way),
+                    )?;
+                }
                 Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
             };
             tokio::select! {
@@ -124,4 +143,36 @@ impl Proxy {
             }
         });
     }
+}
+
+/// Copies `from` to `to`, each piece `late` after it was read, as a long link delivers it: the
+/// link's delay without its throughput falling (reading goes on while pieces are in flight).
+async fn copy_late(
+    mut from: impl tokio::io::AsyncRead + Unpin,
+    mut to: impl tokio::io::AsyncWrite + Unpin,
+    late: Duration,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Bytes)>();
+    let reading = async move {
+        let mut buffer = vec![0; 16 * 1024];
+        loop {
+            let n = from.read(&mut buffer).await?;
+            if n == 0
+                || tx
+                    .send((Instant::now() + late, Bytes::copy_from_slice(&buffer[..n])))
+                    .is_err()
+            {
+                return Ok::<_, std::io::Error>(());
+            }
+        }
+    };
+    let writing = async move {
+        while let Some((due, piece)) = rx.recv().await {
+            tokio::time::sleep_until(due.into()).await;
+            to.write_all(&piece).await?;
+        }
+        to.shutdown().await
+    };
+    tokio::try_join!(reading, writing).map(|_| ())
 }

@@ -3,6 +3,7 @@
 //! change of one Machine happens in one place, in order.
 
 use super::*;
+use crate::local::timings::Boot;
 use process::{forward_output, group_gone, impostor, spawn, tarpit};
 use std::ops::ControlFlow;
 
@@ -43,7 +44,7 @@ pub(super) enum Body {
     },
     StandIn(JoinHandle<()>),
     Inert,
-    /// Waiting to restart a crashed process.
+    /// Waiting to restart a crashed process, or for the emulated boot to end.
     Backoff(Instant),
 }
 
@@ -108,7 +109,7 @@ pub(super) struct Runner {
 impl Runner {
     pub(super) async fn run(mut self, launch: bool) {
         let mut flow = if launch {
-            self.boot()
+            self.boot(Boot::Create)
         } else {
             ControlFlow::Continue(())
         };
@@ -128,7 +129,7 @@ impl Runner {
             Some(Command::Start(reply)) => {
                 let previous = self.state();
                 self.retries = 0;
-                let flow = self.boot();
+                let flow = self.boot(Boot::Start);
                 let _ = reply.send(Ok(previous));
                 flow
             }
@@ -386,9 +387,20 @@ impl Runner {
     }
 
     /// `starting`, then the guest.
-    fn boot(&mut self) -> Flow {
+    fn boot(&mut self, boot: Boot) -> Flow {
         self.set_state(MachineState::Starting, None);
-        self.spawn_guest()
+        // Under `--timings fly` the VM takes Fly's time to boot before its process runs.
+        let delay = self.platform.timings.boot(boot);
+        if delay.is_zero() {
+            return self.spawn_guest();
+        }
+        self.guest = Some(Guest {
+            body: Body::Backoff(Instant::now() + delay),
+            ready: false,
+            stopping: false,
+            kill_at: None,
+        });
+        ControlFlow::Continue(())
     }
 
     fn spawn_guest(&mut self) -> Flow {
