@@ -333,6 +333,8 @@ pub struct Visitor {
     jar: Arc<reqwest::cookie::Jar>,
     proxy: SocketAddr,
     pub ip: String,
+    /// The edge region this visitor enters Fly at, when not the platform's.
+    edge: Option<String>,
 }
 
 /// A response of a server function: its value, or the typed error a page would show.
@@ -376,6 +378,7 @@ impl Visitor {
             jar,
             proxy,
             ip: ip.to_owned(),
+            edge: edge.map(str::to_owned),
         }
     }
 
@@ -586,6 +589,12 @@ impl Visitor {
         request
             .headers_mut()
             .insert("flyby-local-client-ip", self.ip.parse().unwrap());
+        if let Some(edge) = &self.edge {
+            request.headers_mut().insert(
+                flyby::local::proxy::EDGE_REGION_HEADER,
+                edge.parse().unwrap(),
+            );
+        }
         let tcp = tokio::net::TcpStream::connect(self.proxy).await.unwrap();
         tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(tcp)).await
     }

@@ -1,0 +1,136 @@
+//! The product in a plural world: visitors on three continents, on a platform that plays the
+//! distance between regions and Fly's boot times (`flyby-local --timings fly`). A region bug,
+//! a distance bug or a wait that only a slow platform exposes shows here.
+#![cfg(feature = "ssr")]
+
+mod support;
+
+use flyby::{
+    app::protocol::{ClientMessage, MachineInfo, ServerMessage},
+    fly::{distance_km, nearest_regions, MachineId, RegionCode},
+    local::timings::fibre_round_trip,
+};
+use futures::{SinkExt, StreamExt};
+use serde_json::json;
+use std::time::{Duration, Instant};
+use support::local::{self, frame, unframe, Api, Visitor};
+
+fn code(s: &str) -> RegionCode {
+    RegionCode::parse(s).unwrap()
+}
+
+/// What a visitor's own Machine tells its page, and the round trip its live channel measures
+/// (the best of five pings, as a page's reading settles).
+async fn own_page(visitor: &Visitor) -> (MachineInfo, Duration) {
+    let about = visitor
+        .client()
+        .post(visitor.machines("/api/machine"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(about.status(), 200);
+    let info: MachineInfo = about.json().await.unwrap();
+    let mut ws = visitor.websocket(&visitor.machines("/api/channel")).await;
+    let mut best = Duration::MAX;
+    for seq in 0..5 {
+        let sent = Instant::now();
+        ws.send(frame(&ClientMessage::Ping { seq })).await.unwrap();
+        loop {
+            let message = ws.next().await.expect("open").unwrap();
+            if let Some(ServerMessage::Pong { seq: s }) = unframe(message) {
+                assert_eq!(s, seq);
+                break;
+            }
+        }
+        best = best.min(sent.elapsed());
+    }
+    (info, best)
+}
+
+/// A visitor entering Fly at `edge` launches and claims; their Machine's region, what their
+/// page says and the round trip it measures.
+async fn visit_from(
+    platform: &support::platform::Local,
+    api: &Api,
+    ip: String,
+    edge: &str,
+) -> (RegionCode, MachineInfo, Duration) {
+    let visitor = Visitor::from_region(platform, &ip, edge);
+    let id: MachineId = visitor.launch_and_claim().await;
+    let region = code(api.machine(id).await["region"].as_str().unwrap());
+    let (info, rtt) = own_page(&visitor).await;
+    assert_eq!(info.id, id.as_str());
+    (region, info, rtt)
+}
+
+/// The round trip shown is the emulated one, give or take: never shorter (light does not go
+/// faster), and not many times longer (a hop counted twice, a replay where none should be).
+fn assert_round_trip_near(shown: Duration, edge: RegionCode, region: RegionCode) {
+    let emulated = fibre_round_trip(edge, region);
+    assert!(
+        shown >= emulated.mul_f64(0.9),
+        "{edge}->{region}: shown {shown:?} is shorter than the emulated {emulated:?}"
+    );
+    assert!(
+        shown <= emulated * 3 + Duration::from_millis(150),
+        "{edge}->{region}: shown {shown:?}, emulated {emulated:?}"
+    );
+}
+
+#[tokio::test]
+async fn visitors_on_three_continents_get_a_machine_in_their_region_and_see_its_round_trip() {
+    let platform = local::start(&["--timings=fly"]).await;
+    let api = Api::new(&platform);
+    let edges = [
+        ("syd", "Sydney"),
+        ("gru", "São Paulo"),
+        ("ams", "Amsterdam"),
+    ];
+    let visits =
+        futures::future::join_all(edges.iter().enumerate().map(|(i, (edge, _))| {
+            visit_from(&platform, &api, format!("203.0.113.{}", i + 1), edge)
+        }))
+        .await;
+    for ((edge, city), (region, info, rtt)) in edges.iter().zip(visits) {
+        assert_eq!(
+            region.as_str(),
+            *edge,
+            "created in the visitor's edge region"
+        );
+        assert_eq!(info.region.as_deref(), Some(*edge));
+        assert_eq!(info.edge_city.as_deref(), Some(region.city()));
+        assert_eq!(info.city.as_deref(), Some(*city));
+        assert_eq!(info.distance_km, Some(0), "the same region: no distance");
+        assert_round_trip_near(rtt, code(edge), region);
+    }
+}
+
+#[tokio::test]
+async fn a_visitor_whose_region_is_full_gets_the_next_nearest_and_sees_how_far_it_is() {
+    let platform = local::start(&["--timings=fly"]).await;
+    let api = Api::new(&platform);
+    api.fault(json!({"kind": "no_capacity", "region": "syd"}))
+        .await;
+    let (region, info, rtt) = visit_from(&platform, &api, "203.0.113.9".into(), "syd").await;
+    let next = nearest_regions(code("syd"))[1];
+    assert_eq!(region, next, "the next-nearest region");
+    assert_eq!(info.edge_city.as_deref(), Some("Sydney"));
+    let km = distance_km(code("syd"), next).unwrap().round() as u32;
+    assert_eq!(info.distance_km, Some(km));
+    assert!(km > 1000, "{km} km");
+    assert_round_trip_near(rtt, code("syd"), next);
+}
+
+#[tokio::test]
+async fn a_visitor_from_an_edge_flyby_does_not_know_gets_a_machine_and_a_page_without_a_distance() {
+    let platform = local::start(&["--timings=fly"]).await;
+    let api = Api::new(&platform);
+    let (_, info, _) = visit_from(&platform, &api, "203.0.113.10".into(), "zzz").await;
+    assert_eq!(info.edge_region.as_deref(), Some("zzz"));
+    assert_eq!(
+        info.edge_city.as_deref(),
+        Some("zzz"),
+        "the code, for want of a city"
+    );
+    assert_eq!(info.distance_km, None);
+}
