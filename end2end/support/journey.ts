@@ -79,11 +79,25 @@ export function launchButton(page: Page): Locator {
   return page.getByRole('button', { name: 'Launch my Machine' });
 }
 
+/** Where a Machine runs and how far its visitor's edge is, as its page says. */
+export interface Whereabouts {
+  /** The h1's ending, e.g. ` in Amsterdam (ams)`. */
+  where: string;
+  /** The distance line. */
+  distance: string;
+}
+
+/** A Machine in Amsterdam for a visitor at Amsterdam's edge: the default platform's world. */
+export const IN_AMSTERDAM: Whereabouts = {
+  where: ' in Amsterdam (ams)',
+  distance: '0 km from your edge region, Amsterdam.',
+};
+
 /** Waits until the page is on its own Machine (hand-over done, hydrated); returns its id. */
-export async function arriveOnMachine(page: Page): Promise<string> {
+export async function arriveOnMachine(page: Page, whereabouts = IN_AMSTERDAM): Promise<string> {
   await page.waitForURL(MACHINE_URL, { timeout: 30_000 });
   const id = MACHINE_URL.exec(page.url())![1];
-  await expectOwnMachinePage(page, id);
+  await expectOwnMachinePage(page, id, whereabouts);
   return id;
 }
 
@@ -94,14 +108,14 @@ export async function launch(page: Page): Promise<string> {
 }
 
 /** The page of Machine `id`, hydrated, alive, telling where it runs. */
-export async function expectOwnMachinePage(page: Page, id: string) {
+export async function expectOwnMachinePage(page: Page, id: string, whereabouts = IN_AMSTERDAM) {
   await expect(page).toHaveURL(MACHINE_URL);
   expect(MACHINE_URL.exec(page.url())![1]).toBe(id);
   await expect(page.locator('body')).toHaveAttribute('data-role', 'ephemeral');
   await hydrated(page);
-  await expect(page.getByRole('heading', { level: 1 })).toHaveText(`This is Fly Machine ${id} in Amsterdam (ams)`);
+  await expect(page.getByRole('heading', { level: 1 })).toHaveText(`This is Fly Machine ${id}${whereabouts.where}`);
   await expect(page.locator('.machine-id')).toHaveText(id);
-  await expect(page.locator('.distance')).toHaveText('0 km from your edge region, Amsterdam.');
+  await expect(page.locator('.distance')).toHaveText(whereabouts.distance);
   await expect(page.locator('.useless')).toHaveAttribute('data-state', 'on');
 }
 

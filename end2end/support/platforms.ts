@@ -22,6 +22,9 @@ export const PLATFORMS: Record<string, string[]> = {
   // Room for one visitor's Machine only. One launcher, so that the map a visitor watches is
   // the very view the launch checks its capacity against.
   capacity: ['--balance', 'wrong-first', '--launchers', '1', '--launcher-env', 'FLYBY_MAX_MACHINES=1', ...short],
+  // The plural world: distance between regions and Fly's boot times, three launchers (ams,
+  // ord, sin), every request reaching a wrong Machine first; visitors come from anywhere.
+  world: ['--timings', 'fly', '--balance', 'wrong-first', '--launchers', '3', ...short],
 };
 
 /** The environment variable the global setup hands the platforms to the workers in. */
