@@ -6,7 +6,10 @@
 mod support;
 
 use flyby::{
-    app::protocol::{ClientMessage, MachineInfo, ServerMessage},
+    app::{
+        protocol::{ClientMessage, MachineInfo, ServerMessage},
+        AppError,
+    },
     fly::{distance_km, nearest_regions, MachineId, RegionCode},
     local::timings::fibre_round_trip,
 };
@@ -133,4 +136,65 @@ async fn a_visitor_from_an_edge_flyby_does_not_know_gets_a_machine_and_a_page_wi
         "the code, for want of a city"
     );
     assert_eq!(info.distance_km, None);
+}
+
+#[tokio::test]
+async fn a_visitor_landing_on_each_of_three_launchers_in_turn_has_one_budget_and_one_launch() {
+    let platform = local::start(&[
+        "--launchers=3",
+        "--launcher-env=FLYBY_LAUNCHES_PER_MINUTE=1",
+    ])
+    .await;
+    let api = Api::new(&platform);
+    let launchers = api.machine_ids("flyby").await;
+    assert_eq!(launchers.len(), 3);
+    // Each launcher's /health says how many launchers it knows: all three, once each listed.
+    let knows = |launcher: MachineId| {
+        let request = platform
+            .http
+            .get(platform.url("flyby", "/health"))
+            .header("fly-force-instance-id", launcher.as_str());
+        async move {
+            let answer = request.send().await.unwrap();
+            answer
+                .headers()
+                .get("flyby-launchers")
+                .map(|v| v.to_str().unwrap().to_owned())
+        }
+    };
+    local::eventually("every launcher knows the three", || async {
+        for launcher in &launchers {
+            if knows(*launcher).await.as_deref() != Some("3") {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+
+    let visitor = Visitor::new(&platform, "203.0.113.50");
+    let first = visitor
+        .start_launch_on(Some(launchers[0]))
+        .await
+        .expect("a launch");
+    // The same visitor pressing again on the other launchers while it runs: the same launch.
+    for launcher in &launchers[1..] {
+        assert_eq!(
+            visitor.start_launch_on(Some(*launcher)).await.as_ref(),
+            Ok(&first),
+            "one launch at a time, across launchers (pressed on {launcher})"
+        );
+    }
+    assert_eq!(visitor.follow_launch(&first).await.outcome, Some(Ok(())));
+    let handover = visitor.take_handover(&first).await.expect("hand-over");
+    visitor.claim(&handover).await;
+    // Their one launch a minute is spent, whichever launcher they land on.
+    for launcher in &launchers {
+        let again = visitor.start_launch_on(Some(*launcher)).await;
+        assert!(
+            matches!(again, Err(AppError::TooManyLaunches { .. })),
+            "a second launch on {launcher}: {again:?}"
+        );
+    }
+    assert_eq!(api.machines().await.len(), 1, "one Machine for the visitor");
 }

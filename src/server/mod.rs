@@ -207,6 +207,7 @@ fn assemble(
         .into_iter()
         .filter(|route| belongs_to(role, route.path()))
         .collect::<Vec<_>>();
+    let launchers = launcher.as_ref().map(|l| l.launchers.subscribe());
     let context = {
         let ephemeral = ephemeral.clone();
         move || {
@@ -224,7 +225,12 @@ fn assemble(
     };
     let mut router = Router::new().route(
         affinity::HEALTH_PATH,
-        get(move |headers: http::HeaderMap| health(readiness_key.clone(), headers)),
+        get({
+            let launchers = launchers.clone();
+            move |headers: http::HeaderMap| {
+                health(readiness_key.clone(), launchers.clone(), headers)
+            }
+        }),
     );
     if let Some(machine) = &ephemeral {
         router = router.merge(ephemeral::routes(machine.clone()));
@@ -267,7 +273,7 @@ fn assemble(
         }))
         .with_state(options);
     let router = if affinity {
-        router.layer(AffinityLayer::new(here, gone_url.as_deref()))
+        router.layer(AffinityLayer::new(here, gone_url.as_deref(), launchers))
     } else {
         router
     };
@@ -317,13 +323,23 @@ pub async fn request_headers() -> Result<http::HeaderMap, crate::app::AppError> 
 
 /// Liveness for Fly's health checks and for the launcher waiting on a new Machine, which
 /// asks with a challenge that only this Machine can answer (`readiness`).
+/// On a launcher's `/health`: how many started launchers it shares visitors with (itself
+/// included), so that a deploy (and a test) can see the launchers found each other. A count,
+/// not their ids.
+pub const LAUNCHERS_HEADER: &str = "flyby-launchers";
+
 async fn health(
     key: Option<readiness::ReadinessKey>,
+    launchers: Option<tokio::sync::watch::Receiver<Vec<crate::fly::MachineId>>>,
     headers: http::HeaderMap,
 ) -> impl axum::response::IntoResponse {
     let mut answer = http::HeaderMap::new();
     if let Some(proof) = key.and_then(|key| readiness::answer(&key, &headers)) {
         answer.insert(readiness::PROOF_HEADER, proof);
+    }
+    if let Some(launchers) = launchers {
+        let count = launchers.borrow().len();
+        answer.insert(LAUNCHERS_HEADER, http::HeaderValue::from(count));
     }
     (answer, "ok")
 }

@@ -420,14 +420,26 @@ impl Visitor {
         endpoint: &str,
         form: &impl Serialize,
     ) -> Called<T> {
-        let response = self
+        self.call_on(None, endpoint, form).await
+    }
+
+    /// [`Visitor::call`], delivered by the proxy to the launcher `on` when given (Fly's
+    /// `fly-force-instance-id`, which any client may send).
+    pub async fn call_on<T: DeserializeOwned>(
+        &self,
+        on: Option<MachineId>,
+        endpoint: &str,
+        form: &impl Serialize,
+    ) -> Called<T> {
+        let mut request = self
             .http
             .post(self.launcher(&format!("/api/{endpoint}")))
             .header(header::ORIGIN, self.launcher(""))
-            .form(form)
-            .send()
-            .await
-            .unwrap();
+            .form(form);
+        if let Some(launcher) = on {
+            request = request.header("fly-force-instance-id", launcher.as_str());
+        }
+        let response = request.send().await.unwrap();
         let status = response.status();
         let body = response.text().await.unwrap();
         if status.is_success() {
@@ -443,11 +455,19 @@ impl Visitor {
     }
 
     pub async fn start_launch(&self) -> Called<String> {
+        self.start_launch_on(None).await
+    }
+
+    /// Starts a launch by pressing the button on the launcher `on` (or wherever the proxy
+    /// delivers it).
+    pub async fn start_launch_on(&self, on: Option<MachineId>) -> Called<String> {
         #[derive(serde::Deserialize)]
         struct Ticket {
             id: String,
         }
-        self.call::<Ticket>("launch", &()).await.map(|t| t.id)
+        self.call_on::<Ticket>(on, "launch", &())
+            .await
+            .map(|t| t.id)
     }
 
     /// Follows a launch over its WebSocket until it ends; the last progress.

@@ -53,6 +53,12 @@ pub fn run(data: &[u8]) {
         cookies: cookies.as_deref(),
         replay_src: replay_src.as_deref(),
         replay_failed: replay_failed.as_deref(),
+        // Flag 32: the visitor's home launcher is another; 64: this one.
+        home: match (flags & 32 != 0, flags & 64 != 0) {
+            (true, _) => MachineId::parse("fedcba98765432").ok(),
+            (false, true) => Some(me),
+            (false, false) => None,
+        },
     };
     match decide(&request, &here) {
         Decision::Replay(target, kind) => {

@@ -3,8 +3,8 @@
 //! only the shape of each answer.
 
 use super::{
-    claim_path, decide, Decision, Here, Refusal, ReplayKind, RequestFacts, CLAIM_ATTEMPT_PARAM,
-    LAUNCH_COOKIE, OWNER_COOKIE, SERVER_FN_PREFIX,
+    claim_path, decide, home_launcher, Decision, Here, Refusal, ReplayKind, RequestFacts,
+    CLAIM_ATTEMPT_PARAM, LAUNCH_COOKIE, LAUNCH_PATH, OWNER_COOKIE, SERVER_FN_PREFIX,
 };
 use crate::{app::AppError, fly::MachineId, role::Role, server::cookies};
 use axum::{body::Body, response::Response};
@@ -49,14 +49,34 @@ struct Shared {
     /// The launcher's "your Machine is gone" page, where the ephemeral app sends visitors whose
     /// Machine has vanished.
     gone_url: Option<HeaderValue>,
+    /// On a launcher, the started launcher Machines as its tracker last listed them: where a
+    /// visitor's launch must start.
+    launchers: Option<tokio::sync::watch::Receiver<Vec<MachineId>>>,
 }
 
 impl AffinityLayer {
-    pub fn new(here: Here, gone_url: Option<&str>) -> Self {
+    pub fn new(
+        here: Here,
+        gone_url: Option<&str>,
+        launchers: Option<tokio::sync::watch::Receiver<Vec<MachineId>>>,
+    ) -> Self {
         let gone_url = gone_url.and_then(|url| HeaderValue::from_str(url).ok());
         AffinityLayer {
-            shared: Arc::new(Shared { here, gone_url }),
+            shared: Arc::new(Shared {
+                here,
+                gone_url,
+                launchers,
+            }),
         }
+    }
+
+    /// The visitor's home launcher, for the start of a launch only.
+    fn home<B>(shared: &Shared, request: &Request<B>) -> Option<MachineId> {
+        if request.method() != Method::POST || request.uri().path() != LAUNCH_PATH {
+            return None;
+        }
+        let visitor = header_str(request, "fly-client-ip")?;
+        home_launcher(visitor, &shared.launchers.as_ref()?.borrow())
     }
 }
 
@@ -124,6 +144,7 @@ where
                 cookies: cookies.as_deref(),
                 replay_src: header_str(&request, "fly-replay-src"),
                 replay_failed: header_str(&request, "fly-replay-failed"),
+                home: AffinityLayer::home(&self.shared, &request),
             };
             decide(&facts, &self.shared.here)
         };

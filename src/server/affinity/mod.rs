@@ -35,6 +35,15 @@
 //!   knows only the secret's hash. Without a secret that verifies, 403. The single exception is
 //!   the hand-over `POST /m/<id>/claim`, whose handler checks the secret in the form body.
 //! - On the ephemeral app, a request naming no Machine belongs to nobody: refused, not served.
+//! - A launch starts on the visitor's home launcher, whatever Machine fly-proxy delivered it
+//!   to and whatever launch pin the visitor presents: one launcher per visitor keeps their
+//!   launch budget and their one launch at a time whole across launchers (a visitor cannot
+//!   collect a budget from each). The home is chosen by rendezvous hashing of `Fly-Client-IP`
+//!   over the started launchers ([`home_launcher`]), so every launcher agrees on it without
+//!   talking to the others, and a launcher joining or leaving moves only the visitors it wins
+//!   or held. While the launchers' lists disagree (one poll at most), a launch replayed once
+//!   is served where it lands; a home that cannot be reached gives it back
+//!   (`fly-replay-failed`) and it is served here.
 
 pub mod layer;
 
@@ -54,6 +63,9 @@ pub const HEALTH_PATH: &str = "/health";
 pub const MACHINE_PREFIX: &str = "/m/";
 /// Where server functions live (and the live channels, which are server functions too).
 pub const SERVER_FN_PREFIX: &str = "/api/";
+/// The server function that starts a launch: the one request that goes to the visitor's home
+/// launcher.
+pub const LAUNCH_PATH: &str = "/api/launch";
 
 /// This Machine, as far as the decision is concerned.
 #[derive(Debug, Clone)]
@@ -79,6 +91,9 @@ pub struct RequestFacts<'a> {
     pub replay_src: Option<&'a str>,
     /// `fly-replay-failed`: set by fly-proxy when our replay could not be delivered.
     pub replay_failed: Option<&'a str>,
+    /// On the launcher app, the visitor's home launcher ([`home_launcher`]), when the
+    /// launchers are known.
+    pub home: Option<MachineId>,
 }
 
 /// What to do with a request.
@@ -151,6 +166,15 @@ pub fn decide(request: &RequestFacts<'_>, here: &Here) -> Decision {
 }
 
 fn decide_launcher(request: &RequestFacts<'_>, here: &Here) -> Decision {
+    let starts_launch = request.method == Method::POST && request.path == LAUNCH_PATH;
+    if let (true, Some(home), Some(me)) = (starts_launch, request.home, here.id) {
+        let replayed = request.replay_failed.is_some() || request.replay_src.is_some();
+        return if home == me || replayed {
+            Decision::Serve
+        } else {
+            Decision::Replay(home, ReplayKind::Guarded)
+        };
+    }
     let Some(pin) = cookie(request.cookies, LAUNCH_COOKIE) else {
         return Decision::Serve;
     };
@@ -208,6 +232,25 @@ fn decide_ephemeral(request: &RequestFacts<'_>, here: &Here) -> Decision {
         }
         _ => Decision::Refuse(Refusal::NotOwner),
     }
+}
+
+/// The launcher whose turn it is to run `visitor`'s launches (rendezvous hashing: the
+/// launcher with the highest hash of visitor and launcher id), `None` without launchers. Every
+/// launcher computes the same answer from the same list; a launcher joining takes only the
+/// visitors it now wins, one leaving gives up only its own.
+pub fn home_launcher(visitor: &str, launchers: &[MachineId]) -> Option<MachineId> {
+    use sha2::{Digest, Sha256};
+    launchers.iter().copied().max_by_key(|id| {
+        let digest = Sha256::new()
+            .chain_update(visitor.as_bytes())
+            .chain_update([0])
+            .chain_update(id.as_str().as_bytes())
+            .finalize();
+        (
+            u64::from_be_bytes(digest[..8].try_into().expect("8 bytes")),
+            *id,
+        )
+    })
 }
 
 /// How many times a hand-over is made before its Machine counts as gone.

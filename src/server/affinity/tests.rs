@@ -20,6 +20,7 @@ fn facts<'a>(method: &'a Method, path: &'a str, cookies: Option<&'a str>) -> Req
         cookies,
         replay_src: None,
         replay_failed: None,
+        home: None,
     }
 }
 
@@ -165,6 +166,101 @@ fn launcher_ignores_the_machine_path_and_owner_cookie_of_the_other_app() {
         ),
         Decision::Serve
     );
+}
+
+#[test]
+fn a_launch_starts_on_the_visitors_home_launcher_whatever_the_pin() {
+    let me = launcher(Some(ME));
+    let pinned_here = format!("{LAUNCH_COOKIE}={ME}");
+    let pinned_there = format!("{LAUNCH_COOKIE}={OTHER}");
+    for cookies in [
+        None,
+        Some(pinned_here.as_str()),
+        Some(pinned_there.as_str()),
+    ] {
+        let start = |home: Option<&str>| RequestFacts {
+            home: home.map(id),
+            ..facts(POST, LAUNCH_PATH, cookies)
+        };
+        // Elsewhere: replayed home, even when the visitor's pin names this launcher (a pin is
+        // the visitor's to forge: it must not buy them another launcher's budget).
+        assert_eq!(
+            decide(&start(Some(OTHER)), &me),
+            Decision::Replay(id(OTHER), Guarded),
+            "{cookies:?}"
+        );
+        // At home: served, even when the pin names another launcher.
+        assert_eq!(
+            decide(&start(Some(ME)), &me),
+            Decision::Serve,
+            "{cookies:?}"
+        );
+        // Already replayed once (the launchers' lists disagree), or home is unreachable:
+        // served here, never replayed again.
+        let replayed = RequestFacts {
+            replay_src: Some("instance=x"),
+            ..start(Some(OTHER))
+        };
+        assert_eq!(decide(&replayed, &me), Decision::Serve);
+        let failed = RequestFacts {
+            replay_failed: Some("reason=timeout"),
+            ..start(Some(OTHER))
+        };
+        assert_eq!(decide(&failed, &me), Decision::Serve);
+    }
+    // Launchers unknown (or outside Fly): the pin rules as before.
+    assert_eq!(
+        decide(&facts(POST, LAUNCH_PATH, Some(&pinned_there)), &me),
+        Decision::Replay(id(OTHER), Guarded)
+    );
+    let outside = RequestFacts {
+        home: Some(id(OTHER)),
+        ..facts(POST, LAUNCH_PATH, None)
+    };
+    assert_eq!(decide(&outside, &launcher(None)), Decision::Serve);
+    // Only the start of a launch goes home: its progress and hand-over follow the pin.
+    let progress = RequestFacts {
+        home: Some(id(OTHER)),
+        ..facts(POST, "/api/handover", Some(&pinned_here))
+    };
+    assert_eq!(decide(&progress, &me), Decision::Serve);
+}
+
+#[test]
+fn every_launcher_agrees_on_a_visitors_home_and_one_joining_moves_only_whom_it_wins() {
+    let launchers: Vec<MachineId> = ["0000000000000a", "0000000000000b", "0000000000000c"]
+        .map(id)
+        .to_vec();
+    let visitors: Vec<String> = (0..300)
+        .map(|i| format!("203.0.{}.{}", i / 250, i % 250))
+        .collect();
+    let mut reversed = launchers.clone();
+    reversed.reverse();
+    let mut counts = std::collections::HashMap::new();
+    for v in &visitors {
+        let home = home_launcher(v, &launchers).unwrap();
+        assert_eq!(
+            home_launcher(v, &reversed),
+            Some(home),
+            "the order of the list does not matter"
+        );
+        *counts.entry(home).or_insert(0) += 1;
+    }
+    // Spread over all three (100 each on average).
+    assert!(counts.values().all(|&n| n > 60), "{counts:?}");
+    let mut four = launchers.clone();
+    four.push(id("0000000000000d"));
+    for v in &visitors {
+        let (before, after) = (
+            home_launcher(v, &launchers).unwrap(),
+            home_launcher(v, &four).unwrap(),
+        );
+        assert!(
+            after == before || after == id("0000000000000d"),
+            "{v} moved from {before} to {after}"
+        );
+    }
+    assert_eq!(home_launcher("203.0.113.1", &[]), None);
 }
 
 // --- ephemeral ---
@@ -514,6 +610,7 @@ fn any_path() -> impl Strategy<Value = String> {
         tricky().prop_map(|s| format!("/m/{s}/claim")),
         Just("/health".to_owned()),
         Just("/".to_owned()),
+        Just(LAUNCH_PATH.to_owned()),
     ]
 }
 
@@ -550,6 +647,7 @@ proptest! {
         replay_src in proptest::option::of(".*"),
         replay_failed in proptest::option::of(".*"),
         query in proptest::option::of(prop_oneof![".*", (0u8..=9).prop_map(|n| format!("attempt={n}"))]),
+        home in proptest::option::of(prop_oneof![Just(id(ME)), Just(id(OTHER))]),
     ) {
         let method = if post { Method::POST } else { Method::GET };
         let request = RequestFacts {
@@ -559,6 +657,7 @@ proptest! {
             cookies: cookies.as_deref(),
             replay_src: replay_src.as_deref(),
             replay_failed: replay_failed.as_deref(),
+            home,
         };
         let decision = decide(&request, &here);
         if let Decision::Replay(target, _) = decision {

@@ -108,6 +108,9 @@ pub struct Launcher {
     /// The visitors' app's concierges as the tracker last saw them, and this launcher's work on
     /// them.
     concierges: concierge::Concierges,
+    /// The started launcher Machines (this one among them), sorted, as the tracker last
+    /// listed them: the affinity layer starts each visitor's launch on one of them.
+    pub launchers: watch::Sender<Vec<MachineId>>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -212,6 +215,7 @@ impl Launcher {
             alive,
             reach,
             concierges: concierge::Concierges::default(),
+            launchers: watch::channel(Vec::new()).0,
             metrics,
         });
         tracker::spawn(launcher.clone(), alive_tx, reach_tx);

@@ -128,6 +128,10 @@ pub fn spawn(
                 tokio::time::sleep(next_wait(backoff, rand::random::<f64>())).await;
             }
             let listed = launcher.api.list(&launcher.ephemeral_app, &filter).await;
+            // Outside Fly a launcher has no id and no peers to share visitors with.
+            if launcher.spec.launcher.is_some() {
+                list_launchers(&launcher, &filter).await;
+            }
             backoff = backoff_after(
                 backoff,
                 match &listed {
@@ -179,6 +183,29 @@ pub fn spawn(
             });
         }
     });
+}
+
+/// Keeps [`Launcher::launchers`] to the started Machines of the launcher's own app; a list that
+/// fails keeps the last view (a visitor's home moves only on what a list showed).
+async fn list_launchers(launcher: &Launcher, filter: &ListFilter) {
+    match launcher.api.list(&launcher.app_name, filter).await {
+        Ok(machines) => {
+            let mut started: Vec<MachineId> = machines
+                .iter()
+                .filter(|m| m.state == MachineState::Started)
+                .map(|m| m.id)
+                .collect();
+            started.sort();
+            launcher.launchers.send_if_modified(|seen| {
+                let changed = *seen != started;
+                *seen = started;
+                changed
+            });
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "could not list the launchers; keeping the last view")
+        }
+    }
 }
 
 /// Destroys Machines past their TTL plus grace. Idempotent: a Machine whose destroy is under
