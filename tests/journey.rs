@@ -504,8 +504,12 @@ async fn each_visitor_has_a_launch_budget() {
         "--launchers=1",
     ])
     .await;
+    let api = Api::new(&platform);
     let visitor = Visitor::new(&platform, "203.0.113.1");
-    visitor.launch_and_claim().await;
+    let machine = visitor.launch_and_claim().await;
+    // Their Machine ended, the next press would launch anew: it is one too many this minute.
+    visitor.switch_off().await;
+    api.wait_destroyed(machine).await;
     assert!(matches!(
         visitor.start_launch().await,
         Err(AppError::TooManyLaunches { .. })
@@ -514,6 +518,43 @@ async fn each_visitor_has_a_launch_budget() {
     Visitor::new(&platform, "203.0.113.2")
         .launch_and_claim()
         .await;
+}
+
+#[tokio::test]
+async fn pressing_again_while_their_machine_lives_gives_the_visitor_that_machine_never_a_second() {
+    let platform = local::start(&[]).await;
+    local::until_launchers_know_each_other(&platform, 2).await;
+    let api = Api::new(&platform);
+    let visitor = Visitor::new(&platform, "203.0.113.1");
+    // A double click: the launch in flight, twice.
+    let (a, b) = tokio::join!(visitor.start_launch(), visitor.start_launch());
+    let first = a.unwrap();
+    assert_eq!(b.unwrap(), first, "one launch for a double click");
+    assert_eq!(visitor.follow_launch(&first).await.outcome, Some(Ok(())));
+    let handover = visitor.take_handover(&first).await.unwrap();
+    let machine = visitor.claim(&handover).await;
+
+    // A second tab, or a reload of the launcher, pressing again while the Machine lives: the
+    // same launch, handed over again, to the same Machine.
+    let again = visitor.start_launch().await.unwrap();
+    assert_eq!(again, first);
+    let handover_again = visitor.take_handover(&again).await.unwrap();
+    assert_eq!(handover_again.claim_url, handover.claim_url);
+    assert_eq!(visitor.claim(&handover_again).await, machine);
+    assert_eq!(api.machines().await.len(), 1, "never a second Machine");
+    // To that visitor only: someone else holding the launch's id gets no hand-over.
+    let stranger = Visitor::new(&platform, "203.0.113.66");
+    assert!(matches!(
+        stranger.take_handover(&again).await,
+        Err(AppError::BadRequest(_))
+    ));
+
+    // Once it is gone, a press launches anew (their budget allowing).
+    visitor.switch_off().await;
+    api.wait_destroyed(machine).await;
+    let next = visitor.start_launch().await.unwrap();
+    assert_ne!(next, first);
+    assert_eq!(visitor.follow_launch(&next).await.outcome, Some(Ok(())));
 }
 
 /// A launch the platform makes fail: the visitor's message, and nothing left behind.

@@ -148,29 +148,7 @@ async fn a_visitor_landing_on_each_of_three_launchers_in_turn_has_one_budget_and
     let api = Api::new(&platform);
     let launchers = api.machine_ids("flyby").await;
     assert_eq!(launchers.len(), 3);
-    // Each launcher's /health says how many launchers it knows: all three, once each listed.
-    let knows = |launcher: MachineId| {
-        let request = platform
-            .http
-            .get(platform.url("flyby", "/health"))
-            .header("fly-force-instance-id", launcher.as_str());
-        async move {
-            let answer = request.send().await.unwrap();
-            answer
-                .headers()
-                .get("flyby-launchers")
-                .map(|v| v.to_str().unwrap().to_owned())
-        }
-    };
-    local::eventually("every launcher knows the three", || async {
-        for launcher in &launchers {
-            if knows(*launcher).await.as_deref() != Some("3") {
-                return false;
-            }
-        }
-        true
-    })
-    .await;
+    local::until_launchers_know_each_other(&platform, 3).await;
 
     let visitor = Visitor::new(&platform, "203.0.113.50");
     let first = visitor
@@ -187,7 +165,10 @@ async fn a_visitor_landing_on_each_of_three_launchers_in_turn_has_one_budget_and
     }
     assert_eq!(visitor.follow_launch(&first).await.outcome, Some(Ok(())));
     let handover = visitor.take_handover(&first).await.expect("hand-over");
-    visitor.claim(&handover).await;
+    let machine = visitor.claim(&handover).await;
+    assert_eq!(api.machines().await.len(), 1, "one Machine for the visitor");
+    visitor.switch_off().await;
+    api.wait_destroyed(machine).await;
     // Their one launch a minute is spent, whichever launcher they land on.
     for launcher in &launchers {
         let again = visitor.start_launch_on(Some(*launcher)).await;
@@ -196,5 +177,4 @@ async fn a_visitor_landing_on_each_of_three_launchers_in_turn_has_one_budget_and
             "a second launch on {launcher}: {again:?}"
         );
     }
-    assert_eq!(api.machines().await.len(), 1, "one Machine for the visitor");
 }

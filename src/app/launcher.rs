@@ -23,7 +23,7 @@ pub async fn about_launcher() -> Result<LauncherInfo, AppError> {
 #[server(endpoint = "launch")]
 pub async fn start_launch() -> Result<LaunchTicket, AppError> {
     use crate::server::{launcher::current, request_headers};
-    reply(async { current()?.begin_launch(&request_headers().await?) }.await)
+    reply(async { current()?.begin_launch(&request_headers().await?).await }.await)
 }
 
 #[server(protocol = Websocket<JsonEncoding, JsonEncoding>, endpoint = "launch-progress")]

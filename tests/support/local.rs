@@ -311,6 +311,35 @@ impl Api {
     }
 }
 
+/// Waits until every launcher's `/health` says it knows `n` launchers: until then a visitor's
+/// launches may start on more than one of them.
+pub async fn until_launchers_know_each_other(platform: &Local, n: usize) {
+    let launchers = Api::new(platform).machine_ids("flyby").await;
+    assert_eq!(launchers.len(), n);
+    let knows = |launcher: MachineId| {
+        let request = platform
+            .http
+            .get(platform.url("flyby", "/health"))
+            .header("fly-force-instance-id", launcher.as_str());
+        async move {
+            let answer = request.send().await.unwrap();
+            answer
+                .headers()
+                .get("flyby-launchers")
+                .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        }
+    };
+    eventually("every launcher knows the others", || async {
+        for launcher in &launchers {
+            if knows(*launcher).await != Some(n) {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+}
+
 /// Reads `condition` every 100 ms until it holds; bounded (30 s), so a platform that never
 /// gets there fails the test.
 pub async fn eventually<F: std::future::Future<Output = bool>>(
@@ -547,6 +576,17 @@ impl Visitor {
     }
 
     /// Loads the page of Machine `id` as a browser does (`Accept: text/html`).
+    /// Presses "Switch it off now" on their Machine's page.
+    pub async fn switch_off(&self) {
+        let off = self
+            .http
+            .post(self.machines("/api/switch-off"))
+            .send()
+            .await
+            .unwrap();
+        assert!(off.status().is_success(), "switch-off: {}", off.status());
+    }
+
     pub async fn machine_page(&self, id: MachineId) -> reqwest::Response {
         self.http
             .get(self.machines(&format!("/m/{id}")))

@@ -104,8 +104,10 @@ impl Created {
     }
 
     /// The visitor has it now: from here on it ends by itself (claim window, show, TTL).
-    pub fn hand_over(mut self) {
-        self.id = None;
+    pub fn hand_over(mut self) -> MachineId {
+        self.id
+            .take()
+            .expect("a Created holds its Machine until handed over")
     }
 
     pub async fn destroy(mut self) {

@@ -48,8 +48,8 @@ impl Launcher {
         });
         let outcome = match outcome {
             Ok((handover, machine)) => {
-                machine.hand_over();
-                *launch.handover.lock().expect("handover lock") = Some(handover);
+                let machine = machine.hand_over();
+                *launch.handover.lock().expect("handover lock") = Some((handover, machine));
                 self.metrics.launch("launched");
                 self.metrics.phase("total", started.elapsed());
                 Ok(())

@@ -28,7 +28,7 @@ use super::{
     affinity::{claim_path, LAUNCH_COOKIE},
     config::{Config, LauncherConfig},
     cookies,
-    fly_api::{CreateMachineRequest, FlyApi, FlyApiConfig, FlyApiError, WaitState},
+    fly_api::{CreateMachineRequest, FlyApi, FlyApiConfig, FlyApiError, MachineState, WaitState},
     ownership::OwnerSecret,
 };
 use crate::{
@@ -67,8 +67,11 @@ pub use concierge::CONCIERGE_ROLE;
 const RATE_LIMIT_PATIENCE: Duration = Duration::from_secs(45);
 /// How long the launch pin lives: a launch, and a little more for the hand-over.
 const PIN_LIFETIME: Duration = Duration::from_secs(90);
-/// How long a finished launch stays available to its watcher and hand-over.
+/// How long a finished launch stays available to its watcher and hand-over; a launch that
+/// handed over a Machine stays while the Machine lives, for its visitor's next press.
 const KEEP_FINISHED: Duration = Duration::from_secs(120);
+/// How long a press waits for Fly to say whether the visitor's Machine still lives.
+const LIVING_CHECK: Duration = Duration::from_secs(2);
 
 /// What one launch has done, and its hand-over once ready.
 struct Launch {
@@ -76,8 +79,20 @@ struct Launch {
     progress: watch::Sender<LaunchProgress>,
     /// Given to the launch's visitor only, and again if they ask again: a proxy may cut their
     /// first request (asked at once, it waits for the whole launch) after the launch ended,
-    /// with this server none the wiser, and the page then asks again (`app::launcher::run`).
-    handover: Mutex<Option<Handover>>,
+    /// with this server none the wiser, and the page then asks again (`app::launcher::run`);
+    /// a second tab or a reload gets it again too, while the Machine lives. With the Machine
+    /// it hands over.
+    handover: Mutex<Option<(Handover, MachineId)>>,
+}
+
+impl Launch {
+    fn machine(&self) -> Option<MachineId> {
+        self.handover
+            .lock()
+            .expect("handover lock")
+            .as_ref()
+            .map(|(_, m)| *m)
+    }
 }
 
 /// The launcher role's state, shared by its server functions and background tasks.
@@ -125,6 +140,8 @@ struct Launches {
 struct LaunchesInner {
     by_id: HashMap<LaunchId, Arc<Launch>>,
     running: HashMap<VisitorKey, LaunchId>,
+    /// The last launch of each visitor that handed over a Machine, while it is remembered.
+    handed_over: HashMap<VisitorKey, LaunchId>,
 }
 
 impl Launches {
@@ -137,10 +154,16 @@ impl Launches {
         self.lock().running.get(&visitor).cloned()
     }
 
-    fn begin(&self, id: LaunchId, launch: Arc<Launch>) {
+    /// Records the visitor's new launch, unless a press of theirs at the same moment got
+    /// there first: then that launch's id, and this one never starts.
+    fn begin(&self, id: LaunchId, launch: Arc<Launch>) -> Result<(), LaunchId> {
         let mut inner = self.lock();
+        if let Some(first) = inner.running.get(&launch.visitor) {
+            return Err(first.clone());
+        }
         inner.running.insert(launch.visitor, id.clone());
         inner.by_id.insert(id, launch);
+        Ok(())
     }
 
     fn get(&self, id: &LaunchId) -> Option<Arc<Launch>> {
@@ -148,12 +171,35 @@ impl Launches {
     }
 
     /// The launch ended: its visitor may launch again; it stays readable until forgotten.
-    fn ended(&self, launch: &Launch) {
-        self.lock().running.remove(&launch.visitor);
+    fn ended(&self, id: &LaunchId, launch: &Launch) {
+        let mut inner = self.lock();
+        inner.running.remove(&launch.visitor);
+        if launch.machine().is_some() {
+            inner.handed_over.insert(launch.visitor, id.clone());
+        }
     }
 
-    fn forget(&self, id: &LaunchId) {
-        self.lock().by_id.remove(id);
+    /// The visitor's Machine of launch `id` is gone: their next press launches anew.
+    fn no_longer_handed_over(&self, visitor: VisitorKey, id: &LaunchId) {
+        let mut inner = self.lock();
+        if inner.handed_over.get(&visitor) == Some(id) {
+            inner.handed_over.remove(&visitor);
+        }
+    }
+
+    /// The visitor's last launch that handed over a Machine, with that Machine.
+    fn handed_over(&self, visitor: VisitorKey) -> Option<(LaunchId, Arc<Launch>)> {
+        let inner = self.lock();
+        let id = inner.handed_over.get(&visitor)?;
+        Some((id.clone(), inner.by_id.get(id)?.clone()))
+    }
+
+    fn forget(&self, id: &LaunchId, launch: &Launch) {
+        let mut inner = self.lock();
+        inner.by_id.remove(id);
+        if inner.handed_over.get(&launch.visitor) == Some(id) {
+            inner.handed_over.remove(&launch.visitor);
+        }
     }
 }
 
@@ -231,7 +277,10 @@ impl Launcher {
 
     /// Starts a launch for the visitor behind `headers`, or returns the one they already have
     /// running. Sets the launch pin so that the rest of the launch reaches this Machine.
-    pub fn begin_launch(self: &Arc<Self>, headers: &HeaderMap) -> Result<LaunchTicket, AppError> {
+    pub async fn begin_launch(
+        self: &Arc<Self>,
+        headers: &HeaderMap,
+    ) -> Result<LaunchTicket, AppError> {
         let origin =
             Origin::of(headers).ok_or_else(|| AppError::BadRequest("no Host header".into()))?;
         if !origin.sent_from_itself(headers) {
@@ -243,7 +292,16 @@ impl Launcher {
         let visitor = VisitorKey::of(headers).ok_or_else(|| {
             AppError::BadRequest("a launch comes through fly-proxy (no Fly-Client-IP)".into())
         })?;
-        if let Some(id) = self.launches.running(visitor) {
+        // Get or create: a second press, a second tab or a reload gets the visitor's launch in
+        // flight, or the Machine they have, and never a second one.
+        let existing = match self.launches.running(visitor) {
+            Some(id) => Some(id),
+            None => self.living_launch_of(visitor).await,
+        };
+        if let Some(id) = existing {
+            if let Some(me) = self.spec.launcher {
+                set_cookie(cookies::launch_pin(me, PIN_LIFETIME, origin.is_https()));
+            }
             return Ok(LaunchTicket {
                 id: id.as_str().to_owned(),
             });
@@ -282,7 +340,11 @@ impl Launcher {
             progress: watch::channel(LaunchProgress::default()).0,
             handover: Mutex::new(None),
         });
-        self.launches.begin(id.clone(), launch.clone());
+        if let Err(first) = self.launches.begin(id.clone(), launch.clone()) {
+            return Ok(LaunchTicket {
+                id: first.as_str().to_owned(),
+            });
+        }
         let region = edge_region(headers).filter(|r| r.region().is_some());
         let origin_text = origin.to_string();
         // Visitors' Machines are about to exist, which may vanish under their visitors: from
@@ -301,9 +363,16 @@ impl Launcher {
                 &ephemeral_origin,
             )
             .await;
-            this.launches.ended(&launch);
+            this.launches.ended(&launch_id, &launch);
             tokio::time::sleep(KEEP_FINISHED).await;
-            this.launches.forget(&launch_id);
+            if let Some(machine) = launch.machine() {
+                // Remembered while its Machine lives (a TTL at most): the tracker says when not.
+                let mut alive = this.alive.clone();
+                let _ = alive
+                    .wait_for(|alive| !alive.iter().any(|m| m.id == machine))
+                    .await;
+            }
+            this.launches.forget(&launch_id, &launch);
         });
         if let Some(me) = self.spec.launcher {
             set_cookie(cookies::launch_pin(me, PIN_LIFETIME, origin.is_https()));
@@ -311,6 +380,32 @@ impl Launcher {
         Ok(LaunchTicket {
             id: id.as_str().to_owned(),
         })
+    }
+
+    /// The launch of `visitor`'s Machine, if they have one that Fly says is alive. Asked of
+    /// Fly, not of the tracker's view: that is up to a poll old either way (a Machine just
+    /// created is not in it yet, one that just ended still is).
+    async fn living_launch_of(&self, visitor: VisitorKey) -> Option<LaunchId> {
+        let (id, launch) = self.launches.handed_over(visitor)?;
+        let machine = launch.machine()?;
+        let asked =
+            tokio::time::timeout(LIVING_CHECK, self.api.get(&self.ephemeral_app, machine)).await;
+        match asked {
+            Ok(Ok(m))
+                if matches!(
+                    m.state,
+                    MachineState::Created | MachineState::Starting | MachineState::Started
+                ) =>
+            {
+                Some(id)
+            }
+            Ok(Ok(_)) | Ok(Err(FlyApiError::NotFound { .. })) => {
+                self.launches.no_longer_handed_over(visitor, &id);
+                None
+            }
+            // Fly not answering: a new launch is refused or paused by what follows.
+            _ => None,
+        }
     }
 
     /// The progress of a launch, streamed whole on every change until it ends.
@@ -370,7 +465,12 @@ impl Launcher {
             // launches (the per-visitor limit is per launcher).
             return Ok(LaunchEnd::Failed(error));
         }
-        let handover = launch.handover.lock().expect("handover lock").clone();
+        let handover = launch
+            .handover
+            .lock()
+            .expect("handover lock")
+            .as_ref()
+            .map(|(handover, _)| handover.clone());
         set_cookie(cookies::clear(LAUNCH_COOKIE));
         Ok(LaunchEnd::HandedOver {
             steps: last.steps,
