@@ -7,7 +7,7 @@ mod support;
 
 use flyby::{
     app::{
-        protocol::{ClientMessage, MachineInfo, ServerMessage},
+        protocol::{ClientMessage, MachineInfo, ServerMessage, Step},
         AppError,
     },
     fly::{distance_km, nearest_regions, MachineId, RegionCode},
@@ -114,8 +114,27 @@ async fn a_visitor_whose_region_is_full_gets_the_next_nearest_and_sees_how_far_i
     let api = Api::new(&platform);
     api.fault(json!({"kind": "no_capacity", "region": "syd"}))
         .await;
-    let (region, info, rtt) = visit_from(&platform, &api, "203.0.113.9".into(), "syd").await;
+    // The fallback is a step of the launch the visitor watches.
+    let watcher = Visitor::from_region(&platform, "203.0.113.8", "syd");
+    let launch = watcher.start_launch().await.unwrap();
+    let progress = watcher.follow_launch(&launch).await;
     let next = nearest_regions(code("syd"))[1];
+    assert!(
+        progress.steps.iter().any(|s| s.step
+            == Step::NoRoom {
+                full: code("syd"),
+                next
+            }),
+        "{:?}",
+        progress.steps
+    );
+    let label = Step::NoRoom {
+        full: code("syd"),
+        next,
+    }
+    .label();
+    assert_eq!(label, format!("No room in Sydney: trying {}", next.city()));
+    let (region, info, rtt) = visit_from(&platform, &api, "203.0.113.9".into(), "syd").await;
     assert_eq!(region, next, "the next-nearest region");
     assert_eq!(info.edge_city.as_deref(), Some("Sydney"));
     let km = distance_km(code("syd"), next).unwrap().round() as u32;
@@ -177,4 +196,41 @@ async fn a_visitor_landing_on_each_of_three_launchers_in_turn_has_one_budget_and
             "a second launch on {launcher}: {again:?}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_visitor_picking_a_region_on_the_map_gets_their_machine_there_and_a_bad_code_is_refused()
+{
+    let platform = local::start(&[]).await;
+    let api = Api::new(&platform);
+    // From Amsterdam's edge, Sydney picked on the map.
+    let visitor = Visitor::new(&platform, "203.0.113.70");
+    for bad in ["xyz", "SYD", "sydney", "<b>"] {
+        let refused = visitor
+            .call::<serde_json::Value>("launch", &[("region", bad)])
+            .await;
+        assert!(
+            matches!(&refused, Err(AppError::BadRequest(m)) if m.contains("is not a Fly region")),
+            "{bad}: {refused:?}"
+        );
+    }
+    assert!(
+        api.machines().await.is_empty(),
+        "a refused pick changes nothing"
+    );
+    #[derive(serde::Deserialize)]
+    struct Ticket {
+        id: String,
+    }
+    let ticket: Ticket = visitor.call("launch", &[("region", "syd")]).await.unwrap();
+    assert_eq!(
+        visitor.follow_launch(&ticket.id).await.outcome,
+        Some(Ok(()))
+    );
+    let handover = visitor.take_handover(&ticket.id).await.unwrap();
+    let machine = visitor.claim(&handover).await;
+    assert_eq!(api.machine(machine).await["region"], "syd");
+    let (info, _) = own_page(&visitor).await;
+    assert_eq!(info.edge_city.as_deref(), Some("Amsterdam"));
+    assert!(info.distance_km.is_some_and(|km| km > 16_000), "{info:?}");
 }

@@ -102,3 +102,25 @@ test('from an edge flyby does not know: a Machine all the same, and a page that 
   await expectAccessible(page, 'a Machine for an unknown edge');
   await switchOff(page, api, id);
 });
+
+test('from Amsterdam, Sydney picked on the map with the keyboard: the Machine is in Sydney, far away', async ({
+  page,
+  platform,
+  api,
+}) => {
+  await openLauncherFrom(page, platform.launcher, 'ams', 'Amsterdam');
+  const sydney = page.locator('.region-map [data-region=syd]');
+  await expect(sydney).toHaveAttribute('role', 'button');
+  await expect(sydney).toHaveAccessibleName(/^Launch in Sydney — 16,\d00 km from you$/);
+  await expectAccessible(page, 'the launcher with its region controls');
+  await sydney.focus();
+  await page.keyboard.press('Enter');
+  await page.waitForURL(/\/m\/[0-9a-f]{14}$/, { timeout: 30_000 });
+  const id = /\/m\/([0-9a-f]{14})$/.exec(page.url())![1];
+  await expect(page.getByRole('heading', { level: 1 })).toHaveText(`This is Fly Machine ${id} in Sydney (syd)`);
+  expect((await api.alive()).find((m) => m.id === id)?.region).toBe('syd');
+  const distance = page.locator('.distance');
+  await expect(distance).toHaveText(/^16\d\d\d km from your edge region, Amsterdam\.$/);
+  expectNear(await shownRttMs(page), parseInt((await distance.textContent())!, 10));
+  await switchOff(page, api, id);
+});

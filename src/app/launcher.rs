@@ -20,10 +20,18 @@ pub async fn about_launcher() -> Result<LauncherInfo, AppError> {
     reply(async { Ok(current()?.info(&request_headers().await?)) }.await)
 }
 
+/// Starts a launch in `region` (a code from the map), or in the region nearest the visitor.
 #[server(endpoint = "launch")]
-pub async fn start_launch() -> Result<LaunchTicket, AppError> {
+pub async fn start_launch(region: Option<String>) -> Result<LaunchTicket, AppError> {
     use crate::server::{launcher::current, request_headers};
-    reply(async { current()?.begin_launch(&request_headers().await?).await }.await)
+    reply(
+        async {
+            current()?
+                .begin_launch(&request_headers().await?, region.as_deref())
+                .await
+        }
+        .await,
+    )
 }
 
 #[server(protocol = Websocket<JsonEncoding, JsonEncoding>, endpoint = "launch-progress")]
@@ -92,29 +100,35 @@ fn LaunchPanel(info: Option<LauncherInfo>) -> impl IntoView {
     live::follow_map(map_view);
     super::mark_hydrated_after_render();
 
-    let launch = Action::new(move |_: &()| async move {
-        error.set(None);
-        handover.set(None);
-        progress.set(Some(LaunchProgress::default()));
-        #[cfg(feature = "hydrate")]
-        let clock = live::start_clock(elapsed_ms);
-        let outcome = match start_launch().await {
-            Ok(ticket) => run(ticket, progress).await,
-            Err(e) => Err(e),
-        };
-        #[cfg(feature = "hydrate")]
-        drop(clock);
-        match outcome {
-            Ok(h) => handover.set(Some(h)),
-            Err(e) => {
-                progress.update(|p| {
-                    if let Some(p) = p {
-                        p.outcome = Some(Err(e.clone()));
-                    }
-                });
-                error.set(Some(e));
+    let launch = Action::new(move |region: &Option<crate::fly::RegionCode>| {
+        let region = region.map(|r| r.to_string());
+        async move {
+            error.set(None);
+            handover.set(None);
+            progress.set(Some(LaunchProgress::default()));
+            #[cfg(feature = "hydrate")]
+            let clock = live::start_clock(elapsed_ms);
+            let outcome = match start_launch(region).await {
+                Ok(ticket) => run(ticket, progress).await,
+                Err(e) => Err(e),
+            };
+            #[cfg(feature = "hydrate")]
+            drop(clock);
+            match outcome {
+                Ok(h) => handover.set(Some(h)),
+                Err(e) => {
+                    progress.update(|p| {
+                        if let Some(p) = p {
+                            p.outcome = Some(Err(e.clone()));
+                        }
+                    });
+                    error.set(Some(e));
+                }
             }
         }
+    });
+    let cannot_launch = Signal::derive(move || {
+        running.get() || launch.pending().get() || fly.get() != FlyReach::Reachable
     });
 
     let form = NodeRef::<leptos::html::Form>::new();
@@ -134,22 +148,28 @@ fn LaunchPanel(info: Option<LauncherInfo>) -> impl IntoView {
                 alive=Signal::derive(move || map_view.with(|m| m.machines.clone()))
                 edge=info.edge_region
                 cap=info.cap
+                disabled=cannot_launch
+                pick=Callback::new(move |region| {
+                    launch.dispatch(Some(region));
+                })
             />
         }
     });
 
+    // The button first, then the map, whose regions are controls too: the keyboard reaches
+    // the main action before the eighteen regions.
     view! {
-        {map}
         <button
             type="button"
             class="launch"
-            disabled=move || running.get() || launch.pending().get() || fly.get() != FlyReach::Reachable
+            disabled=move || cannot_launch.get()
             on:click=move |_| {
-                launch.dispatch(());
+                launch.dispatch(None);
             }
         >
             "Launch my Machine"
         </button>
+        {map}
         <Show when=move || progress.with(Option::is_some)>
             <section class="progress" aria-live="polite" aria-label="Launch progress">
                 // A timer is not announced on every tick (role=timer is not live by itself).

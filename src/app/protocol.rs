@@ -19,6 +19,11 @@ pub enum Step {
         waits: u32,
         waited_ms: u64,
     },
+    /// Fly had no room in `full`: the launch tries `next`, the nearest region not tried yet.
+    NoRoom {
+        full: RegionCode,
+        next: RegionCode,
+    },
     Created {
         region: RegionCode,
     },
@@ -34,6 +39,9 @@ impl Step {
             Step::WaitingForSlot { waits: 0..=1, .. } => "Waiting for a slot".into(),
             Step::WaitingForSlot { waits, waited_ms } => {
                 format!("Waiting for a slot ({waits} tries, {} s)", waited_ms / 1000)
+            }
+            Step::NoRoom { full, next } => {
+                format!("No room in {}: trying {}", full.city(), next.city())
             }
             Step::Created { region } => format!("Created in {}", region.city()),
             Step::Started => "Started".into(),

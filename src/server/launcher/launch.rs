@@ -201,6 +201,9 @@ impl Launcher {
                             break Err(FlyApiError::InsufficientCapacity { message });
                         };
                         tracing::info!(full = ?request.region, next = %next, "no capacity; trying the next nearest region");
+                        if let Some(full) = request.region {
+                            step(Step::NoRoom { full, next });
+                        }
                         request.region = Some(next);
                     }
                     other => break other,

@@ -280,7 +280,24 @@ impl Launcher {
     pub async fn begin_launch(
         self: &Arc<Self>,
         headers: &HeaderMap,
+        chosen: Option<&str>,
     ) -> Result<LaunchTicket, AppError> {
+        // A region picked on the map must be one of Fly's, today's: checked before anything
+        // is counted or created.
+        let chosen = match chosen.filter(|c| !c.is_empty()) {
+            None => None,
+            Some(code) => Some(
+                RegionCode::parse(code)
+                    .ok()
+                    .filter(|r| r.region().is_some())
+                    .ok_or_else(|| {
+                        AppError::BadRequest(format!(
+                            "{:?} is not a Fly region a Machine can be launched in",
+                            code.chars().take(8).collect::<String>()
+                        ))
+                    })?,
+            ),
+        };
         let origin =
             Origin::of(headers).ok_or_else(|| AppError::BadRequest("no Host header".into()))?;
         if !origin.sent_from_itself(headers) {
@@ -345,7 +362,7 @@ impl Launcher {
                 id: first.as_str().to_owned(),
             });
         }
-        let region = edge_region(headers).filter(|r| r.region().is_some());
+        let region = chosen.or_else(|| edge_region(headers).filter(|r| r.region().is_some()));
         let origin_text = origin.to_string();
         // Visitors' Machines are about to exist, which may vanish under their visitors: from
         // now on the visitors' app has a concierge.
