@@ -394,6 +394,9 @@ impl Runner {
         if delay.is_zero() {
             return self.spawn_guest();
         }
+        self.platform
+            .stats
+            .add("timings.boot_ms", delay.as_millis() as u64);
         self.guest = Some(Guest {
             body: Body::Backoff(Instant::now() + delay),
             ready: false,
