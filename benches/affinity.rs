@@ -139,6 +139,7 @@ fn facts(case: &Case) -> RequestFacts<'_> {
         cookies: case.cookies.as_deref(),
         replay_src: case.replay_src,
         replay_failed: None,
+        home: None,
     }
 }
 
