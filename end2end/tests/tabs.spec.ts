@@ -8,11 +8,12 @@ import {
   openLauncher,
 } from '../support/journey';
 
-test('reload and a second tab are still yours; the launcher works in another tab meanwhile', async ({
+test('reload and a second tab are still yours; the launcher works in another tab meanwhile, and marks your Machine for you only', async ({
   page,
   context,
   platform,
   api,
+  newVisitor,
 }) => {
   await openLauncher(page, platform);
   // Space on the focused button launches too.
@@ -37,12 +38,33 @@ test('reload and a second tab are still yours; the launcher works in another tab
   await front.close();
 
   // The launcher, opened while the Machine lives, is the launcher: no pin of the launch or of
-  // the Machine captures it, and its live map shows the Machine.
+  // the Machine captures it, and its live map shows the Machine, marked as the visitor's.
   const launcher = await context.newPage();
   await openLauncher(launcher, platform);
   const map = launcher.locator('.region-map');
-  await expect(map.locator('figcaption')).toHaveText('1 of 8 Machines alive now');
-  await expect(map.locator('[data-region=ams]')).toHaveClass(/\balive\b/);
+  await expect(map.locator('figcaption')).toHaveText('1 of 8 Machines alive now, yours in Amsterdam');
+  const ams = map.locator('[data-region=ams]');
+  await expect(ams).toHaveClass(/\balive\b.*\byours\b/);
+  await expect(ams).toHaveAccessibleName(/^Your Machine runs here\. Launch in Amsterdam/);
+  await expect(ams.locator('.yours-mark')).toHaveCount(1);
+  // The land the dots sit on, a static file the browser may keep for a day.
+  const land = await launcher.request.get(`${platform.launcher}/land-110m.svg`, {
+    headers: { 'accept-encoding': 'br' },
+  });
+  expect(land.status()).toBe(200);
+  expect(land.headers()['cache-control']).toBe('public, max-age=86400');
+  expect(land.headers()['content-encoding']).toBe('br');
+  expect(await land.text()).toContain('<path');
+  await expect(map.locator('image.land')).toHaveAttribute('href', '/land-110m.svg');
+
+  // Someone else sees the Machine alive, and nothing of whose it is.
+  const stranger = await newVisitor();
+  await openLauncher(stranger.page, platform);
+  const theirs = stranger.page.locator('.region-map');
+  await expect(theirs.locator('figcaption')).toHaveText('1 of 8 Machines alive now');
+  await expect(theirs.locator('[data-region=ams]')).toHaveClass('region alive edge');
+  await expect(theirs.locator('.yours-mark')).toHaveCount(0);
+  await expect(theirs).not.toContainText('yours');
   await launcher.getByRole('button', { name: 'How does this work?' }).click();
   await expect(launcher.locator('#explainer-body')).toBeVisible();
 

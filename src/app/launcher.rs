@@ -91,6 +91,9 @@ fn LaunchPanel(info: Option<LauncherInfo>) -> impl IntoView {
     let handover = RwSignal::new(None::<Handover>);
     let elapsed_ms = RwSignal::new(0u64);
     let error = RwSignal::new(None::<AppError>);
+    // The Machine this browser was last handed: only its owner's page knows it, so the map
+    // marks it for them while the server says nothing of whose any Machine is.
+    let yours = RwSignal::new(None::<crate::fly::MachineId>);
     let running = Memo::new(move |_| {
         progress.with(|p| p.as_ref().is_some_and(|p| p.outcome.is_none()))
             || handover.with(Option::is_some)
@@ -98,6 +101,9 @@ fn LaunchPanel(info: Option<LauncherInfo>) -> impl IntoView {
 
     #[cfg(feature = "hydrate")]
     live::follow_map(map_view);
+    // After hydration: the server rendered the map without it.
+    #[cfg(feature = "hydrate")]
+    Effect::new(move |_| yours.set(live::remembered_machine()));
     super::mark_hydrated_after_render();
 
     let launch = Action::new(move |region: &Option<crate::fly::RegionCode>| {
@@ -115,7 +121,12 @@ fn LaunchPanel(info: Option<LauncherInfo>) -> impl IntoView {
             #[cfg(feature = "hydrate")]
             drop(clock);
             match outcome {
-                Ok(h) => handover.set(Some(h)),
+                Ok(h) => {
+                    #[cfg(feature = "hydrate")]
+                    live::remember_machine(h.machine);
+                    yours.set(Some(h.machine));
+                    handover.set(Some(h));
+                }
                 Err(e) => {
                     progress.update(|p| {
                         if let Some(p) = p {
@@ -147,6 +158,7 @@ fn LaunchPanel(info: Option<LauncherInfo>) -> impl IntoView {
             <RegionMap
                 alive=Signal::derive(move || map_view.with(|m| m.machines.clone()))
                 edge=info.edge_region
+                yours=yours.into()
                 cap=info.cap
                 disabled=cannot_launch
                 pick=Callback::new(move |region| {
@@ -327,6 +339,21 @@ mod live {
                 super::super::pause(super::super::reconnect_delay(failures, jitter)).await;
             }
         });
+    }
+
+    /// Where the page keeps the Machine it was handed. Not a secret (a Machine id is in its
+    /// URL); the owner secret never leaves the hand-over's form.
+    const YOURS_KEY: &str = "flyby-machine";
+
+    pub fn remember_machine(machine: crate::fly::MachineId) {
+        if let Ok(Some(storage)) = window().local_storage() {
+            let _ = storage.set_item(YOURS_KEY, machine.as_str());
+        }
+    }
+
+    pub fn remembered_machine() -> Option<crate::fly::MachineId> {
+        let storage = window().local_storage().ok()??;
+        crate::fly::MachineId::parse(&storage.get_item(YOURS_KEY).ok()??).ok()
     }
 
     /// Counts up `elapsed_ms` until the returned guard is dropped.

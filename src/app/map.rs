@@ -1,10 +1,16 @@
 //! A map of Fly's regions with the Machines alive now: an equirectangular projection drawn in
-//! SVG, one dot per region, lit where Machines run, ringed where the visitor is. Each region
-//! is a control too: pressed (pointer, Enter or Space), the launch goes there.
+//! SVG over the land (so a visitor recognises where a dot is), one dot per region, lit where
+//! Machines run, ringed where the visitor is, flagged where the visitor's own Machine runs.
+//! Each region is a control too: pressed (pointer, Enter or Space), the launch goes there.
 
 use super::{fixed, protocol::AliveMachine};
-use crate::fly::REGIONS;
+use crate::fly::{MachineId, REGIONS};
 use leptos::prelude::*;
+
+/// The land outline, a static file the browser caches (`scripts/land-outline` makes it from
+/// Natural Earth's public-domain 1:110m land), in this map's projection. Fetched, not inlined:
+/// the map is drawn by the WASM too, which would then carry the path.
+pub const LAND_OUTLINE: &str = "/land-110m.svg";
 
 /// Longitude/latitude to the map's 360 x 170 viewBox.
 fn project(lat: f64, lon: f64) -> (f64, f64) {
@@ -43,6 +49,8 @@ pub fn launch_label(region: &crate::fly::Region, edge: Option<crate::fly::Region
 pub fn RegionMap(
     alive: Signal<Vec<AliveMachine>>,
     edge: Option<crate::fly::RegionCode>,
+    /// The visitor's own Machine, as their browser remembers it.
+    yours: Signal<Option<MachineId>>,
     cap: u32,
     /// No launch can start now (one runs, or Fly is out of reach).
     disabled: Signal<bool>,
@@ -52,6 +60,11 @@ pub fn RegionMap(
     let count = move |code: &'static str| {
         alive.with(|a| a.iter().filter(|m| m.region.as_str() == code).count())
     };
+    // Where the visitor's Machine runs, when it is among those alive.
+    let yours_in = Memo::new(move |_| {
+        let id = yours.get()?;
+        alive.with(|a| a.iter().find(|m| m.id == id).map(|m| m.region))
+    });
     // Machines in regions flyby does not know still count, and are listed by code.
     let unknown = move || {
         alive.with(|a| {
@@ -74,8 +87,7 @@ pub fn RegionMap(
             <svg viewBox="0 0 360 170" role="group" aria-labelledby="map-title">
                 <title id="map-title">"Fly regions, lit where flyby Machines are running now; press one to launch there"</title>
                 <rect class="sea" x="0" y="0" width="360" height="170" rx="6"/>
-                {(1..6).map(|i| view! { <line class="grid" x1="0" x2="360" y1={i * 30 - 5} y2={i * 30 - 5}/> }).collect_view()}
-                {(1..12).map(|i| view! { <line class="grid" y1="0" y2="170" x1={i * 30} x2={i * 30}/> }).collect_view()}
+                <image class="land" href=LAND_OUTLINE x="0" y="0" width="360" height="170" aria-hidden="true"/>
                 {REGIONS
                     .iter()
                     .map(|r| {
@@ -85,6 +97,7 @@ pub fn RegionMap(
                         let is_edge = edge.is_some_and(|e| e.as_str() == r.code);
                         let code = r.code;
                         let target = crate::fly::RegionCode::parse(code).ok();
+                        let is_yours = move || yours_in.get().is_some_and(|y| y.as_str() == code);
                         let press = move || {
                             if let (false, Some(region)) = (disabled.get_untracked(), target) {
                                 pick.run(region);
@@ -92,16 +105,22 @@ pub fn RegionMap(
                         };
                         view! {
                             <g
-                                class=move || match (count(code) > 0, is_edge) {
-                                    (true, true) => "region alive edge",
-                                    (true, false) => "region alive",
-                                    (false, true) => "region edge",
-                                    (false, false) => "region",
+                                class=move || {
+                                    let mut class = String::from("region");
+                                    for (on, name) in [(count(code) > 0, " alive"), (is_edge, " edge"), (is_yours(), " yours")] {
+                                        if on {
+                                            class.push_str(name);
+                                        }
+                                    }
+                                    class
                                 }
                                 data-region=code
                                 role="button"
                                 tabindex="0"
-                                aria-label=launch_label(r, edge)
+                                aria-label={
+                                    let label = launch_label(r, edge);
+                                    move || if is_yours() { format!("Your Machine runs here. {label}") } else { label.clone() }
+                                }
                                 aria-disabled=move || disabled.get().to_string()
                                 on:click=move |_| press()
                                 on:keydown=move |e| {
@@ -112,11 +131,15 @@ pub fn RegionMap(
                                 }
                             >
                                 <circle cx=x.clone() cy=y.clone() r="3"/>
-                                {is_edge.then(|| view! { <circle class="ring" cx=x.clone() cy=y r="7"/> })}
+                                {is_edge.then(|| view! { <circle class="ring" cx=x.clone() cy=y.clone() r="7"/> })}
+                                {
+                                    let (x, y) = (x.clone(), y.clone());
+                                    move || is_yours().then(|| view! { <rect class="yours-mark" x=x.clone() y=y.clone() width="5" height="5" transform=format!("rotate(45 {x} {y}) translate(-2.5 -2.5)")/> })
+                                }
                                 <text x=x y=label_y>{move || match count(code) {
                                     0 => code.to_owned(),
                                     n => format!("{code} {n}"),
-                                }}</text>
+                                }}{move || is_yours().then_some(" (yours)")}</text>
                             </g>
                         }
                     })
@@ -127,6 +150,7 @@ pub fn RegionMap(
                     let n = alive.with(Vec::len);
                     format!("{n} of {cap} Machines alive now")
                 }}
+                {move || yours_in.get().map(|r| format!(", yours in {}", r.city()))}
                 {move || {
                     let codes = unknown();
                     (!codes.is_empty()).then(|| format!(", also in {}", codes.join(", ")))

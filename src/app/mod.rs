@@ -11,7 +11,7 @@
 pub mod ephemeral;
 mod error;
 pub mod launcher;
-mod map;
+pub mod map;
 pub mod protocol;
 mod useless_machine;
 

@@ -97,6 +97,8 @@ pub struct LaunchTicket {
 /// How the browser claims its Machine: a POST of the secret to the claim URL.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Handover {
+    /// The Machine handed over: the launcher's page remembers it, to mark it on the map.
+    pub machine: MachineId,
     pub claim_url: String,
     pub secret: String,
 }

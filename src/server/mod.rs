@@ -264,6 +264,13 @@ fn assemble(
     let pkg = format!("/{}", options.site_pkg_dir);
     let router = router
         .nest_service(&pkg, assets::service(&options, bundle))
+        .route_service(
+            crate::app::map::LAND_OUTLINE,
+            assets::site_file(
+                &options,
+                crate::app::map::LAND_OUTLINE.trim_start_matches('/'),
+            ),
+        )
         .leptos_routes_with_context(&options, routes, context, {
             let (options, links) = (options.clone(), links.clone());
             move || shell(options.clone(), role, links.clone())

@@ -150,6 +150,7 @@ impl Launcher {
         self.metrics.phase("serving", phase.elapsed());
         step(Step::Serving);
         let handover = Handover {
+            machine: machine.id,
             claim_url: format!("{ephemeral_origin}{}", claim_path(machine.id)),
             secret: secret.expose().to_owned(),
         };
