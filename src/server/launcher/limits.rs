@@ -10,11 +10,32 @@ use std::{
 use tokio::time::Instant;
 
 /// A token bucket: `rate` tokens per second, at most `burst` saved up. Fly documents its API
-/// limits this way (1 req/s per action and app, bursts of 3).
+/// limits this way (1 req/s per action and app, bursts of 3), for the app: the launcher
+/// Machines that call it share one budget, so each takes its share ([`TokenBucket::share_among`]).
 pub struct TokenBucket {
+    /// The whole budget's rate, per second.
     rate: f64,
+    /// The whole budget's burst.
     burst: f64,
-    state: Mutex<(f64, Instant)>,
+    state: Mutex<BucketState>,
+}
+
+struct BucketState {
+    tokens: f64,
+    last: Instant,
+    /// How many callers share the budget: this one takes `1/sharers` of the rate and of the
+    /// burst (at least one token, so a lone launch can always proceed).
+    sharers: u32,
+}
+
+impl BucketState {
+    fn rate(&self, rate: f64) -> f64 {
+        rate / f64::from(self.sharers)
+    }
+
+    fn burst(&self, burst: f64) -> f64 {
+        (burst / f64::from(self.sharers)).max(1.0)
+    }
 }
 
 impl TokenBucket {
@@ -22,22 +43,35 @@ impl TokenBucket {
         TokenBucket {
             rate,
             burst: burst.into(),
-            state: Mutex::new((burst.into(), Instant::now())),
+            state: Mutex::new(BucketState {
+                tokens: burst.into(),
+                last: Instant::now(),
+                sharers: 1,
+            }),
         }
+    }
+
+    /// From now on `sharers` callers (launcher Machines, at least this one) share the budget.
+    pub fn share_among(&self, sharers: usize) {
+        let mut state = self.state.lock().expect("bucket lock");
+        state.sharers = u32::try_from(sharers).unwrap_or(u32::MAX).max(1);
+        state.tokens = state.tokens.min(state.burst(self.burst));
     }
 
     /// Takes a token now, or says how long until one is available (and takes nothing).
     pub fn try_take(&self) -> Result<(), Duration> {
         let mut state = self.state.lock().expect("bucket lock");
         let now = Instant::now();
-        let (tokens, last) = *state;
-        let tokens = (tokens + now.duration_since(last).as_secs_f64() * self.rate).min(self.burst);
+        let rate = state.rate(self.rate);
+        let tokens = (state.tokens + now.duration_since(state.last).as_secs_f64() * rate)
+            .min(state.burst(self.burst));
+        state.last = now;
         if tokens >= 1.0 {
-            *state = (tokens - 1.0, now);
+            state.tokens = tokens - 1.0;
             Ok(())
         } else {
-            *state = (tokens, now);
-            Err(Duration::from_secs_f64((1.0 - tokens) / self.rate))
+            state.tokens = tokens;
+            Err(Duration::from_secs_f64((1.0 - tokens) / rate))
         }
     }
 
@@ -45,7 +79,8 @@ impl TokenBucket {
     /// limit, such as other launcher Machines, used the budget this bucket thought it had.
     pub fn pause(&self, pause: Duration) {
         let mut state = self.state.lock().expect("bucket lock");
-        state.0 = state.0.min(0.0) - pause.as_secs_f64() * self.rate;
+        let rate = state.rate(self.rate);
+        state.tokens = state.tokens.min(0.0) - pause.as_secs_f64() * rate;
     }
 
     /// Waits for a token; `on_wait` runs once if the caller has to wait.
@@ -129,6 +164,40 @@ mod tests {
         bucket.pause(Duration::from_secs(2));
         let wait = bucket.try_take().unwrap_err();
         assert_eq!(wait, Duration::from_secs(3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn launchers_sharing_a_budget_each_take_their_share_of_rate_and_burst() {
+        let bucket = TokenBucket::new(1.0, 3);
+        bucket.share_among(3);
+        // A third of a burst of 3: one token, then one every 3 s.
+        assert_eq!(bucket.try_take(), Ok(()));
+        assert_eq!(bucket.try_take(), Err(Duration::from_secs(3)));
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert_eq!(bucket.try_take(), Ok(()));
+        // Three launchers, each at its share for a minute, stay within the whole budget.
+        let launchers: Vec<TokenBucket> = (0..3)
+            .map(|_| {
+                let b = TokenBucket::new(1.0, 3);
+                b.share_among(3);
+                b
+            })
+            .collect();
+        let mut taken = 0;
+        for _ in 0..600 {
+            taken += launchers.iter().filter(|b| b.try_take().is_ok()).count();
+            tokio::time::advance(Duration::from_millis(100)).await;
+        }
+        assert!((60..=63).contains(&taken), "{taken} creates in 60 s");
+        // A launcher left alone gets the whole rate back.
+        bucket.share_among(1);
+        tokio::time::advance(Duration::from_secs(3)).await;
+        for _ in 0..3 {
+            assert_eq!(bucket.try_take(), Ok(()));
+        }
+        // None known (a list not answered yet) counts as this one alone.
+        bucket.share_among(0);
+        assert_eq!(bucket.try_take(), Err(Duration::from_secs(1)));
     }
 
     #[tokio::test(start_paused = true)]

@@ -252,7 +252,8 @@ impl Launcher {
                 .tcp_nodelay(true)
                 .build()
                 .expect("a plain HTTP client builds"),
-            // Fly: 1 create per second per app, bursts of 3.
+            // Fly: 1 create per second per app, bursts of 3, shared by the launchers the
+            // tracker lists.
             creates: TokenBucket::new(1.0, 3),
             reserved: Mutex::default(),
             destroyed: holds::Destroyed::default(),

@@ -196,6 +196,8 @@ async fn list_launchers(launcher: &Launcher, filter: &ListFilter) {
                 .map(|m| m.id)
                 .collect();
             started.sort();
+            // Fly's create budget is the app's, shared by every launcher Machine.
+            launcher.creates.share_among(started.len());
             launcher.launchers.send_if_modified(|seen| {
                 let changed = *seen != started;
                 *seen = started;
