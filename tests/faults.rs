@@ -7,6 +7,7 @@
 mod support;
 
 use flyby::app::AppError;
+use flyby::local::EPHEMERAL_APP;
 use reqwest::StatusCode;
 use serde_json::json;
 use support::local::{self, Api, Visitor};
@@ -104,7 +105,27 @@ async fn a_launcher_killed_mid_launch_leaves_no_machine_and_the_launcher_still_w
     let pinned = visitor
         .cookie(&visitor.launcher("/"), "flyby_launch")
         .expect("the launch pin");
+    let pinned_id = flyby::fly::MachineId::parse(&pinned).unwrap();
+    // The crash comes once the launch has created its Machine (and waits for it to start).
+    local::until(&platform, "the launch's Machine", |r| {
+        r.list(EPHEMERAL_APP)
+            .iter()
+            .find(|m| m.name.starts_with("flyby-slot-"))
+            .map(|m| m.id)
+    })
+    .await;
     api.fault(json!({"kind": "crash", "machine": pinned})).await;
+    // A request in flight when a process dies is a 502 on Fly too: the visitor's next request
+    // comes once the platform has seen the crash and restarted the launcher.
+    local::until(&platform, "the launcher restarted", |r| {
+        let record = r.find(pinned_id)?;
+        let crashed = record.events.iter().rposition(|e| e.kind == "exit")?;
+        record.events[crashed..]
+            .iter()
+            .any(|e| e.kind == "start")
+            .then_some(())
+    })
+    .await;
     // The Machine it may have created switches itself off when nobody claims it.
     api.until_no_machines().await;
     // The visitor's pin names a launcher that is gone (or restarted without the launch): the
