@@ -30,6 +30,8 @@ pub struct Platform {
     pub network: Network,
     /// How long hops, API calls and boots take.
     pub timings: Timings,
+    /// Machine leases: who may change a Machine now.
+    pub leases: crate::local::machines_api::Leases,
 }
 
 impl Platform {
@@ -57,6 +59,7 @@ impl Platform {
             api_addr,
             network,
             timings: Timings::new(args.timings, args.timings_seed),
+            leases: Default::default(),
             args,
         }
     }

@@ -50,6 +50,8 @@ pub(super) async fn admin_machines(State(platform): State<Arc<Platform>>) -> Jso
                 "private_ip": m.addrs.private.to_string(),
                 "proxy_ip": m.addrs.proxy.to_string(),
                 "pid": m.pid,
+                // A launcher's warm pool marks its Machines so (`flyby_pool`).
+                "pool": m.metadata("flyby_pool"),
             })
         })
         .collect();

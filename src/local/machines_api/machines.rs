@@ -1,5 +1,5 @@
 //! The Machine resource's other endpoints: list (with Fly's filters), get, `wait` for a state,
-//! start, stop, destroy.
+//! start, stop, destroy (the last three refused while someone else holds the Machine's lease).
 
 use super::*;
 use json::machine_json;
@@ -151,8 +151,10 @@ pub(super) fn wait_state(value: &str) -> Result<Option<MachineState>, ApiError> 
 pub(super) async fn start(
     State(platform): State<Arc<Platform>>,
     Path((app, id)): Path<(String, String)>,
+    headers: axum::http::HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let machine = find(&platform, &app, &id)?;
+    leases::permits(&platform, machine.id, &headers)?;
     let previous = platform.supervisor.start(machine.id).await?;
     Ok(Json(json!({
         "previous_state": previous.as_str(),
@@ -171,9 +173,11 @@ pub(super) struct StopRequest {
 pub(super) async fn stop(
     State(platform): State<Arc<Platform>>,
     Path((app, id)): Path<(String, String)>,
+    headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let machine = find(&platform, &app, &id)?;
+    leases::permits(&platform, machine.id, &headers)?;
     let request: StopRequest = if body.iter().all(u8::is_ascii_whitespace) {
         StopRequest::default()
     } else {
@@ -208,9 +212,11 @@ pub(super) async fn stop(
 pub(super) async fn destroy(
     State(platform): State<Arc<Platform>>,
     Path((app, id)): Path<(String, String)>,
+    headers: axum::http::HeaderMap,
     query: QueryPairs,
 ) -> Result<Json<Value>, ApiError> {
     let machine = find(&platform, &app, &id)?;
+    leases::permits(&platform, machine.id, &headers)?;
     let mut force = false;
     for (key, value) in query_pairs(query)? {
         if key == "force" || key == "kill" {

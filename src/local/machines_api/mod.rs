@@ -13,10 +13,12 @@
 mod admin;
 mod create;
 mod json;
+mod leases;
 mod limits;
 mod machines;
 
 pub use create::{create_machine, create_machine_with_secrets};
+pub use leases::{Leases, NONCE_HEADER};
 use limits::gate;
 pub use limits::RateLimits;
 
@@ -133,6 +135,12 @@ pub fn router(platform: Arc<Platform>) -> Router {
         .route("/v1/apps/{app}/machines/{id}/wait", get(machines::wait))
         .route("/v1/apps/{app}/machines/{id}/start", post(machines::start))
         .route("/v1/apps/{app}/machines/{id}/stop", post(machines::stop))
+        .route(
+            "/v1/apps/{app}/machines/{id}/lease",
+            post(leases::acquire)
+                .get(leases::show)
+                .delete(leases::release),
+        )
         .route_layer(middleware::from_fn_with_state(platform.clone(), gate));
     let admin = Router::new()
         .route("/_local/stats", get(admin::stats))
@@ -171,6 +179,13 @@ pub enum ApiError {
     NameTaken(#[from] NameTaken),
     #[error(transparent)]
     Supervisor(#[from] SupervisorError),
+    // Fly's conflict for a Machine someone else holds the lease of (text as flyctl shows it).
+    #[error(
+        "lease currently held by another client: the machine cannot be changed without its nonce"
+    )]
+    Leased,
+    #[error("no lease found for machine")]
+    NoLease,
     #[error("deadline_exceeded: timeout waiting for machine to be {0}")]
     WaitTimeout(String),
     // Undocumented: Fly names the limits but neither the status (429 assumed) nor the body.
@@ -202,7 +217,8 @@ impl ApiError {
             }
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::NameTaken(_) => StatusCode::CONFLICT,
+            ApiError::NameTaken(_) | ApiError::Leased => StatusCode::CONFLICT,
+            ApiError::NoLease => StatusCode::NOT_FOUND,
             ApiError::Supervisor(SupervisorError::Gone) => StatusCode::NOT_FOUND,
             // Fly's reference answers a stop or delete in the wrong state with 409.
             ApiError::Supervisor(
