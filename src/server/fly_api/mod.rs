@@ -23,6 +23,7 @@
 
 mod auth;
 mod error;
+mod leases;
 pub(crate) mod model;
 mod retry;
 mod transport;
@@ -33,6 +34,7 @@ mod tests;
 
 pub use auth::{ApiToken, InvalidToken, TokenKind};
 pub use error::FlyApiError;
+pub use leases::{Lease, LEASE_NONCE_HEADER};
 pub use model::{
     Autostop, Check, Concurrency, CreateMachineRequest, FlyDuration, Guest, HttpOptions,
     ListFilter, Machine, MachineConfig, MachineEvent, MachineState, Port, ReplayCacheKind,
@@ -272,6 +274,7 @@ impl FlyApi {
                 method: Method::POST,
                 url: self.machines_url(app, &[]),
                 body: Some(&body),
+                lease: None,
             };
             let timeout = self.attempt_timeout(budget.saturating_sub(started.elapsed()));
             let Attempt {

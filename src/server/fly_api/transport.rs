@@ -10,6 +10,8 @@ pub(super) struct Request<'a> {
     pub(super) method: Method,
     pub(super) url: Url,
     pub(super) body: Option<&'a Bytes>,
+    /// The nonce of the Machine's lease this caller holds (`fly-machine-lease-nonce`).
+    pub(super) lease: Option<&'a str>,
 }
 
 /// What one attempt produced.
@@ -120,6 +122,20 @@ impl FlyApi {
         method: Method,
         body: Option<&Bytes>,
         budget: Duration,
+        prepare: impl FnMut(Duration) -> (Url, Duration),
+    ) -> Result<Bytes, FlyApiError> {
+        self.execute_leased(action, method, body, None, budget, prepare)
+            .await
+    }
+
+    /// [`FlyApi::execute`] on a Machine whose lease the caller holds (`lease`, its nonce).
+    pub(super) async fn execute_leased(
+        &self,
+        action: &'static str,
+        method: Method,
+        body: Option<&Bytes>,
+        lease: Option<&str>,
+        budget: Duration,
         mut prepare: impl FnMut(Duration) -> (Url, Duration),
     ) -> Result<Bytes, FlyApiError> {
         let started = Instant::now();
@@ -133,6 +149,7 @@ impl FlyApi {
                 method: method.clone(),
                 url,
                 body,
+                lease,
             };
             let Attempt {
                 outcome,
@@ -199,6 +216,9 @@ impl FlyApi {
             .header(header::AUTHORIZATION, self.inner.token.header().clone())
             .header(header::ACCEPT, "application/json")
             .timeout(timeout);
+        if let Some(nonce) = request.lease {
+            builder = builder.header(LEASE_NONCE_HEADER, nonce);
+        }
         if let Some(body) = request.body {
             builder = builder
                 .header(header::CONTENT_TYPE, "application/json")
