@@ -5,7 +5,9 @@
 //! invalid variable stops the start with one line naming it and what was expected; the value of
 //! a secret is never echoed.
 
-use super::{fly_api::ApiToken, ownership::OwnerHash, readiness::ReadinessKey};
+use super::{
+    fly_api::ApiToken, launcher::pool::WarmPool, ownership::OwnerHash, readiness::ReadinessKey,
+};
 use crate::{
     fly::{MachineId, RegionCode},
     role::Role,
@@ -60,7 +62,7 @@ pub const VARIABLES: &[Variable] = &[
     var("FLYBY_TTL_SECS", Some("120"), "whole seconds, 10 to 3600", "how long a visitor's Machine may live at most"),
     var("FLYBY_CLAIM_SECS", Some("60"), "whole seconds, 5 to 600", "how long a new Machine waits for its owner before it switches itself off"),
     var("FLYBY_SHOW_SECS", Some("30"), "whole seconds, 3 to 600", "how long the owner's show lasts before the Machine switches itself off"),
-    var("FLYBY_OWNER_HASH", Some(""), "64 lowercase hex characters", "ephemeral: SHA-256 of the owner's secret (required for the ephemeral role)"),
+    var("FLYBY_OWNER_HASH", Some(""), "64 lowercase hex characters", "ephemeral: SHA-256 of the owner's secret (required for the ephemeral role, unless it is a Machine of the warm pool: then FLYBY_READINESS_KEY arms it later)"),
     var("FLYBY_READINESS_KEY", Some(""), "64 lowercase hex characters", "ephemeral: set by the launcher, per launch; the Machine proves with it that it is the one the launcher created"),
     var("FLYBY_LAUNCHER_URL", Some(""), "an http(s) origin like https://flyby.fly.dev", "ephemeral, concierge: where the launcher is, for the way back"),
     secret("FLY_API_TOKEN", "a Fly API token", "launcher: token for the Machines API (required for the launcher role)"),
@@ -69,6 +71,8 @@ pub const VARIABLES: &[Variable] = &[
     var("FLYBY_MAX_MACHINES", Some("8"), "a whole number, 1 to 100", "launcher: most visitor Machines alive at once, across all launchers"),
     var("FLYBY_LAUNCHES_PER_MINUTE", Some("3"), "a whole number, 1 to 600", "launcher: launches one visitor (Fly-Client-IP) may start per minute"),
     var("FLYBY_LAUNCH_SECS", Some("60"), "whole seconds, 5 to 300", "launcher: how long a launch may take from the click to serving; past it, it is abandoned and what it created destroyed"),
+    var("FLYBY_WARM_POOL", Some(""), "`region=count` pairs such as `ams=2,syd=1,*=0` (`*`: every other Fly region), current Fly regions only, in all at most FLYBY_MAX_MACHINES", "launcher: how many Machines each region keeps created and stopped, started on a click instead of created (empty: no pool)"),
+    var("FLYBY_POOL_MAX_AGE_SECS", Some("86400"), "whole seconds, 60 to 604800", "launcher: a pooled Machine older than this is replaced with a new one"),
     var("FLYBY_METRICS_PORT", Some("9091"), "a port number", "launcher: Prometheus /metrics, on every address of the Machine (no service forwards it)"),
     var("LEPTOS_SITE_ADDR", Some("127.0.0.1:3000"), "an address like [::]:8080", "where the server listens; [::] is every IPv6 and IPv4 address (the image's, on Fly)"),
     var("LEPTOS_SITE_ROOT", Some("target/site"), "a directory", "where the built site (pkg/, favicon) is"),
@@ -158,12 +162,17 @@ pub struct LauncherConfig {
     pub launch_deadline: Duration,
     /// Port of the Prometheus endpoint (0 picks a free one, as tests do).
     pub metrics_port: u16,
+    /// How many stopped Machines each region keeps ready (`launcher::pool`).
+    pub warm_pool: WarmPool,
+    /// A pooled Machine older than this is replaced (its image may be behind).
+    pub pool_max_age: Duration,
 }
 
 #[derive(Debug, Clone)]
 pub struct EphemeralConfig {
-    /// Proves the owner: the Machine knows only this hash of their secret.
-    pub owner_hash: OwnerHash,
+    /// Proves the owner: the Machine knows only this hash of their secret. `None` on a Machine
+    /// of the warm pool, which its launcher arms with it later (`server::arming`).
+    pub owner_hash: Option<OwnerHash>,
     /// The launcher's origin, for "back to the launcher" and the "gone" page.
     pub launcher_url: Option<String>,
     /// What the Machine proves its identity to the launcher's readiness probe with; without
@@ -322,6 +331,13 @@ impl Config {
                     .parse("FLYBY_LAUNCHES_PER_MINUTE", |s| number(s, 1..=600))?,
                 launch_deadline: r.parse("FLYBY_LAUNCH_SECS", |s| seconds(s, 5..=300))?,
                 metrics_port: r.parse("FLYBY_METRICS_PORT", |s| s.parse().ok())?,
+                warm_pool: {
+                    let cap = r.parse("FLYBY_MAX_MACHINES", |s| number(s, 1..=100))?;
+                    r.parse("FLYBY_WARM_POOL", |s| {
+                        WarmPool::parse(s).filter(|p| p.total() <= cap)
+                    })?
+                },
+                pool_max_age: r.parse("FLYBY_POOL_MAX_AGE_SECS", |s| seconds(s, 60..=604_800))?,
             }),
             Role::Concierge => {
                 if fly.machine_id.is_none() {
@@ -335,13 +351,18 @@ impl Config {
                 if fly.machine_id.is_none() {
                     return Err(missing("FLY_MACHINE_ID"));
                 }
-                let hash = r.required("FLYBY_OWNER_HASH")?;
+                let owner_hash =
+                    r.parse_optional("FLYBY_OWNER_HASH", |s| OwnerHash::parse(s).ok())?;
+                let readiness_key =
+                    r.parse_optional("FLYBY_READINESS_KEY", |s| ReadinessKey::parse(s).ok())?;
+                // Without an owner, the Machine is one of the warm pool: only its key can arm it.
+                if owner_hash.is_none() && readiness_key.is_none() {
+                    return Err(missing("FLYBY_OWNER_HASH"));
+                }
                 RoleConfig::Ephemeral(EphemeralConfig {
-                    owner_hash: OwnerHash::parse(&hash)
-                        .map_err(|_| Reader::<F>::invalid("FLYBY_OWNER_HASH", &hash))?,
+                    owner_hash,
                     launcher_url: r.parse_optional("FLYBY_LAUNCHER_URL", http_url)?,
-                    readiness_key: r
-                        .parse_optional("FLYBY_READINESS_KEY", |s| ReadinessKey::parse(s).ok())?,
+                    readiness_key,
                 })
             }
         };
@@ -525,11 +546,22 @@ mod tests {
         let RoleConfig::Ephemeral(e) = c.role_config else {
             panic!("ephemeral")
         };
-        assert_eq!(e.owner_hash.to_hex(), HASH);
+        assert_eq!(e.owner_hash.map(|h| h.to_hex()).as_deref(), Some(HASH));
         assert_eq!(
             e.launcher_url.as_deref(),
             Some("http://flyby.localhost:3000")
         );
+        // A Machine of the warm pool has no owner yet, only the key that arms it.
+        let c = config(&[
+            ("FLYBY_ROLE", "ephemeral"),
+            ("FLY_MACHINE_ID", "0123456789abcd"),
+            ("FLYBY_READINESS_KEY", HASH),
+        ])
+        .unwrap();
+        let RoleConfig::Ephemeral(e) = c.role_config else {
+            panic!("ephemeral")
+        };
+        assert_eq!((e.owner_hash, e.readiness_key.is_some()), (None, true));
     }
 
     #[test]

@@ -1,12 +1,16 @@
 //! The ephemeral role's server side: the Machine's identity and timeline, the hand-over that
-//! turns the launcher's secret into the owner cookie, and the live channel behind the page.
+//! turns the launcher's secret into the owner cookie, the live channel behind the page, and,
+//! on a Machine of the warm pool, the arming that tells it whose it is.
 
 use super::{
     affinity::machine_page_path,
+    arming,
     config::{Config, RoleConfig},
     cookies,
     lifecycle::{Event, Lifecycle, Phase},
-    ownership::OwnerHash,
+    ownership::OwnerSlot,
+    readiness::{self, ReadinessKey},
+    MACHINE_HEADER,
 };
 use crate::{
     app::{
@@ -30,8 +34,11 @@ use std::sync::Arc;
 pub struct EphemeralMachine {
     pub id: MachineId,
     pub region: Option<RegionCode>,
-    /// Hash of the owner's secret: the hand-over checks the secret against it.
-    owner: OwnerHash,
+    /// Hash of the owner's secret: the hand-over checks the secret against it. Empty until
+    /// armed on a Machine of the warm pool.
+    pub owner: OwnerSlot,
+    /// What arms a pooled Machine (and answers the readiness probe); from its config only.
+    readiness_key: Option<ReadinessKey>,
     /// The launcher's origin, for the way back.
     launcher_url: Option<String>,
     pub lifecycle: Lifecycle,
@@ -47,7 +54,8 @@ impl EphemeralMachine {
         Some(Arc::new(EphemeralMachine {
             id: config.fly.machine_id?,
             region: config.fly.region,
-            owner: ephemeral.owner_hash,
+            owner: ephemeral.owner_hash.map(OwnerSlot::of).unwrap_or_default(),
+            readiness_key: ephemeral.readiness_key.clone(),
             launcher_url: ephemeral.launcher_url.clone(),
             lifecycle: Lifecycle::start(t.ttl, t.claim_window, t.show),
         }))
@@ -149,12 +157,43 @@ pub fn routes(machine: Arc<EphemeralMachine>) -> Router<LeptosOptions> {
     Router::new()
         .route("/", get(root))
         .route("/m/{id}/claim", post(claim))
+        .route(arming::ARM_PATH, post(arm))
         .with_state(machine)
 }
 
 /// The owner reached the app's root (the affinity layer checked the cookie): their page.
 async fn root(State(machine): State<Arc<EphemeralMachine>>) -> Redirect {
     Redirect::to(&machine_page_path(machine.id))
+}
+
+/// The launcher arms this pooled Machine with its owner's hash (`server::arming`): accepted with
+/// the proof of this Machine's key, once; answered with the readiness proof of the challenge
+/// beside the Machine's id, so the launcher knows whom it armed.
+async fn arm(State(machine): State<Arc<EphemeralMachine>>, headers: HeaderMap) -> Response {
+    let owner = machine
+        .readiness_key
+        .as_ref()
+        .and_then(|key| arming::verified_owner(key, &headers).map(|owner| (key, owner)));
+    let Some((key, owner)) = owner else {
+        tracing::warn!(machine = %machine.id, "arming refused: no proof of this Machine's key");
+        return (StatusCode::FORBIDDEN, "Not armed.\n").into_response();
+    };
+    if let Phase::Ended(_) = machine.lifecycle.phase() {
+        return (StatusCode::GONE, "This Machine is no more.\n").into_response();
+    }
+    if machine.owner.arm(owner).is_err() {
+        tracing::warn!(machine = %machine.id, "arming refused: this Machine has an owner already");
+        return (StatusCode::CONFLICT, "This Machine has an owner already.\n").into_response();
+    }
+    tracing::info!(machine = %machine.id, "armed for its owner");
+    let mut answer = HeaderMap::new();
+    if let Some(proof) = readiness::answer(key, &headers) {
+        answer.insert(readiness::PROOF_HEADER, proof);
+    }
+    if let Ok(id) = HeaderValue::from_str(machine.id.as_str()) {
+        answer.insert(MACHINE_HEADER, id);
+    }
+    (answer, "armed\n").into_response()
 }
 
 /// The hand-over: the secret arrives in a POST body, never in a URL; the answer sets the owner
@@ -166,7 +205,8 @@ async fn claim(
     headers: HeaderMap,
     Form(form): Form<ClaimForm>,
 ) -> Response {
-    if id != machine.id.as_str() || !machine.owner.verifies(&form.secret) {
+    let owner = machine.owner.get();
+    if id != machine.id.as_str() || !owner.is_some_and(|o| o.verifies(&form.secret)) {
         tracing::info!(machine = %machine.id, "hand-over refused: wrong secret");
         return (
             StatusCode::FORBIDDEN,

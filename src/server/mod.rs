@@ -10,6 +10,7 @@
 //!   around the whole router.
 //! - [`ownership`], [`cookies`]: owner secrets and the cookies that carry them and the pins.
 //! - [`readiness`]: how a new Machine proves to the launcher's probe that it is the one created.
+//! - [`arming`]: how a Machine of the warm pool learns its owner's hash from its launcher.
 //! - [`ephemeral`], [`lifecycle`]: a visitor's Machine: the hand-over, the page's live channel,
 //!   and the timeline that ends with the process exiting.
 //! - [`launcher`], [`fly_api`]: the launcher role: launches through the Machines API, the
@@ -20,6 +21,7 @@
 //! - [`telemetry`]: the logs, one line per request.
 
 pub mod affinity;
+pub mod arming;
 pub mod assets;
 pub mod config;
 pub mod cookies;
@@ -208,6 +210,7 @@ fn assemble(
         .filter(|route| belongs_to(role, route.path()))
         .collect::<Vec<_>>();
     let launchers = launcher.as_ref().map(|l| l.launchers.subscribe());
+    let health_launcher = launcher.clone();
     let context = {
         let ephemeral = ephemeral.clone();
         move || {
@@ -226,9 +229,8 @@ fn assemble(
     let mut router = Router::new().route(
         affinity::HEALTH_PATH,
         get({
-            let launchers = launchers.clone();
             move |headers: http::HeaderMap| {
-                health(readiness_key.clone(), launchers.clone(), headers)
+                health(readiness_key.clone(), health_launcher.clone(), headers)
             }
         }),
     );
@@ -243,10 +245,7 @@ fn assemble(
     let here = Here {
         role,
         id: config.fly.machine_id,
-        owner: match &config.role_config {
-            RoleConfig::Ephemeral(e) => Some(e.owner_hash),
-            RoleConfig::Launcher(_) | RoleConfig::Concierge { .. } => None,
-        },
+        owner: ephemeral.as_ref().and_then(|m| m.owner.get()),
     };
     // Where visitors of the visitors' app go when their Machine is gone.
     let gone_url = match &config.role_config {
@@ -280,7 +279,11 @@ fn assemble(
         }))
         .with_state(options);
     let router = if affinity {
-        router.layer(AffinityLayer::new(here, gone_url.as_deref(), launchers))
+        let layer = AffinityLayer::new(here, gone_url.as_deref(), launchers);
+        router.layer(match &ephemeral {
+            Some(machine) => layer.with_owner(machine.owner.clone()),
+            None => layer,
+        })
     } else {
         router
     };
@@ -335,18 +338,25 @@ pub async fn request_headers() -> Result<http::HeaderMap, crate::app::AppError> 
 /// not their ids.
 pub const LAUNCHERS_HEADER: &str = "flyby-launchers";
 
+/// On a launcher's `/health`: how many Machines of the warm pool it sees waiting. A count.
+pub const WARM_HEADER: &str = "flyby-warm";
+
 async fn health(
     key: Option<readiness::ReadinessKey>,
-    launchers: Option<tokio::sync::watch::Receiver<Vec<crate::fly::MachineId>>>,
+    launcher: Option<Arc<Launcher>>,
     headers: http::HeaderMap,
 ) -> impl axum::response::IntoResponse {
     let mut answer = http::HeaderMap::new();
     if let Some(proof) = key.and_then(|key| readiness::answer(&key, &headers)) {
         answer.insert(readiness::PROOF_HEADER, proof);
     }
-    if let Some(launchers) = launchers {
-        let count = launchers.borrow().len();
+    if let Some(launcher) = launcher {
+        let count = launcher.launchers.borrow().len();
         answer.insert(LAUNCHERS_HEADER, http::HeaderValue::from(count));
+        answer.insert(
+            WARM_HEADER,
+            http::HeaderValue::from(launcher.warm_waiting()),
+        );
     }
     (answer, "ok")
 }

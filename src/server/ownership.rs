@@ -3,10 +3,14 @@
 //! The launcher mints a random [`OwnerSecret`] per launch and gives the Machine only its
 //! [`OwnerHash`] (through the Machine's env), the browser only the secret (through the
 //! hand-over). Knowing a Machine's id or URL is therefore not enough to reach it, and the
-//! Machine holds nothing that would let someone impersonate its owner.
+//! Machine holds nothing that would let someone impersonate its owner. A Machine of the warm
+//! pool gets the hash later, once, from its launcher ([`OwnerSlot`]).
 
 use sha2::{Digest, Sha256};
-use std::fmt;
+use std::{
+    fmt,
+    sync::{Arc, OnceLock},
+};
 use subtle::ConstantTimeEq;
 
 /// 32 random bytes, written as 64 lowercase hex characters (cookie- and form-safe).
@@ -82,6 +86,47 @@ impl OwnerHash {
     }
 }
 
+/// Whose this Machine is. A visitor's Machine knows from its config (the hash its launcher
+/// wrote there); a Machine of the warm pool was created before its owner existed, so its
+/// launcher arms it, once, over the private network (`server::arming`). Shared by the hand-over
+/// and the affinity layer, which read it on every request.
+#[derive(Clone, Default)]
+pub struct OwnerSlot(Arc<OnceLock<OwnerHash>>);
+
+/// A Machine already armed for someone else is never armed again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("this Machine already has an owner")]
+pub struct AlreadyArmed;
+
+impl OwnerSlot {
+    /// A Machine whose owner is known from the start.
+    pub fn of(owner: OwnerHash) -> Self {
+        let slot = OwnerSlot::default();
+        let _ = slot.0.set(owner);
+        slot
+    }
+
+    pub fn get(&self) -> Option<OwnerHash> {
+        self.0.get().copied()
+    }
+
+    /// Makes `owner` this Machine's owner, for good. Arming again for the same owner is a
+    /// success (a launcher's retry after a lost answer); for anyone else, refused.
+    pub fn arm(&self, owner: OwnerHash) -> Result<(), AlreadyArmed> {
+        match self.0.set(owner) {
+            Ok(()) => Ok(()),
+            Err(_) if self.get() == Some(owner) => Ok(()),
+            Err(_) => Err(AlreadyArmed),
+        }
+    }
+}
+
+impl fmt::Debug for OwnerSlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("OwnerSlot").field(&self.get()).finish()
+    }
+}
+
 impl fmt::Debug for OwnerHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "OwnerHash({})", self.to_hex())
@@ -102,6 +147,21 @@ mod tests {
         assert!(!hash.verifies(other.expose()));
         assert!(!hash.verifies(""));
         assert!(!hash.verifies(&secret.expose().to_uppercase()));
+    }
+
+    #[test]
+    fn a_slot_is_armed_once_and_for_one_owner_only() {
+        let (owner, stranger) = (OwnerSecret::mint().hash(), OwnerSecret::mint().hash());
+        let slot = OwnerSlot::default();
+        assert_eq!(slot.get(), None);
+        assert_eq!(slot.arm(owner), Ok(()));
+        assert_eq!(slot.arm(owner), Ok(()), "a retry of the same arming");
+        assert_eq!(slot.arm(stranger), Err(AlreadyArmed));
+        assert_eq!(slot.get(), Some(owner));
+        // A clone is the same slot: what the hand-over arms, the affinity layer sees.
+        let fixed = OwnerSlot::of(owner);
+        assert_eq!(fixed.clone().arm(stranger), Err(AlreadyArmed));
+        assert_eq!(fixed.get(), Some(owner));
     }
 
     #[test]

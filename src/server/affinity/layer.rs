@@ -6,7 +6,12 @@ use super::{
     claim_path, decide, home_launcher, Decision, Here, Refusal, ReplayKind, RequestFacts,
     CLAIM_ATTEMPT_PARAM, LAUNCH_COOKIE, LAUNCH_PATH, OWNER_COOKIE, SERVER_FN_PREFIX,
 };
-use crate::{app::AppError, fly::MachineId, role::Role, server::cookies};
+use crate::{
+    app::AppError,
+    fly::MachineId,
+    role::Role,
+    server::{cookies, ownership::OwnerSlot},
+};
 use axum::{body::Body, response::Response};
 use http::{header, HeaderValue, Method, Request, StatusCode};
 use leptos::server_fn::error::{FromServerFnError, SERVER_FN_ERROR_HEADER};
@@ -46,6 +51,9 @@ pub struct AffinityLayer {
 
 struct Shared {
     here: Here,
+    /// On the ephemeral role, whose the Machine is now: a pooled Machine is armed while it
+    /// serves, so the decision reads it per request.
+    owner: Option<OwnerSlot>,
     /// The launcher's "your Machine is gone" page, where the ephemeral app sends visitors whose
     /// Machine has vanished.
     gone_url: Option<HeaderValue>,
@@ -64,10 +72,19 @@ impl AffinityLayer {
         AffinityLayer {
             shared: Arc::new(Shared {
                 here,
+                owner: None,
                 gone_url,
                 launchers,
             }),
         }
+    }
+
+    /// Reads the Machine's owner from `slot` on each request (it overrides `Here::owner`).
+    pub fn with_owner(mut self, slot: OwnerSlot) -> Self {
+        Arc::get_mut(&mut self.shared)
+            .expect("with_owner is called while building the layer")
+            .owner = Some(slot);
+        self
     }
 
     /// The visitor's home launcher, for the start of a launch only.
@@ -146,7 +163,16 @@ where
                 replay_failed: header_str(&request, "fly-replay-failed"),
                 home: AffinityLayer::home(&self.shared, &request),
             };
-            decide(&facts, &self.shared.here)
+            match &self.shared.owner {
+                Some(slot) => decide(
+                    &facts,
+                    &Here {
+                        owner: slot.get(),
+                        ..self.shared.here.clone()
+                    },
+                ),
+                None => decide(&facts, &self.shared.here),
+            }
         };
         match decision {
             Decision::Pass | Decision::Serve => {

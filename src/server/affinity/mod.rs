@@ -59,6 +59,7 @@ pub use layer::AffinityLayer;
 
 /// The only path that is never pinned.
 pub const HEALTH_PATH: &str = "/health";
+pub use crate::server::arming::ARM_PATH;
 /// Prefix of the paths that name a Machine: `/m/<id>` and below.
 pub const MACHINE_PREFIX: &str = "/m/";
 /// Where server functions live (and the live channels, which are server functions too).
@@ -73,7 +74,8 @@ pub struct Here {
     pub role: Role,
     /// `None` only for a launcher outside Fly (no `FLY_MACHINE_ID`): then nothing can be pinned.
     pub id: Option<MachineId>,
-    /// The hash of the owner's secret; set on the ephemeral role only.
+    /// The hash of the owner's secret; set on the ephemeral role only (once armed, on a
+    /// Machine of the warm pool).
     pub owner: Option<OwnerHash>,
 }
 
@@ -156,6 +158,10 @@ pub enum Refusal {
 /// The whole affinity policy. Pure: no I/O, no clock, no randomness.
 pub fn decide(request: &RequestFacts<'_>, here: &Here) -> Decision {
     if request.path == HEALTH_PATH {
+        return Decision::Pass;
+    }
+    // Arming proves itself with the Machine's key (`server::arming`), whoever sends it.
+    if here.role == Role::Ephemeral && request.method == Method::POST && request.path == ARM_PATH {
         return Decision::Pass;
     }
     match here.role {
