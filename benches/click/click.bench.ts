@@ -441,3 +441,69 @@ test('click to own page in the plural world: --timings fly, three launchers, thr
     await new Promise((r) => platform.child.on('exit', r));
   }
 });
+
+/** The pool's waiting Machines on a platform (`created`, marked `flyby_pool=warm`). */
+async function waitingInPool(api: string): Promise<number> {
+  const machines: Array<Record<string, unknown>> = await fetch(`${api}/_local/machines`).then((r) => r.json());
+  return machines.filter((m) => m.pool === 'warm' && m.state === 'created').length;
+}
+
+test('click to own page from the warm pool vs a create: --timings fly, side by side', async ({ browser }) => {
+  test.setTimeout(1_200_000);
+  // One launcher each, so the refill has the whole create budget; a pool big enough for every
+  // launch of the run (a take is never refilled in time for the next one a second later).
+  const pooled = await startLocal(['--timings', 'fly', '--launchers', '1', '--launcher-env', `FLYBY_WARM_POOL=ams=${LAUNCHES + 2}`]);
+  const plain = await startLocal(['--timings', 'fly', '--launchers', '1']);
+  try {
+    // A visitor's first page tells the launcher its public origin; then the pool fills.
+    const first = await browser.newContext();
+    await (await first.newPage()).goto(pooled.launcher);
+    await first.close();
+    const deadline = Date.now() + 300_000;
+    while ((await waitingInPool(pooled.api)) < LAUNCHES + 1) {
+      if (Date.now() > deadline) throw new Error('the warm pool never filled');
+      await new Promise((r) => setTimeout(r, 500));
+    }
+    const runs: Record<string, { launches: Launch[]; boots: number[] }> = {
+      pool: { launches: [], boots: [] },
+      create: { launches: [], boots: [] },
+    };
+    for (let i = 0; i <= LAUNCHES; i++) {
+      // Alternating, so both see the same machine at the same moments.
+      for (const [name, platform] of [['pool', pooled], ['create', plain]] as const) {
+        const bootBefore = await counter(platform.api, 'timings.boot_ms');
+        const launch = await launchOnce(browser, platform);
+        const boot = (await counter(platform.api, 'timings.boot_ms')) - bootBefore;
+        if (i > 0) {
+          runs[name].launches.push(launch);
+          runs[name].boots.push(Math.min(boot, launch.total));
+        }
+        await new Promise((r) => setTimeout(r, 1100));
+      }
+    }
+    const figures = (name: string) => {
+      const { launches, boots } = runs[name];
+      const totals = launches.map((l) => l.total);
+      const ours = launches.map((l, i) => l.total - boots[i]);
+      return { p50: p50(totals), p95: p95(totals), boot: p50(boots), ours: p50(ours), ours95: p95(ours) };
+    };
+    const pool = figures('pool');
+    const create = figures('create');
+    for (const [item, name, f] of [['7h', 'from the warm pool (a start)', pool], ['7i', 'without a pool (a create)', create]] as const) {
+      row(
+        item,
+        `Click to own page hydrated on --timings fly, ams in ams, one launcher, ${name}, ${LAUNCHES} launches`,
+        `total p50 ${ms(f.p50)}, p95 ${ms(f.p95)}; the platform's emulated boot p50 ${ms(f.boot)}; the rest (ours, with the emulated API and proxy round trips) p50 ${ms(f.ours)}, p95 ${ms(f.ours95)}`,
+        item === '7h' ? 'p50 within 150 ms of the emulated start; 3x faster than 7i' : '-',
+        item === '7h'
+          ? `our part ${ms(pool.ours)} over the emulated start; ${(create.p50 / pool.p50).toFixed(1)}x faster than a create`
+          : '-',
+      );
+    }
+  } finally {
+    for (const platform of [pooled, plain]) {
+      platform.child.kill('SIGINT');
+      await new Promise((r) => platform.child.on('exit', r));
+    }
+  }
+});

@@ -27,6 +27,14 @@ pub enum Step {
     Created {
         region: RegionCode,
     },
+    /// A Machine of the warm pool was started for the visitor (no create to wait for).
+    Warm {
+        region: RegionCode,
+    },
+    /// The warm pool of `region` had none left: the launch creates one.
+    NoWarm {
+        region: RegionCode,
+    },
     Started,
     Serving,
     SendingYou,
@@ -44,6 +52,10 @@ impl Step {
                 format!("No room in {}: trying {}", full.city(), next.city())
             }
             Step::Created { region } => format!("Created in {}", region.city()),
+            Step::Warm { region } => format!("Started a warm Machine in {}", region.city()),
+            Step::NoWarm { region } => {
+                format!("No warm Machine left in {}: creating one", region.city())
+            }
             Step::Started => "Started".into(),
             Step::Serving => "Serving".into(),
             Step::SendingYou => "Sending you there".into(),

@@ -1,6 +1,7 @@
-//! One launch, from the request to the hand-over: a Machine created in a free slot near the
-//! visitor (the next nearest region when Fly has no room), waited for until it serves over the
-//! private network, and destroyed if anything fails. Every wait is bounded by what is left of
+//! One launch, from the request to the hand-over: a Machine of the warm pool started near the
+//! visitor ([`super::pool`]), or else one created in a free slot (the next nearest region when
+//! Fly has no room), waited for until it serves over the private network, and destroyed if
+//! anything fails. Every wait is bounded by what is left of
 //! the launch's time ([`Budget`]), and what the launch holds is given back on drop
 //! ([`super::holds`]), so neither its deadline nor a panic leaves a slot or a Machine behind.
 
@@ -92,6 +93,25 @@ impl Launcher {
             (AppError::Internal, None)
         })?;
         let secret = OwnerSecret::mint();
+        // The warm pool first: a start instead of a create.
+        if let Some(region) = region.filter(|r| self.settings.warm_pool.target(*r) > 0) {
+            let phase = Instant::now();
+            match self.take_warm(region, &secret.hash(), budget).await {
+                Some((machine, created)) => {
+                    self.metrics.phase("warm", phase.elapsed());
+                    tracing::info!(%machine, %region, "launched from the warm pool");
+                    step(Step::Warm { region });
+                    step(Step::Serving);
+                    let handover = Handover {
+                        machine,
+                        claim_url: format!("{ephemeral_origin}{}", claim_path(machine)),
+                        secret: secret.expose().to_owned(),
+                    };
+                    return Ok((handover, created));
+                }
+                None => step(Step::NoWarm { region }),
+            }
+        }
         let readiness = ReadinessKey::mint();
         let launched_at = SystemTime::now()
             .duration_since(UNIX_EPOCH)

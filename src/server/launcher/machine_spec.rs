@@ -154,6 +154,27 @@ impl MachineSpec {
         }
     }
 
+    /// A warm pool Machine's whole config (`launcher::pool`): a visitor's Machine with no owner
+    /// yet, only the key its launcher arms it with, and marked as the pool's.
+    pub fn pooled(&self, image: &str, key: &ReadinessKey, origin: &str) -> MachineConfig {
+        let nobody = OwnerHash::parse(&"0".repeat(64)).expect("64 hex digits");
+        let mut config = self.visitor(VisitorMachine {
+            image,
+            launch: "",
+            owner: &nobody,
+            readiness: key,
+            origin,
+            launched_at: 0,
+        });
+        config.env.remove("FLYBY_OWNER_HASH");
+        config.metadata.remove("flyby_launch");
+        config.metadata.remove("flyby_launched_at");
+        config
+            .metadata
+            .insert(super::pool::POOL_METADATA.to_owned(), "warm".to_owned());
+        config
+    }
+
     /// The concierge's whole config: the same image and service as a visitor's Machine, session
     /// replay cache included (its replays fill it too), but no owner and no end, always
     /// running, restarted on failure.

@@ -13,7 +13,7 @@
 //! keeps), `launch` (one launch, create to hand-over), `holds` (what a launch gives back however
 //! it ends), [`request`] (what a launch learns from its request, typed), [`machine_spec`] (the
 //! configs of the Machines it creates), [`concierge`], `tracker` (the list and the reaper),
-//! [`limits`], [`metrics`].
+//! [`pool`] (the warm pool: Machines made ahead, started on the click), [`limits`], [`metrics`].
 
 pub mod concierge;
 mod holds;
@@ -21,6 +21,7 @@ mod launch;
 pub mod limits;
 pub mod machine_spec;
 pub mod metrics;
+pub mod pool;
 pub mod request;
 mod tracker;
 
@@ -123,6 +124,9 @@ pub struct Launcher {
     /// The visitors' app's concierges as the tracker last saw them, and this launcher's work on
     /// them.
     concierges: concierge::Concierges,
+    /// The launcher's public origin, from the first page a visitor loaded from it: the way back
+    /// of the warm pool's Machines, which are made before any launch.
+    origin: Mutex<Option<String>>,
     /// The started launcher Machines (this one among them), sorted, as the tracker last
     /// listed them: the affinity layer starts each visitor's launch on one of them.
     pub launchers: watch::Sender<Vec<MachineId>>,
@@ -263,6 +267,7 @@ impl Launcher {
             reach,
             concierges: concierge::Concierges::default(),
             launchers: watch::channel(Vec::new()).0,
+            origin: Mutex::default(),
             metrics,
         });
         tracker::spawn(launcher.clone(), alive_tx, reach_tx);
@@ -270,10 +275,20 @@ impl Launcher {
     }
 
     pub fn info(&self, headers: &HeaderMap) -> LauncherInfo {
+        if let Some(origin) = Origin::of(headers) {
+            self.learn_origin(&origin);
+        }
         LauncherInfo {
             edge_region: edge_region(headers),
             cap: self.settings.max_machines,
         }
+    }
+
+    fn learn_origin(&self, origin: &Origin) {
+        self.origin
+            .lock()
+            .expect("origin lock")
+            .get_or_insert_with(|| origin.to_string());
     }
 
     /// Starts a launch for the visitor behind `headers`, or returns the one they already have
@@ -365,6 +380,7 @@ impl Launcher {
         }
         let region = chosen.or_else(|| edge_region(headers).filter(|r| r.region().is_some()));
         let origin_text = origin.to_string();
+        self.learn_origin(&origin);
         // Visitors' Machines are about to exist, which may vanish under their visitors: from
         // now on the visitors' app has a concierge.
         if self.concierges.learn_origin(&origin_text) {
@@ -508,9 +524,11 @@ impl Launcher {
             let mut input = input;
             loop {
                 let view = MapView {
+                    // The warm pool's waiting Machines are nobody's yet: not on the map.
                     machines: alive
                         .borrow_and_update()
                         .iter()
+                        .filter(|m| m.warm.is_none())
                         .map(Tracked::view)
                         .collect(),
                     fly: *reach.borrow_and_update(),

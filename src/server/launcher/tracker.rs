@@ -32,24 +32,39 @@ pub struct Tracked {
     pub name: String,
     pub region: RegionCode,
     /// When its life began, in seconds since the epoch: its launch's metadata, else when Fly
-    /// created it (a Machine made by hand, or by a launcher that wrote no such metadata).
+    /// created it (a Machine made by hand, or by a launcher that wrote no such metadata); for
+    /// a Machine of the warm pool, when it was last started (never, while it waits).
     pub born: Option<u64>,
+    /// A Machine of the warm pool waiting to be taken: not on the map, never reaped.
+    pub warm: Option<super::pool::Warm>,
 }
 
 impl Tracked {
     fn from_machine(machine: &Machine) -> Self {
-        Tracked {
-            id: machine.id,
-            name: machine.name.clone(),
-            region: machine.region,
-            born: machine
-                .metadata()
+        let metadata = machine.metadata();
+        let born = if metadata.contains_key(super::pool::POOL_METADATA) {
+            // Taken from the pool: its life began with the start (Fly's events, newest first).
+            machine
+                .events
+                .iter()
+                .filter(|e| e.kind == "start")
+                .map(|e| e.timestamp / 1000)
+                .max()
+        } else {
+            metadata
                 .get("flyby_launched_at")
                 .and_then(|t| t.parse().ok())
                 .or_else(|| {
                     let created = machine.created_at?.duration_since(UNIX_EPOCH).ok()?;
                     Some(created.as_secs())
-                }),
+                })
+        };
+        Tracked {
+            id: machine.id,
+            name: machine.name.clone(),
+            region: machine.region,
+            born,
+            warm: super::pool::Warm::of(machine),
         }
     }
 
@@ -62,8 +77,10 @@ impl Tracked {
 
     /// Whether the Machine has outlived `ttl` plus the grace, at `now` (seconds since the epoch).
     fn overdue(&self, ttl: Duration, now: u64) -> bool {
-        self.born
-            .is_some_and(|at| now >= at + (ttl + REAPER_GRACE).as_secs())
+        self.warm.is_none()
+            && self
+                .born
+                .is_some_and(|at| now >= at + (ttl + REAPER_GRACE).as_secs())
     }
 }
 
@@ -176,6 +193,7 @@ pub fn spawn(
             launcher.tend_concierges();
             launcher.metrics.machines_alive(now_alive.len());
             reap(&launcher, &now_alive, &reaping);
+            launcher.refill(&now_alive);
             alive.send_if_modified(|seen| {
                 let changed = *seen != now_alive;
                 *seen = now_alive;
@@ -329,6 +347,7 @@ mod tests {
             name: "flyby-slot-0".into(),
             region: RegionCode::parse("ams").unwrap(),
             born: Some(1_000),
+            warm: None,
         };
         let ttl = Duration::from_secs(120);
         assert!(!m.overdue(ttl, 1_000 + 149));
