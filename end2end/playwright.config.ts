@@ -20,12 +20,14 @@ export default defineConfig({
   // One local Fly platform per project, started by the global setup (support/platforms.ts):
   // every scenario runs with fly-proxy's nearest-Machine balancing and again with every
   // request reaching a wrong Machine first; the capacity scenario has a platform of its own,
-  // and so do the visitors from three continents (`world`: distance and Fly's timings).
+  // and so do the visitors from three continents (`world`: distance and Fly's timings) and the
+  // warm pool (`pool`).
   projects: [
-    { name: 'nearest', use: { browserName: 'chromium' }, testIgnore: /(capacity|world)\.spec\.ts/ },
+    { name: 'nearest', use: { browserName: 'chromium' }, testIgnore: /(capacity|world|pool)\.spec\.ts/ },
     // The harness check (the visitor's address header) is about the browser: once is enough.
-    { name: 'wrong-first', use: { browserName: 'chromium' }, testIgnore: /(capacity|harness|world)\.spec\.ts/ },
+    { name: 'wrong-first', use: { browserName: 'chromium' }, testIgnore: /(capacity|harness|world|pool)\.spec\.ts/ },
     { name: 'capacity', use: { browserName: 'chromium' }, testMatch: /capacity\.spec\.ts/ },
     { name: 'world', use: { browserName: 'chromium' }, testMatch: /world\.spec\.ts/ },
+    { name: 'pool', use: { browserName: 'chromium' }, testMatch: /pool\.spec\.ts/ },
   ],
 });

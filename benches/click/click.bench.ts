@@ -455,10 +455,7 @@ test('click to own page from the warm pool vs a create: --timings fly, side by s
   const pooled = await startLocal(['--timings', 'fly', '--launchers', '1', '--launcher-env', `FLYBY_WARM_POOL=ams=${LAUNCHES + 2}`]);
   const plain = await startLocal(['--timings', 'fly', '--launchers', '1']);
   try {
-    // A visitor's first page tells the launcher its public origin; then the pool fills.
-    const first = await browser.newContext();
-    await (await first.newPage()).goto(pooled.launcher);
-    await first.close();
+    // The launcher knows its origin from its config (FLYBY_LAUNCHER_URL): the pool fills.
     const deadline = Date.now() + 300_000;
     while ((await waitingInPool(pooled.api)) < LAUNCHES + 1) {
       if (Date.now() > deadline) throw new Error('the warm pool never filled');

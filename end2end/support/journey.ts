@@ -75,6 +75,18 @@ export async function openLauncher(page: Page, platform: PlatformInfo) {
   await expect(launchButton(page)).toBeEnabled();
 }
 
+/**
+ * Opens the launcher entering Fly at `edge` (flyby-local's `?flyby-local-edge=`, which holds
+ * for every later request of this browser), and checks the page says so.
+ */
+export async function openLauncherFrom(page: Page, launcher: string, edge: string, city: string) {
+  await page.goto(`${launcher}/?flyby-local-edge=${edge}`);
+  await expect(page.getByRole('heading', { level: 1 })).toHaveText('flyby');
+  await hydrated(page);
+  await expect(page.locator('p.edge')).toHaveText(`Your edge region is ${city}.`);
+  await expect(launchButton(page)).toBeEnabled();
+}
+
 export function launchButton(page: Page): Locator {
   return page.getByRole('button', { name: 'Launch my Machine' });
 }

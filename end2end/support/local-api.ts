@@ -7,8 +7,12 @@ export interface LocalMachine {
   name: string;
   state: string;
   region: string;
+  /** `warm` for a Machine a launcher keeps in its warm pool (its `flyby_pool` metadata). */
+  pool?: string | null;
 }
 
+/** The app of the launchers, the public page with the button. */
+export const LAUNCHER_APP = 'flyby';
 /** The app visitors' Machines run in. */
 export const EPHEMERAL_APP = 'flyby-machines';
 /** The name of the Machines the suite itself creates as other visitors' (see `bystander`). */
@@ -16,6 +20,11 @@ export const BYSTANDER_PREFIX = 'e2e-bystander-';
 /** The visitors' app's concierges, one per image: belong to nobody, never end (see
  * src/server/launcher/concierge.rs). */
 export const CONCIERGE_PREFIX = 'flyby-concierge-';
+/** A warm-pool Machine nobody has taken yet: it belongs to no visitor. */
+export function waiting(m: LocalMachine): boolean {
+  return m.pool === 'warm' && (m.state === 'created' || m.state === 'stopped');
+}
+
 /** The token flyby-local expects by default (the suite starts it without FLY_API_TOKEN). */
 const API_TOKEN = 'flyby-local-token';
 
@@ -45,12 +54,13 @@ export class LocalApi {
     return (await this.call('GET', '/_local/machines')) as LocalMachine[];
   }
 
-  /** Visitors' Machines not destroyed yet (the suite's bystanders aside). */
+  /** Visitors' Machines not destroyed yet (the suite's bystanders and the warm pool aside). */
   async alive(): Promise<LocalMachine[]> {
     return (await this.machines()).filter(
       (m) =>
         m.app === EPHEMERAL_APP &&
         m.state !== 'destroyed' &&
+        !waiting(m) &&
         !m.name.startsWith(BYSTANDER_PREFIX) &&
         !m.name.startsWith(CONCIERGE_PREFIX),
     );

@@ -25,6 +25,11 @@ export const PLATFORMS: Record<string, string[]> = {
   // The plural world: distance between regions and Fly's boot times, three launchers (ams,
   // ord, sin), every request reaching a wrong Machine first; visitors come from anywhere.
   world: ['--timings', 'fly', '--balance', 'wrong-first', '--launchers', '3', ...short],
+  // A warm pool of one Machine in Amsterdam, on Fly's timings, behind two launchers.
+  pool: [
+    '--timings', 'fly', '--balance', 'wrong-first', '--launchers', '2',
+    '--launcher-env', 'FLYBY_WARM_POOL=ams=1', ...short,
+  ],
 };
 
 /** The environment variable the global setup hands the platforms to the workers in. */

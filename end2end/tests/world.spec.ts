@@ -1,6 +1,6 @@
 import type { Page } from '@playwright/test';
-import { test, expect, hydrated } from '../support/fixtures';
-import { arriveOnMachine, expectAccessible, expectNoMore, launchButton } from '../support/journey';
+import { test, expect } from '../support/fixtures';
+import { arriveOnMachine, expectAccessible, expectNoMore, launchButton, openLauncherFrom } from '../support/journey';
 
 // The `world` platform plays distance and Fly's boot times (`--timings fly`), with three
 // launchers and every request reaching a wrong Machine first. A visitor chooses where they
@@ -10,15 +10,6 @@ import { arriveOnMachine, expectAccessible, expectNoMore, launchButton } from '.
 /** The round trip flyby-local emulates for a hop of `km` (its manual: fibre, route x 1.5, 1 ms). */
 function emulatedMs(km: number): number {
   return (2 * km * 1.5) / 200 + 1;
-}
-
-/** Opens the launcher entering Fly at `edge`, and checks the page says so. */
-async function openLauncherFrom(page: Page, launcher: string, edge: string, city: string) {
-  await page.goto(`${launcher}/?flyby-local-edge=${edge}`);
-  await expect(page.getByRole('heading', { level: 1 })).toHaveText('flyby');
-  await hydrated(page);
-  await expect(page.locator('p.edge')).toHaveText(`Your edge region is ${city}.`);
-  await expect(launchButton(page)).toBeEnabled();
 }
 
 /** The round trip the page shows, once it has measured a few. */

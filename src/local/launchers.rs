@@ -78,6 +78,15 @@ pub fn launcher_request(platform: &Platform, region: &str) -> Value {
         // collide (the site's address is rewritten by the supervisor).
         put("FLYBY_METRICS_PORT", "0".into());
     }
+    // fly.toml's `[env]` names the app's public origin (the warm pool's Machines need it
+    // before any visitor arrives); locally it is the proxy's host for the launcher app.
+    put(
+        "FLYBY_LAUNCHER_URL",
+        format!(
+            "http://{LAUNCHER_APP}.localhost:{}",
+            platform.proxy_addr.port()
+        ),
+    );
     // flyctl puts fly.toml's primary_region here.
     put("PRIMARY_REGION", platform.args.edge_region.to_string());
     for (key, value) in &platform.args.launcher_env {

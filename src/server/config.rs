@@ -64,7 +64,7 @@ pub const VARIABLES: &[Variable] = &[
     var("FLYBY_SHOW_SECS", Some("30"), "whole seconds, 3 to 600", "how long the owner's show lasts before the Machine switches itself off"),
     var("FLYBY_OWNER_HASH", Some(""), "64 lowercase hex characters", "ephemeral: SHA-256 of the owner's secret (required for the ephemeral role, unless it is a Machine of the warm pool: then FLYBY_READINESS_KEY arms it later)"),
     var("FLYBY_READINESS_KEY", Some(""), "64 lowercase hex characters", "ephemeral: set by the launcher, per launch; the Machine proves with it that it is the one the launcher created"),
-    var("FLYBY_LAUNCHER_URL", Some(""), "an http(s) origin like https://flyby.fly.dev", "ephemeral, concierge: where the launcher is, for the way back"),
+    var("FLYBY_LAUNCHER_URL", Some(""), "an http(s) origin like https://flyby.fly.dev", "ephemeral, concierge: where the launcher is, for the way back; launcher: its own public origin, which the warm pool's Machines get (default: learned from the first visitor's page, so a launcher no visitor reached yet refills no pool)"),
     secret("FLY_API_TOKEN", "a Fly API token", "launcher: token for the Machines API (required for the launcher role)"),
     var("FLYBY_MACHINES_API", Some("http://_api.internal:4280"), "an http(s) URL", "launcher: the Machines API base URL"),
     var("FLYBY_EPHEMERAL_ORIGIN", Some(""), "an http(s) origin", "launcher: public origin of the ephemeral app (default: the launcher's host with the app name swapped)"),
@@ -153,6 +153,8 @@ pub struct LauncherConfig {
     pub machines_api: String,
     /// Overrides the ephemeral app's public origin, derived from the request's Host otherwise.
     pub ephemeral_origin: Option<String>,
+    /// Its own public origin: the warm pool's Machines, made before any visitor, need it.
+    pub launcher_url: Option<String>,
     /// The global cap on visitor Machines alive.
     pub max_machines: u32,
     /// Per-visitor launch budget.
@@ -326,6 +328,7 @@ impl Config {
                 },
                 machines_api: r.parse("FLYBY_MACHINES_API", http_url)?,
                 ephemeral_origin: r.parse_optional("FLYBY_EPHEMERAL_ORIGIN", http_url)?,
+                launcher_url: r.parse_optional("FLYBY_LAUNCHER_URL", http_url)?,
                 max_machines: r.parse("FLYBY_MAX_MACHINES", |s| number(s, 1..=100))?,
                 launches_per_minute: r
                     .parse("FLYBY_LAUNCHES_PER_MINUTE", |s| number(s, 1..=600))?,

@@ -124,8 +124,8 @@ pub struct Launcher {
     /// The visitors' app's concierges as the tracker last saw them, and this launcher's work on
     /// them.
     concierges: concierge::Concierges,
-    /// The launcher's public origin, from the first page a visitor loaded from it: the way back
-    /// of the warm pool's Machines, which are made before any launch.
+    /// The launcher's public origin (`FLYBY_LAUNCHER_URL`, or the first page a visitor loaded
+    /// from it): the way back of the warm pool's Machines, which are made before any launch.
     origin: Mutex<Option<String>>,
     /// The started launcher Machines (this one among them), sorted, as the tracker last
     /// listed them: the affinity layer starts each visitor's launch on one of them.
@@ -267,7 +267,7 @@ impl Launcher {
             reach,
             concierges: concierge::Concierges::default(),
             launchers: watch::channel(Vec::new()).0,
-            origin: Mutex::default(),
+            origin: Mutex::new(settings.launcher_url.clone()),
             metrics,
         });
         tracker::spawn(launcher.clone(), alive_tx, reach_tx);

@@ -221,6 +221,13 @@ impl Launcher {
                     self.let_go(id, lease);
                     continue;
                 }
+                // Fly refuses to start a Machine that runs: another launcher took it between
+                // this launcher's last list and its lease.
+                Some(Err(FlyApiError::Api { status: 409, .. })) => {
+                    tracing::info!(machine = %id, "a pooled Machine was already taken");
+                    self.let_go(id, lease);
+                    continue;
+                }
                 Some(Err(e)) => {
                     tracing::warn!(machine = %id, error = %e, "could not start a pooled Machine");
                     self.let_go(id, lease);
@@ -231,6 +238,19 @@ impl Launcher {
             // From here it is this launch's: destroyed unless handed over.
             let created = Created::new(&self.api, &self.ephemeral_app, id, &self.destroyed);
             self.let_go(id, lease);
+            // fly-proxy routes to started Machines only: the hand-over waits for it, as a
+            // create's does, before the Machine can answer its owner's claim.
+            let started = self.api.wait(
+                &self.ephemeral_app,
+                id,
+                WaitState::Started,
+                budget.at_most(Duration::from_secs(30)),
+            );
+            if !matches!(budget.bound(started).await, Some(Ok(()))) {
+                tracing::warn!(machine = %id, "a pooled Machine never reached started");
+                created.destroy().await;
+                return None;
+            }
             if self.until_armed(&warm, id, owner, budget).await.is_ok() {
                 return Some((id, created));
             }
