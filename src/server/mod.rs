@@ -245,7 +245,8 @@ fn assemble(
     let here = Here {
         role,
         id: config.fly.machine_id,
-        owner: ephemeral.as_ref().and_then(|m| m.owner.get()),
+        // The layer reads it from the Machine's slot on each request (`with_owner`).
+        owner: None,
     };
     // Where visitors of the visitors' app go when their Machine is gone.
     let gone_url = match &config.role_config {

@@ -51,9 +51,9 @@ pub struct AffinityLayer {
 
 struct Shared {
     here: Here,
-    /// On the ephemeral role, whose the Machine is now: a pooled Machine is armed while it
-    /// serves, so the decision reads it per request.
-    owner: Option<OwnerSlot>,
+    /// Whose the Machine is now (empty off the ephemeral role): a pooled Machine is armed
+    /// while it serves, so each decision reads it; `here.owner` is only its first value.
+    owner: OwnerSlot,
     /// The launcher's "your Machine is gone" page, where the ephemeral app sends visitors whose
     /// Machine has vanished.
     gone_url: Option<HeaderValue>,
@@ -71,8 +71,8 @@ impl AffinityLayer {
         let gone_url = gone_url.and_then(|url| HeaderValue::from_str(url).ok());
         AffinityLayer {
             shared: Arc::new(Shared {
+                owner: here.owner.map(OwnerSlot::of).unwrap_or_default(),
                 here,
-                owner: None,
                 gone_url,
                 launchers,
             }),
@@ -83,7 +83,7 @@ impl AffinityLayer {
     pub fn with_owner(mut self, slot: OwnerSlot) -> Self {
         Arc::get_mut(&mut self.shared)
             .expect("with_owner is called while building the layer")
-            .owner = Some(slot);
+            .owner = slot;
         self
     }
 
@@ -163,16 +163,11 @@ where
                 replay_failed: header_str(&request, "fly-replay-failed"),
                 home: AffinityLayer::home(&self.shared, &request),
             };
-            match &self.shared.owner {
-                Some(slot) => decide(
-                    &facts,
-                    &Here {
-                        owner: slot.get(),
-                        ..self.shared.here.clone()
-                    },
-                ),
-                None => decide(&facts, &self.shared.here),
-            }
+            let here = Here {
+                owner: self.shared.owner.get(),
+                ..self.shared.here.clone()
+            };
+            decide(&facts, &here)
         };
         match decision {
             Decision::Pass | Decision::Serve => {

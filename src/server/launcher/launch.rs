@@ -274,8 +274,8 @@ impl Launcher {
         SlotHold::take(&self.reserved, name)
     }
 
-    /// Polls the new Machine's `/health` over the private network until it answers 200 with
-    /// its id and the proof of its readiness key (whatever else answers there is ignored).
+    /// Probes the new Machine's `/health` over the private network until it answers with its
+    /// id and the readiness proof of the challenge.
     pub(super) async fn until_serving(
         &self,
         private_ip: &str,
@@ -283,32 +283,62 @@ impl Launcher {
         key: &ReadinessKey,
         budget: Budget,
     ) -> Result<(), ()> {
+        self.until_proved(
+            private_ip,
+            "/health",
+            machine,
+            key,
+            budget,
+            |url, challenge| {
+                self.probe
+                    .get(url)
+                    .header(CHALLENGE_HEADER, challenge.as_str())
+            },
+        )
+        .await
+    }
+
+    /// Sends `ask` (built for the Machine's `path` on its private address and a fresh
+    /// challenge) until the Machine answers a success with its id and the readiness proof of
+    /// that challenge: then it is the Machine created, and it serves. Within `budget`, at most
+    /// 20 s; a 409 is a refusal that asking again cannot change.
+    pub(super) async fn until_proved(
+        &self,
+        private_ip: &str,
+        path: &str,
+        machine: MachineId,
+        key: &ReadinessKey,
+        budget: Budget,
+        ask: impl Fn(&str, &Challenge) -> reqwest::RequestBuilder,
+    ) -> Result<(), ()> {
         let ip: IpAddr = private_ip.parse().map_err(|_| {
-            tracing::warn!(private_ip, "the new Machine has no usable private address");
+            tracing::warn!(private_ip, "the Machine has no usable private address");
         })?;
-        let url = format!("http://{}/health", SocketAddr::new(ip, MACHINE_PORT));
+        let url = format!("http://{}{path}", SocketAddr::new(ip, MACHINE_PORT));
         let deadline = Instant::now() + budget.at_most(Duration::from_secs(20));
         let mut impostor_seen = false;
         while Instant::now() < deadline {
             let challenge = Challenge::mint();
-            let probe = self
-                .probe
-                .get(&url)
-                .header(CHALLENGE_HEADER, challenge.as_str());
-            if let Ok(response) = probe.send().await {
-                if response.status().is_success() {
+            if let Ok(response) = ask(&url, &challenge).send().await {
+                let status = response.status();
+                if status == http::StatusCode::CONFLICT {
+                    tracing::error!(%url, %machine, "the Machine refused: armed by someone else");
+                    return Err(());
+                }
+                if status.is_success() {
                     if readiness::answered_by(response.headers(), machine, key, &challenge) {
                         return Ok(());
                     }
                     if !impostor_seen {
                         impostor_seen = true;
-                        tracing::warn!(%url, %machine, "something else answers at the new Machine's address");
+                        tracing::warn!(%url, %machine, "something else answers at the Machine's address");
                     }
                 }
             }
+            // The Machine's process may not listen yet: a short pause, then a fresh challenge.
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        tracing::warn!(%url, "the new Machine never served");
+        tracing::warn!(%url, "the Machine never answered with its proof");
         Err(())
     }
 }

@@ -26,7 +26,7 @@ use crate::server::{
     arming::{self, ARM_PATH, ARM_PROOF_HEADER, OWNER_HASH_HEADER},
     fly_api::{Lease, Machine},
     ownership::OwnerHash,
-    readiness::{self, Challenge, ReadinessKey, CHALLENGE_HEADER},
+    readiness::{ReadinessKey, CHALLENGE_HEADER},
 };
 use std::collections::BTreeMap;
 
@@ -278,8 +278,8 @@ impl Launcher {
         });
     }
 
-    /// Arms the started Machine with the owner's hash over the private network, trying until
-    /// it answers with its id and the readiness proof of the challenge (then it also serves).
+    /// Arms the started Machine with the owner's hash over the private network, until it
+    /// answers with its id and the readiness proof of the challenge (then it also serves).
     async fn until_armed(
         &self,
         warm: &Warm,
@@ -287,41 +287,24 @@ impl Launcher {
         owner: &OwnerHash,
         budget: Budget,
     ) -> Result<(), ()> {
-        let ip: IpAddr = warm.private_ip.parse().map_err(|_| {
-            tracing::warn!(
-                private_ip = warm.private_ip,
-                "a pooled Machine has no usable private address"
-            );
-        })?;
-        let url = format!("http://{}{ARM_PATH}", SocketAddr::new(ip, MACHINE_PORT));
-        let deadline = Instant::now() + budget.at_most(Duration::from_secs(20));
-        while Instant::now() < deadline {
-            let challenge = Challenge::mint();
-            let arm = self
-                .probe
-                .post(&url)
-                .header(CHALLENGE_HEADER, challenge.as_str())
-                .header(OWNER_HASH_HEADER, owner.to_hex())
-                .header(
-                    ARM_PROOF_HEADER,
-                    arming::arm_proof(&warm.key, &challenge, owner),
-                );
-            if let Ok(response) = arm.send().await {
-                let status = response.status();
-                if status.is_success()
-                    && readiness::answered_by(response.headers(), machine, &warm.key, &challenge)
-                {
-                    return Ok(());
-                }
-                if status == http::StatusCode::CONFLICT {
-                    tracing::error!(%machine, "a pooled Machine this launch started was armed by someone else");
-                    return Err(());
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        tracing::warn!(%machine, "a pooled Machine never armed");
-        Err(())
+        self.until_proved(
+            &warm.private_ip,
+            ARM_PATH,
+            machine,
+            &warm.key,
+            budget,
+            |url, challenge| {
+                self.probe
+                    .post(url)
+                    .header(CHALLENGE_HEADER, challenge.as_str())
+                    .header(OWNER_HASH_HEADER, owner.to_hex())
+                    .header(
+                        ARM_PROOF_HEADER,
+                        arming::arm_proof(&warm.key, challenge, owner),
+                    )
+            },
+        )
+        .await
     }
 
     /// After a list: if this launcher is the one that refills, retires stale pooled Machines
@@ -331,7 +314,7 @@ impl Launcher {
         let Some(image) = self.image.clone() else {
             return;
         };
-        // Its Machines' way back: the launcher's public origin, from its first visitor.
+        // Its Machines' way back: the launcher's public origin (config, or its first visitor).
         let Some(origin) = self.origin.lock().expect("origin lock").clone() else {
             return;
         };
