@@ -45,13 +45,6 @@ struct LeaseData {
     expires_at: u64,
 }
 
-/// What a start reports: the state the Machine was in.
-#[derive(Deserialize)]
-struct StartAnswer {
-    #[serde(default)]
-    previous_state: String,
-}
-
 impl FlyApi {
     /// Takes the lease of Machine `id` for `ttl`: `Ok(None)` when someone else holds it (409).
     /// One attempt, never retried: a caller racing others for a Machine moves on to another
@@ -107,21 +100,6 @@ impl FlyApi {
         self.under_lease("lease", Method::DELETE, url, lease)
             .await
             .map(drop)
-    }
-
-    /// Starts a Machine whose lease the caller holds; answers the state it was in (`created`
-    /// or `stopped` when this call started it).
-    pub async fn start_leased(
-        &self,
-        app: &str,
-        id: MachineId,
-        lease: &Lease,
-    ) -> Result<String, FlyApiError> {
-        let url = self.machines_url(app, &[id.as_str(), "start"]);
-        let bytes = self.under_lease("start", Method::POST, url, lease).await?;
-        Ok(decode::<StartAnswer>(&bytes)
-            .map(|a| a.previous_state)
-            .unwrap_or_default())
     }
 
     /// Destroys a Machine whose lease the caller holds.

@@ -162,6 +162,13 @@ pub enum Deleted {
     AlreadyGone,
 }
 
+/// What a start reports: the state the Machine was in.
+#[derive(serde::Deserialize)]
+struct StartAnswer {
+    #[serde(default)]
+    previous_state: String,
+}
+
 /// The Machines API client. Cheap to clone: clones share one connection pool.
 #[derive(Clone)]
 pub struct FlyApi {
@@ -429,19 +436,24 @@ impl FlyApi {
             .await
     }
 
-    /// Starts a stopped Machine. Fly answers once the start has begun; `wait` tells when it
-    /// is done.
-    pub async fn start(&self, app: &str, id: MachineId) -> Result<(), FlyApiError> {
+    /// Starts a created or stopped Machine; answers the state it was in (`created` or
+    /// `stopped` when this call started it). Fly answers once the start has begun; `wait`
+    /// tells when it is done. Fly refuses (409) to start a Machine that is starting or
+    /// started, or whose lease someone else holds.
+    pub async fn start(&self, app: &str, id: MachineId) -> Result<String, FlyApiError> {
         let url = self.machines_url(app, &[id.as_str(), "start"]);
-        self.execute(
-            "start",
-            Method::POST,
-            None,
-            self.inner.retry.max_elapsed,
-            |left| (url.clone(), self.attempt_timeout(left)),
-        )
-        .await
-        .map(drop)
+        let bytes = self
+            .execute(
+                "start",
+                Method::POST,
+                None,
+                self.inner.retry.max_elapsed,
+                |left| (url.clone(), self.attempt_timeout(left)),
+            )
+            .await?;
+        Ok(decode::<StartAnswer>(&bytes)
+            .map(|a| a.previous_state)
+            .unwrap_or_default())
     }
 
     /// Stops the Machine with its configured signal and grace time.

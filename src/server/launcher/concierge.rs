@@ -186,7 +186,7 @@ impl Launcher {
                 }
             }
             Action::Start(id) => match self.api.start(app, id).await {
-                Ok(()) => tracing::info!(machine = %id, "started the concierge"),
+                Ok(_) => tracing::info!(machine = %id, "started the concierge"),
                 Err(e) => {
                     tracing::warn!(machine = %id, error = %e, "could not start the concierge")
                 }

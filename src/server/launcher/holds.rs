@@ -110,6 +110,11 @@ impl Created {
             .expect("a Created holds its Machine until handed over")
     }
 
+    /// Lets the Machine go without destroying it: it turned out to be someone else's.
+    pub fn disown(mut self) {
+        self.id = None;
+    }
+
     pub async fn destroy(mut self) {
         if let Some(id) = self.id.take() {
             destroy(&self.api, &self.app, id, &self.destroyed).await;

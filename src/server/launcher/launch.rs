@@ -282,7 +282,7 @@ impl Launcher {
         machine: MachineId,
         key: &ReadinessKey,
         budget: Budget,
-    ) -> Result<(), ()> {
+    ) -> Result<(), Unproved> {
         self.until_proved(
             private_ip,
             "/health",
@@ -310,9 +310,10 @@ impl Launcher {
         key: &ReadinessKey,
         budget: Budget,
         ask: impl Fn(&str, &Challenge) -> reqwest::RequestBuilder,
-    ) -> Result<(), ()> {
+    ) -> Result<(), Unproved> {
         let ip: IpAddr = private_ip.parse().map_err(|_| {
             tracing::warn!(private_ip, "the Machine has no usable private address");
+            Unproved::Silent
         })?;
         let url = format!("http://{}{path}", SocketAddr::new(ip, MACHINE_PORT));
         let deadline = Instant::now() + budget.at_most(Duration::from_secs(20));
@@ -322,8 +323,8 @@ impl Launcher {
             if let Ok(response) = ask(&url, &challenge).send().await {
                 let status = response.status();
                 if status == http::StatusCode::CONFLICT {
-                    tracing::error!(%url, %machine, "the Machine refused: armed by someone else");
-                    return Err(());
+                    tracing::warn!(%url, %machine, "the Machine refused: armed by someone else");
+                    return Err(Unproved::Refused);
                 }
                 if status.is_success() {
                     if readiness::answered_by(response.headers(), machine, key, &challenge) {
@@ -339,8 +340,17 @@ impl Launcher {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         tracing::warn!(%url, "the Machine never answered with its proof");
-        Err(())
+        Err(Unproved::Silent)
     }
+}
+
+/// Why a Machine's proof never came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Unproved {
+    /// It answered 409: it is armed for someone else, so it is another launch's Machine.
+    Refused,
+    /// It never answered with the proof within the budget (or had no address to ask).
+    Silent,
 }
 
 /// How many regions a launch tries, nearest to the visitor first, when Fly has no room.

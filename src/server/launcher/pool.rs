@@ -4,27 +4,31 @@
 //! - A pooled Machine is created with `skip_launch`: Fly prepares its image and root file
 //!   system and leaves it `created`, never booted, costing its root file system only. Its
 //!   config holds no owner (none exists yet) but a key of its own (`FLYBY_READINESS_KEY`).
-//! - A click takes one ([`Launcher::take_warm`]): the lease of a pooled Machine in the launch's
-//!   region (Fly's lock on changing a Machine: of several launchers racing for it, one gets
-//!   it, the others 409 and try another), then a start under that lease that must find it
-//!   `created` or `stopped` (a Machine someone started by hand is no longer in the pool). Then
-//!   the launcher arms it with the owner's hash over the private network (`server::arming`),
-//!   which is also its readiness proof. A taken Machine is destroyed at the end of its show,
-//!   as any other; it never returns to the pool.
+//! - A click takes one ([`Launcher::take_warm`]): a start of a pooled Machine in the launch's
+//!   region that must find it `created` or `stopped` (Fly refuses to start a Machine that is
+//!   starting or started: of several launchers racing for it, one starts it, the others get a
+//!   409 and try another; a Machine someone started by hand is no longer in the pool). No
+//!   lease is taken first: it would put one more round trip to the API's region on the
+//!   visitor's wait. Then the launcher arms it with the owner's hash over the private network
+//!   (`server::arming`), which is also its readiness proof; a Machine arms once, so even two
+//!   launchers that both believed they started it cannot both hand it over. A taken Machine
+//!   is destroyed at the end of its show, as any other; it never returns to the pool.
 //! - One launcher refills ([`refill_leader`]: the first of the started launchers, so a dead
 //!   one's duty passes on with the next list), after each tracker poll, one Machine per region
 //!   that lacks at most, within what its share of Fly's create budget has free and under the
 //!   cap (pooled Machines take slots: capacity
 //!   is spend). A pooled Machine of another image (a deploy happened) or older than
-//!   `FLYBY_POOL_MAX_AGE_SECS` is destroyed under its lease and replaced.
+//!   `FLYBY_POOL_MAX_AGE_SECS` is destroyed under its lease (a take's start meanwhile is
+//!   refused) and replaced; a destroy without `force` cannot end one a take just started.
 
 use super::{
     holds::{Budget, Created},
+    launch::Unproved,
     *,
 };
 use crate::server::{
     arming::{self, ARM_PATH, ARM_PROOF_HEADER, OWNER_HASH_HEADER},
-    fly_api::{Lease, Machine},
+    fly_api::Machine,
     ownership::OwnerHash,
     readiness::{ReadinessKey, CHALLENGE_HEADER},
 };
@@ -32,9 +36,9 @@ use std::collections::BTreeMap;
 
 /// The metadata that marks a pooled Machine (its value: `warm`).
 pub const POOL_METADATA: &str = "flyby_pool";
-/// How long a taking launcher holds a pooled Machine's lease: enough for its start, short
+/// How long a retiring launcher holds a pooled Machine's lease: enough for its destroy, short
 /// enough that a launcher dying with it blocks nothing for long.
-const TAKE_LEASE: Duration = Duration::from_secs(10);
+const RETIRE_LEASE: Duration = Duration::from_secs(10);
 
 /// `FLYBY_WARM_POOL`: how many pooled Machines each region keeps.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -193,66 +197,66 @@ impl Launcher {
         // Launchers racing for the same pool start from different ends of it.
         let spin = rand::random::<u32>() as usize % candidates.len().max(1);
         candidates.rotate_left(spin);
-        // Every one: a lease lost to another launcher is one quick 409.
+        // Every one: a Machine lost to another launcher is one quick 409.
         for (id, warm) in candidates {
-            let lease = self.api.acquire_lease(
-                &self.ephemeral_app,
-                id,
-                TAKE_LEASE,
-                "flyby: taking from the warm pool",
-            );
-            let lease = match budget.bound(lease).await {
-                Some(Ok(Some(lease))) => lease,
-                Some(Ok(None)) => continue, // another launcher holds it
-                // Others raced for it so often that Fly limits its leases for a moment.
-                Some(Err(FlyApiError::RateLimited { .. })) => continue,
-                Some(Err(e)) => {
-                    tracing::warn!(machine = %id, error = %e, "could not lease a pooled Machine");
-                    continue;
-                }
-                None => return None,
-            };
-            let started = budget.bound(self.api.start_leased(&self.ephemeral_app, id, &lease));
+            // No lease first: that would be one more round trip to the API's region on the
+            // visitor's wait. Fly's start is the first arbiter (it refuses a Machine that is
+            // starting or started, or leased by a retiring launcher), the Machine's single
+            // arming the last (it arms once and refuses every later arming).
+            let started = budget.bound(self.api.start(&self.ephemeral_app, id));
             match started.await {
                 Some(Ok(previous)) if previous == "created" || previous == "stopped" => {}
                 Some(Ok(previous)) => {
                     // Started by someone else meanwhile: not the pool's any more.
                     tracing::info!(machine = %id, previous, "a pooled Machine was already started");
-                    self.let_go(id, lease);
                     continue;
                 }
-                // Fly refuses to start a Machine that runs: another launcher took it between
-                // this launcher's last list and its lease.
                 Some(Err(FlyApiError::Api { status: 409, .. })) => {
                     tracing::info!(machine = %id, "a pooled Machine was already taken");
-                    self.let_go(id, lease);
                     continue;
                 }
+                // Others raced for it so often that Fly limits its starts for a moment.
+                Some(Err(FlyApiError::RateLimited { .. })) => continue,
                 Some(Err(e)) => {
                     tracing::warn!(machine = %id, error = %e, "could not start a pooled Machine");
-                    self.let_go(id, lease);
                     continue;
                 }
                 None => return None,
             }
             // From here it is this launch's: destroyed unless handed over.
             let created = Created::new(&self.api, &self.ephemeral_app, id, &self.destroyed);
-            self.let_go(id, lease);
             // fly-proxy routes to started Machines only: the hand-over waits for it, as a
-            // create's does, before the Machine can answer its owner's claim.
+            // create's does, before the Machine can answer its owner's claim. The arming
+            // goes meanwhile: it reaches the Machine as soon as its process listens.
             let started = self.api.wait(
                 &self.ephemeral_app,
                 id,
                 WaitState::Started,
                 budget.at_most(Duration::from_secs(30)),
             );
-            if !matches!(budget.bound(started).await, Some(Ok(()))) {
-                tracing::warn!(machine = %id, "a pooled Machine never reached started");
-                created.destroy().await;
-                return None;
-            }
-            if self.until_armed(&warm, id, owner, budget).await.is_ok() {
-                return Some((id, created));
+            // Whichever fails first ends the other: `None` is a Machine that never started.
+            let started = async {
+                match budget.bound(started).await {
+                    Some(Ok(())) => Ok(()),
+                    _ => Err(None),
+                }
+            };
+            let armed = async {
+                self.until_armed(&warm, id, owner, budget)
+                    .await
+                    .map_err(Some)
+            };
+            match tokio::try_join!(started, armed) {
+                Ok(_) => return Some((id, created)),
+                // Armed by another launcher that started it too: its Machine, not this one's.
+                Err(Some(Unproved::Refused)) => {
+                    created.disown();
+                    continue;
+                }
+                Err(None) => {
+                    tracing::warn!(machine = %id, "a pooled Machine never reached started")
+                }
+                Err(Some(Unproved::Silent)) => {}
             }
             created.destroy().await;
             return None;
@@ -270,14 +274,6 @@ impl Launcher {
             .count()
     }
 
-    /// Gives a lease back in the background (it would lapse by itself).
-    fn let_go(&self, id: MachineId, lease: Lease) {
-        let (api, app) = (self.api.clone(), self.ephemeral_app.clone());
-        tokio::spawn(async move {
-            let _ = api.release_lease(&app, id, &lease).await;
-        });
-    }
-
     /// Arms the started Machine with the owner's hash over the private network, until it
     /// answers with its id and the readiness proof of the challenge (then it also serves).
     async fn until_armed(
@@ -286,7 +282,7 @@ impl Launcher {
         machine: MachineId,
         owner: &OwnerHash,
         budget: Budget,
-    ) -> Result<(), ()> {
+    ) -> Result<(), Unproved> {
         self.until_proved(
             &warm.private_ip,
             ARM_PATH,
@@ -351,7 +347,7 @@ impl Launcher {
         let lease = self.api.acquire_lease(
             &self.ephemeral_app,
             id,
-            TAKE_LEASE,
+            RETIRE_LEASE,
             "flyby: retiring from the warm pool",
         );
         if let Ok(Some(lease)) = lease.await {
