@@ -223,6 +223,84 @@ pub enum ClientMessage {
 /// Messages from the Machine over the live channel.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ServerMessage {
-    Pong { seq: u32 },
+    Pong {
+        seq: u32,
+    },
     Phase(PhaseView),
+    /// How the owner's requests reached the Machine: the rows the page does not have yet
+    /// (`fresh`: all the Machine keeps, replacing what the page had, on each new channel), and
+    /// the counts over the Machine's whole life.
+    Routes {
+        fresh: bool,
+        rows: Vec<RouteView>,
+        totals: RouteTotals,
+    },
+}
+
+/// One request of the owner, as it reached their Machine (the routing panel's row). Machine
+/// ids and regions are strings for the reason [`MachineInfo`] gives; the Machine checked them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RouteView {
+    /// Its order of arrival on the Machine, from 1.
+    pub seq: u32,
+    pub what: RequestKind,
+    /// The path without its query (which may carry what a visitor typed), at most 64 bytes.
+    pub path: String,
+    pub arrival: Arrival,
+    /// From the request reaching the Machine to the head of its answer, in tenths of a ms.
+    pub answer_tenths_ms: u32,
+}
+
+/// What a request was, by its method and path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RequestKind {
+    /// The hand-over's POST, which made the visitor the owner.
+    Handover,
+    /// The Machine's page.
+    Page,
+    /// A file of the page's bundle (`/pkg/`: JS, WASM, CSS).
+    Bundle,
+    ServerFunction,
+    /// The upgrade of the live channel.
+    LiveChannel,
+    /// Any other file (the favicon).
+    File,
+}
+
+impl RequestKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            RequestKind::Handover => "hand-over",
+            RequestKind::Page => "page",
+            RequestKind::Bundle => "bundle file",
+            RequestKind::ServerFunction => "server function",
+            RequestKind::LiveChannel => "live channel",
+            RequestKind::File => "file",
+        }
+    }
+}
+
+/// How a request reached the Machine, as fly-proxy's headers say.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Arrival {
+    /// The proxy sent it here first.
+    Direct,
+    /// Another Machine answered it with `fly-replay` and the proxy delivered it here
+    /// (`fly-replay-src`): that Machine, its region, and how long ago it replayed it, in ms.
+    Replayed {
+        machine: String,
+        region: String,
+        after_ms: Option<u32>,
+    },
+    /// The proxy's replay cache sent it straight here, from an earlier replay
+    /// (`fly-replay-cache-status: hit`).
+    ReplayCache,
+}
+
+/// Counts over all the owner's requests the Machine served, however many rows it keeps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteTotals {
+    pub served: u32,
+    pub replayed: u32,
+    pub cache_hits: u32,
 }

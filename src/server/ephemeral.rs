@@ -3,7 +3,7 @@
 //! on a Machine of the warm pool, the arming that tells it whose it is.
 
 use super::{
-    affinity::machine_page_path,
+    affinity::{machine_page_path, routes::RouteLog},
     arming,
     config::{Config, RoleConfig},
     cookies,
@@ -42,6 +42,9 @@ pub struct EphemeralMachine {
     /// The launcher's origin, for the way back.
     launcher_url: Option<String>,
     pub lifecycle: Lifecycle,
+    /// How the owner's requests reached this Machine (the affinity layer records, the live
+    /// channel streams).
+    pub routes: Arc<RouteLog>,
 }
 
 impl EphemeralMachine {
@@ -58,6 +61,7 @@ impl EphemeralMachine {
             readiness_key: ephemeral.readiness_key.clone(),
             launcher_url: ephemeral.launcher_url.clone(),
             lifecycle: Lifecycle::start(t.ttl, t.claim_window, t.show),
+            routes: Arc::default(),
         }))
     }
 
@@ -97,7 +101,8 @@ impl EphemeralMachine {
         self.lifecycle.apply(Event::SwitchOff);
     }
 
-    /// The live channel: answers pings and pushes every phase change; ends after the end.
+    /// The live channel: answers pings, pushes every phase change and the owner's new routing
+    /// rows; ends after the end.
     pub fn channel(
         self: Arc<Self>,
         mut input: BoxedStream<ClientMessage, AppError>,
@@ -105,6 +110,9 @@ impl EphemeralMachine {
         let (mut tx, rx) = futures::channel::mpsc::channel(8);
         tokio::spawn(async move {
             let mut phases = self.lifecycle.subscribe();
+            let mut routes = self.routes.subscribe();
+            // Every new channel starts with all the rows kept: the requests before it opened.
+            let mut routes_seen = None::<u32>;
             loop {
                 let phase = *phases.borrow_and_update();
                 if tx
@@ -118,6 +126,20 @@ impl EphemeralMachine {
                     return;
                 }
                 loop {
+                    let last = *routes.borrow_and_update();
+                    if routes_seen.is_none_or(|seen| last > seen) {
+                        let (rows, totals) = self.routes.since(routes_seen.unwrap_or(0));
+                        let fresh = routes_seen.is_none();
+                        routes_seen = Some(last.max(rows.last().map_or(0, |r| r.seq)));
+                        let message = ServerMessage::Routes {
+                            fresh,
+                            rows,
+                            totals,
+                        };
+                        if tx.send(Ok(message)).await.is_err() {
+                            return;
+                        }
+                    }
                     tokio::select! {
                         message = input.next() => match message {
                             Some(Ok(ClientMessage::Ping { seq })) => {
@@ -133,6 +155,8 @@ impl EphemeralMachine {
                             }
                             break;
                         }
+                        // The sender lives as long as the Machine: a closed one never comes.
+                        Ok(()) = routes.changed() => {}
                     }
                 }
             }

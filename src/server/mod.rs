@@ -282,7 +282,9 @@ fn assemble(
     let router = if affinity {
         let layer = AffinityLayer::new(here, gone_url.as_deref(), launchers);
         router.layer(match &ephemeral {
-            Some(machine) => layer.with_owner(machine.owner.clone()),
+            Some(machine) => layer
+                .with_owner(machine.owner.clone())
+                .with_routes(machine.routes.clone()),
             None => layer,
         })
     } else {

@@ -3,8 +3,10 @@
 //! only the shape of each answer.
 
 use super::{
-    claim_path, decide, home_launcher, Decision, Here, Refusal, ReplayKind, RequestFacts,
-    CLAIM_ATTEMPT_PARAM, LAUNCH_COOKIE, LAUNCH_PATH, OWNER_COOKIE, SERVER_FN_PREFIX,
+    claim_path, decide, home_launcher, is_claim_path,
+    routes::{self, RouteLog},
+    Decision, Here, Refusal, ReplayKind, RequestFacts, CLAIM_ATTEMPT_PARAM, LAUNCH_COOKIE,
+    LAUNCH_PATH, OWNER_COOKIE, SERVER_FN_PREFIX,
 };
 use crate::{
     app::AppError,
@@ -22,7 +24,7 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::{ready, Context, Poll},
-    time::Duration,
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 use tower::{Layer, Service};
 
@@ -60,6 +62,9 @@ struct Shared {
     /// On a launcher, the started launcher Machines as its tracker last listed them: where a
     /// visitor's launch must start.
     launchers: Option<tokio::sync::watch::Receiver<Vec<MachineId>>>,
+    /// On a visitor's Machine, where the owner's requests are recorded for their routing
+    /// panel.
+    routes: Option<Arc<RouteLog>>,
 }
 
 impl AffinityLayer {
@@ -75,6 +80,7 @@ impl AffinityLayer {
                 here,
                 gone_url,
                 launchers,
+                routes: None,
             }),
         }
     }
@@ -85,6 +91,41 @@ impl AffinityLayer {
             .expect("with_owner is called while building the layer")
             .owner = slot;
         self
+    }
+
+    /// Records each request served to the owner into `log` (a visitor's Machine only).
+    pub fn with_routes(mut self, log: Arc<RouteLog>) -> Self {
+        Arc::get_mut(&mut self.shared)
+            .expect("with_routes is called while building the layer")
+            .routes = Some(log);
+        self
+    }
+
+    /// What the owner's panel will show of a request this Machine serves them, up to the
+    /// answer's time: `None` off a visitor's Machine.
+    fn recording<B>(shared: &Shared, request: &Request<B>) -> Option<Recording> {
+        let log = shared.routes.clone()?;
+        let me = shared.here.id?;
+        let (method, path) = (request.method(), request.uri().path());
+        let claim = method == Method::POST && is_claim_path(path, me);
+        let upgrade =
+            header_str(request, "upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+        let now_us = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or_default();
+        Some(Recording {
+            log,
+            what: routes::request_kind(method, path, claim, upgrade),
+            path: path.to_owned(),
+            arrival: routes::arrival(
+                header_str(request, "fly-replay-src"),
+                header_str(request, "fly-replay-cache-status"),
+                now_us,
+            ),
+            claim,
+            started: tokio::time::Instant::now(),
+        })
     }
 
     /// The visitor's home launcher, for the start of a launch only.
@@ -170,12 +211,15 @@ where
             decide(&facts, &here)
         };
         match decision {
-            Decision::Pass | Decision::Serve => {
-                AffinityFuture::inner(self.inner.call(request), None)
+            Decision::Pass => AffinityFuture::inner(self.inner.call(request), None, None),
+            Decision::Serve => {
+                let recording = AffinityLayer::recording(&self.shared, &request);
+                AffinityFuture::inner(self.inner.call(request), None, recording)
             }
             Decision::ServeAndUnpin => AffinityFuture::inner(
                 self.inner.call(request),
                 Some(cookies::clear(LAUNCH_COOKIE)),
+                None,
             ),
             Decision::Replay(target, kind) => {
                 AffinityFuture::ready(answered(request, replay(target, kind)))
@@ -399,17 +443,40 @@ pin_project! {
         inner: Option<F>,
         ready: Option<Response>,
         unpin: Option<String>,
+        recording: Option<Recording>,
         #[pin]
         pause: Option<tokio::time::Sleep>,
     }
 }
 
+/// A request served to the owner, recorded for their panel once its answer is known.
+struct Recording {
+    log: Arc<RouteLog>,
+    what: crate::app::protocol::RequestKind,
+    path: String,
+    arrival: crate::app::protocol::Arrival,
+    /// A hand-over is the owner's only if the Machine took its secret (its 303).
+    claim: bool,
+    started: tokio::time::Instant,
+}
+
+impl Recording {
+    fn answered(self, status: StatusCode) {
+        if self.claim && status != StatusCode::SEE_OTHER {
+            return;
+        }
+        let took = self.started.elapsed().as_micros() as u64;
+        self.log.record(self.what, &self.path, self.arrival, took);
+    }
+}
+
 impl<F> AffinityFuture<F> {
-    fn inner(future: F, unpin: Option<String>) -> Self {
+    fn inner(future: F, unpin: Option<String>, recording: Option<Recording>) -> Self {
         AffinityFuture {
             inner: Some(future),
             ready: None,
             unpin,
+            recording,
             pause: None,
         }
     }
@@ -419,6 +486,7 @@ impl<F> AffinityFuture<F> {
             inner: None,
             ready: Some(response),
             unpin: None,
+            recording: None,
             pause: None,
         }
     }
@@ -446,6 +514,9 @@ where
             None => Poll::Ready(Ok(this.ready.take().expect("polled after completion"))),
             Some(inner) => {
                 let mut response = ready!(inner.poll(cx))?;
+                if let Some(recording) = this.recording.take() {
+                    recording.answered(response.status());
+                }
                 if let Some(cookie) = this.unpin.take() {
                     set_cookie(&mut response, cookie);
                 }

@@ -46,6 +46,7 @@
 //!   (`fly-replay-failed`) and it is served here.
 
 pub mod layer;
+pub mod routes;
 
 pub use super::cookies::{LAUNCH_COOKIE, OWNER_COOKIE};
 use super::{
