@@ -10,7 +10,8 @@
 use super::error::reply;
 use super::{
     error::AppError,
-    protocol::{ClientMessage, MachineInfo, PhaseView, ServerMessage},
+    protocol::{ClientMessage, MachineInfo, PhaseView, RouteTotals, RouteView, ServerMessage},
+    routing_panel::{self, RoutingPanel},
     useless_machine::UselessMachine,
 };
 use leptos::prelude::*;
@@ -80,6 +81,15 @@ fn MachineView(info: MachineInfo) -> impl IntoView {
         _ => None,
     });
     let ended = Memo::new(move |_| matches!(phase.get(), PhaseView::Ended { .. }) || lost.get());
+    // The routing panel's rows and counts, as the live channel brings them; the summary line
+    // a screen reader hears, refreshed by the page's one-second tick.
+    let routes = RwSignal::new(Vec::<RouteView>::new());
+    let totals = RwSignal::new(RouteTotals::default());
+    let here = info.region.clone();
+    let summary = move || routing_panel::summary(&routes.read(), totals.get(), here.as_deref());
+    let announced = RwSignal::new(summary());
+    // When the page learnt that its Machine was gone (the receipt says it).
+    let ended_at = RwSignal::new(String::new());
 
     #[cfg(feature = "hydrate")]
     live::connect(live::Live {
@@ -88,6 +98,23 @@ fn MachineView(info: MachineInfo) -> impl IntoView {
         seconds_left,
         reconnecting,
         lost,
+        routes,
+        totals,
+        refresh_summary: Box::new({
+            let summary = summary.clone();
+            move || {
+                let line = summary();
+                if announced.with_untracked(|a| *a != line) {
+                    announced.set(line);
+                }
+            }
+        }),
+    });
+    #[cfg(feature = "hydrate")]
+    Effect::new(move |_| {
+        if ended.get() && ended_at.get_untracked().is_empty() {
+            ended_at.set(String::from(web_sys::js_sys::Date::new_0().to_iso_string()));
+        }
     });
     super::mark_hydrated_after_render();
 
@@ -101,7 +128,7 @@ fn MachineView(info: MachineInfo) -> impl IntoView {
         PhaseView::Ended { .. } => super::useless_machine::SwitchState::Off,
     });
 
-    let where_text = match (&info.city, &info.region) {
+    let where_text: String = match (&info.city, &info.region) {
         (Some(city), Some(code)) if city != code => format!(" in {city} ({code})"),
         (Some(city), _) => format!(" in {city}"),
         _ => String::new(),
@@ -129,7 +156,7 @@ fn MachineView(info: MachineInfo) -> impl IntoView {
     let back = format!("{launcher}/");
 
     view! {
-        <h1>"This is Fly Machine " <code class="machine-id">{info.id.clone()}</code> {where_text}</h1>
+        <h1>"This is Fly Machine " <code class="machine-id">{info.id.clone()}</code> {where_text.clone()}</h1>
         {distance.map(|d| view! { <p class="distance">{d}</p> })}
         <UselessMachine state=switch_state/>
         <Show
@@ -188,8 +215,16 @@ fn MachineView(info: MachineInfo) -> impl IntoView {
                     }}
                 </p>
                 <p><a href=back.clone() class="back">"Back to the launcher"</a></p>
+                <h3>"Its receipt"</h3>
+                <pre class="receipt" tabindex="0" aria-label="The receipt of your Machine's life">
+                    {
+                        let (id, place) = (info.id.clone(), where_text.clone());
+                        move || routing_panel::receipt(&id, &place, totals.get(), &routes.read(), &ended_at.get())
+                    }
+                </pre>
             </section>
         </Show>
+        <RoutingPanel rows=routes announced/>
     }
 }
 
@@ -215,6 +250,10 @@ mod live {
         pub seconds_left: RwSignal<Option<u64>>,
         pub reconnecting: RwSignal<bool>,
         pub lost: RwSignal<bool>,
+        pub routes: RwSignal<Vec<RouteView>>,
+        pub totals: RwSignal<RouteTotals>,
+        /// Called on each tick: brings the routing panel's spoken summary up to date.
+        pub refresh_summary: Box<dyn Fn()>,
     }
 
     type Sender = mpsc::Sender<Result<ClientMessage, AppError>>;
@@ -226,6 +265,9 @@ mod live {
             seconds_left,
             reconnecting,
             lost,
+            routes,
+            totals,
+            refresh_summary,
         } = live;
         // The open channel's sending half, if one is open.
         let sender: Rc<RefCell<Option<Sender>>> = Rc::default();
@@ -249,6 +291,7 @@ mod live {
             set_interval_with_handle(
                 move || {
                     ping();
+                    refresh_summary();
                     if let Some(at) = *countdown_to.borrow() {
                         let left = ((at - now_ms()) / 1000.0).ceil().max(0.0) as u64;
                         seconds_left.set(Some(left));
@@ -280,6 +323,19 @@ mod live {
                                 }
                                 // Pongs come in order: a ping older than this one lost its pong.
                                 sent.retain(|(s, _)| s.wrapping_sub(seq) < 1 << 31);
+                            }
+                            ServerMessage::Routes {
+                                fresh,
+                                rows,
+                                totals: counts,
+                            } => {
+                                routes.update(|kept| {
+                                    if fresh {
+                                        kept.clear();
+                                    }
+                                    kept.extend(rows);
+                                });
+                                totals.set(counts);
                             }
                             ServerMessage::Phase(p) => {
                                 if let PhaseView::Showing { seconds_left: s } = p {

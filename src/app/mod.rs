@@ -13,6 +13,7 @@ mod error;
 pub mod launcher;
 pub mod map;
 pub mod protocol;
+pub mod routing_panel;
 mod useless_machine;
 
 pub use error::AppError;
