@@ -1,6 +1,6 @@
 //! Machine leases (Fly docs, machines/api/machines-resource: "Machine leases can be used to
-//! obtain an exclusive lock on modifying a Machine"): what lets several launchers race for one
-//! stopped Machine and only one of them start it. While the lease lives, a start, stop or
+//! obtain an exclusive lock on modifying a Machine"): what lets the launcher that retires a
+//! stale pooled Machine destroy it while no launch can start it. While the lease lives, a start, stop or
 //! destroy needs its nonce; anyone else gets 409.
 
 use super::*;
@@ -87,19 +87,6 @@ impl FlyApi {
             Err(FlyApiError::Api { status: 409, .. }) => Ok(None),
             Err(e) => Err(e),
         }
-    }
-
-    /// Gives the lease back before it lapses.
-    pub async fn release_lease(
-        &self,
-        app: &str,
-        id: MachineId,
-        lease: &Lease,
-    ) -> Result<(), FlyApiError> {
-        let url = self.machines_url(app, &[id.as_str(), "lease"]);
-        self.under_lease("lease", Method::DELETE, url, lease)
-            .await
-            .map(drop)
     }
 
     /// Destroys a Machine whose lease the caller holds.
