@@ -7,7 +7,7 @@
 mod support;
 
 use flyby::app::{
-    protocol::{ClientMessage, LaunchEnd, ServerMessage, Step},
+    protocol::{Arrival, ClientMessage, LaunchCall, LaunchEnd, ServerMessage, Step},
     AppError,
 };
 use flyby::server::affinity::LAUNCH_COOKIE;
@@ -31,11 +31,28 @@ async fn the_hand_over_asked_for_at_once_answers_when_the_machine_serves() {
     let visitor = Visitor::new(&platform, "203.0.113.1");
     let launch = visitor.start_launch().await.unwrap();
     // As the page does: no waiting for the progress channel, the hand-over right away.
-    let Ok(LaunchEnd::HandedOver { steps, handover }) = visitor.launch_end(&launch).await else {
+    let Ok(LaunchEnd::HandedOver {
+        steps,
+        route,
+        handover,
+    }) = visitor.launch_end(&launch).await
+    else {
         panic!("the launch did not hand over");
     };
     let steps: Vec<_> = steps.into_iter().map(|s| s.step).collect();
     assert_eq!(steps.last(), Some(&Step::Serving), "{steps:?}");
+    // The launch's route: one of the two launchers ran it, and the hand-over, pinned to it,
+    // reached the other first and was replayed from there.
+    let route = route.expect("the launch's route");
+    let launchers = api.machine_ids("flyby").await;
+    assert!(launchers.contains(&route.launcher), "{route:?}");
+    let other = launchers.iter().find(|l| **l != route.launcher).unwrap();
+    let calls: Vec<_> = route.calls.iter().map(|(call, _)| *call).collect();
+    assert_eq!(calls, [LaunchCall::Start, LaunchCall::Handover]);
+    assert!(
+        matches!(&route.calls[1].1, Arrival::Replayed { machine, .. } if machine == other.as_str()),
+        "{route:?}"
+    );
     // It answered once the Machine served: the claim lands on the owner's page at once.
     let machine = visitor.claim(&handover).await;
     assert_eq!(visitor.machine_page(machine).await.status(), StatusCode::OK);

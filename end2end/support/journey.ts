@@ -15,6 +15,8 @@ export interface ProgressSnapshot {
   labels: string[];
   ats: string[];
   timer: string | null;
+  /** The launch's route line: which launcher ran it and how the page's calls reached it. */
+  route: string | null;
 }
 
 /**
@@ -37,6 +39,7 @@ export async function recordProgress(page: Page): Promise<ProgressSnapshot[]> {
         labels: steps.map((s) => s.querySelector('.label')?.textContent ?? ''),
         ats: steps.map((s) => s.querySelector('.at')?.textContent ?? ''),
         timer: document.querySelector('.progress .timer')?.textContent ?? null,
+        route: document.querySelector('.progress .launch-route')?.textContent ?? null,
       };
       const key = JSON.stringify(snapshot);
       if (key !== last) {

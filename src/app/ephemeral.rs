@@ -10,7 +10,9 @@
 use super::error::reply;
 use super::{
     error::AppError,
-    protocol::{ClientMessage, MachineInfo, PhaseView, RouteTotals, RouteView, ServerMessage},
+    protocol::{
+        BootTimeline, ClientMessage, MachineInfo, PhaseView, RouteTotals, RouteView, ServerMessage,
+    },
     routing_panel::{self, RoutingPanel},
     useless_machine::UselessMachine,
 };
@@ -90,6 +92,10 @@ fn MachineView(info: MachineInfo) -> impl IntoView {
     let announced = RwSignal::new(summary());
     // When the page learnt that its Machine was gone (the receipt says it).
     let ended_at = RwSignal::new(String::new());
+    // The launch's timeline, from the click to this page's first byte, for the receipt.
+    let boot = RwSignal::new(None::<BootTimeline>);
+    #[cfg(feature = "hydrate")]
+    boot.set(live::boot_timeline());
 
     #[cfg(feature = "hydrate")]
     live::connect(live::Live {
@@ -219,7 +225,16 @@ fn MachineView(info: MachineInfo) -> impl IntoView {
                 <pre class="receipt" tabindex="0" aria-label="The receipt of your Machine's life">
                     {
                         let (id, place) = (info.id.clone(), where_text.clone());
-                        move || routing_panel::receipt(&id, &place, totals.get(), &routes.read(), &ended_at.get())
+                        move || {
+                            routing_panel::receipt(
+                                &id,
+                                &place,
+                                boot.read().as_ref(),
+                                totals.get(),
+                                &routes.read(),
+                                &ended_at.get(),
+                            )
+                        }
                     }
                 </pre>
             </section>
@@ -257,6 +272,34 @@ mod live {
     }
 
     type Sender = mpsc::Sender<Result<ClientMessage, AppError>>;
+
+    /// The launch's timeline that the launcher's page put in this page's address
+    /// ([`BootTimeline`]), with this page's first byte after the hand-over; the address loses
+    /// it at once, so a copied or bookmarked URL carries none of it.
+    pub fn boot_timeline() -> Option<BootTimeline> {
+        use crate::app::protocol::BootStep;
+        let location = window().location();
+        let hash = location.hash().ok()?;
+        let text = hash.strip_prefix("#boot=")?;
+        if let (Ok(history), Ok(path)) = (window().history(), location.pathname()) {
+            let _ = history.replace_state_with_url(&wasm_bindgen::JsValue::NULL, "", Some(&path));
+        }
+        let mut timeline = BootTimeline::parse(text)?;
+        let handed_over = timeline
+            .0
+            .iter()
+            .find(|(step, _)| *step == BootStep::HandedOver)?
+            .1;
+        // The page's navigation began with the hand-over's form submission.
+        let timing = window().performance()?.timing();
+        let first_byte = (timing.response_start() - timing.navigation_start()).max(0.0) as u32;
+        if timeline.0.len() < BootTimeline::MAX {
+            timeline
+                .0
+                .push((BootStep::FirstByte, handed_over.saturating_add(first_byte)));
+        }
+        Some(timeline)
+    }
 
     pub fn connect(live: Live) {
         let Live {

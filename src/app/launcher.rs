@@ -38,7 +38,14 @@ pub async fn start_launch(region: Option<String>) -> Result<LaunchTicket, AppErr
 pub async fn watch_launch(
     input: BoxedStream<String, AppError>,
 ) -> Result<BoxedStream<LaunchProgress, AppError>, AppError> {
-    reply(crate::server::launcher::current().map(|l| l.watch_launch(input)))
+    use crate::server::{launcher::current, request_headers};
+    reply(
+        async {
+            let headers = request_headers().await?;
+            Ok(current()?.watch_launch(headers, input))
+        }
+        .await,
+    )
 }
 
 /// Answers when the launch ends: the page asks as soon as the launch is accepted, so the
@@ -106,8 +113,12 @@ fn LaunchPanel(info: Option<LauncherInfo>) -> impl IntoView {
     Effect::new(move |_| yours.set(live::remembered_machine()));
     super::mark_hydrated_after_render();
 
+    // The launch's timeline for the Machine's receipt, in the hand-over URL's fragment.
+    let boot = RwSignal::new(String::new());
     let launch = Action::new(move |region: &Option<crate::fly::RegionCode>| {
         let region = region.map(|r| r.to_string());
+        #[cfg(feature = "hydrate")]
+        let clicked = live::now_ms();
         async move {
             error.set(None);
             handover.set(None);
@@ -123,7 +134,14 @@ fn LaunchPanel(info: Option<LauncherInfo>) -> impl IntoView {
             match outcome {
                 Ok(h) => {
                     #[cfg(feature = "hydrate")]
-                    live::remember_machine(h.machine);
+                    {
+                        live::remember_machine(h.machine);
+                        let posted = (live::now_ms() - clicked).max(0.0) as u32;
+                        boot.set(progress.with_untracked(|p| {
+                            let steps = p.as_ref().map_or(&[][..], |p| &p.steps[..]);
+                            super::protocol::BootTimeline::of_launch(steps, posted).encode()
+                        }));
+                    }
                     yours.set(Some(h.machine));
                     handover.set(Some(h));
                 }
@@ -208,6 +226,11 @@ fn LaunchPanel(info: Option<LauncherInfo>) -> impl IntoView {
                             .collect_view()
                     }}
                 </ol>
+                {move || {
+                    progress
+                        .with(|p| p.as_ref()?.route.as_ref().map(super::routing_panel::launch_route))
+                        .map(|line| view! { <p class="launch-route">{line}</p> })
+                }}
             </section>
         </Show>
         {move || {
@@ -223,7 +246,14 @@ fn LaunchPanel(info: Option<LauncherInfo>) -> impl IntoView {
             Some(view! { <p class="fly-state" role="status">{state}</p> })
         }}
         {move || error.get().map(|e| view! { <p class="error" role="alert">{e.to_string()}</p> })}
-        <form node_ref=form method="post" class="handover" action=move || handover.get().map(|h| h.claim_url).unwrap_or_default()>
+        <form
+            node_ref=form
+            method="post"
+            class="handover"
+            action=move || {
+                handover.get().map(|h| format!("{}#boot={}", h.claim_url, boot.get())).unwrap_or_default()
+            }
+        >
             <input type="hidden" name="secret" value=move || handover.get().map(|h| h.secret).unwrap_or_default()/>
         </form>
         <Explainer>
@@ -273,14 +303,19 @@ async fn run(
         }?;
         // Closes the live channel.
         drop(follow);
-        let (steps, handover) = match end {
-            LaunchEnd::HandedOver { steps, handover } => (steps, handover),
+        let (steps, route, handover) = match end {
+            LaunchEnd::HandedOver {
+                steps,
+                route,
+                handover,
+            } => (steps, route, handover),
             LaunchEnd::Failed(e) => return Err(e),
         };
         progress.update(|p| {
             if let Some(p) = p {
                 let at_ms = steps.last().map(|s| s.at_ms).unwrap_or_default();
                 p.steps = steps;
+                p.route = route;
                 p.steps.push(StepView {
                     step: Step::SendingYou,
                     at_ms,
@@ -316,7 +351,7 @@ mod live {
     use futures::{channel::mpsc, StreamExt};
     use std::time::Duration;
 
-    fn now_ms() -> f64 {
+    pub fn now_ms() -> f64 {
         window().performance().map(|p| p.now()).unwrap_or_default()
     }
 

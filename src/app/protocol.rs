@@ -77,6 +77,38 @@ pub struct LaunchProgress {
     pub steps: Vec<StepView>,
     /// `Some(Ok)`: the Machine serves and the hand-over can be taken.
     pub outcome: Option<Result<(), AppError>>,
+    /// Which launcher Machine runs the launch, and how the page's calls reached it.
+    pub route: Option<LaunchRoute>,
+}
+
+/// How a launch's calls reached the launcher Machine that runs it: the start reaches the
+/// visitor's home launcher, and the launch pin sends every later call there, by `fly-replay`
+/// when fly-proxy delivered it to another launcher first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaunchRoute {
+    pub launcher: MachineId,
+    pub region: Option<RegionCode>,
+    /// In the order they reached it.
+    pub calls: Vec<(LaunchCall, Arrival)>,
+}
+
+/// A call of the launcher's page to the launcher that runs its launch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LaunchCall {
+    Start,
+    /// The live channel of the launch's progress.
+    Progress,
+    Handover,
+}
+
+impl LaunchCall {
+    pub fn label(self) -> &'static str {
+        match self {
+            LaunchCall::Start => "start",
+            LaunchCall::Progress => "progress",
+            LaunchCall::Handover => "hand-over",
+        }
+    }
 }
 
 impl LaunchProgress {
@@ -96,6 +128,117 @@ impl LaunchProgress {
             return;
         }
         self.steps.push(StepView { step, at_ms });
+    }
+}
+
+/// A launch's steps as the Machine's receipt tells them, in ms since the click. The
+/// launcher's page hands them to the Machine's page in the fragment of the hand-over's URL,
+/// which the browser keeps through the claim's redirect and no server ever sees; the Machine's
+/// page reads it and takes it out of the address. Only that page shows it, to the browser
+/// that wrote it: parsed strictly all the same (known steps, at most [`BootTimeline::MAX`]).
+/// The launcher's times count from when it received the launch, the page's from the click:
+/// apart by the launch request's way there, a few ms.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BootTimeline(pub Vec<(BootStep, u32)>);
+
+/// One moment of a launch, as the receipt names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootStep {
+    Requested,
+    WaitedForFly,
+    FullRegion,
+    Created,
+    Warm,
+    NoWarm,
+    Started,
+    Serving,
+    /// The launcher's page posted the hand-over (its own clock).
+    HandedOver,
+    /// The Machine's page received its first byte (its own clock, after the hand-over).
+    FirstByte,
+}
+
+const BOOT_CODES: [(BootStep, u8, &str); 10] = [
+    (BootStep::Requested, b'q', "launch requested"),
+    (BootStep::WaitedForFly, b'l', "waited for Fly's rate limit"),
+    (BootStep::FullRegion, b'f', "a full region passed over"),
+    (BootStep::Created, b'c', "Machine created"),
+    (BootStep::Warm, b'w', "warm Machine started"),
+    (BootStep::NoWarm, b'n', "no warm Machine left"),
+    (BootStep::Started, b's', "Machine started"),
+    (BootStep::Serving, b'v', "Machine serving"),
+    (BootStep::HandedOver, b'h', "hand-over posted"),
+    (BootStep::FirstByte, b'b', "its page's first byte"),
+];
+
+impl BootStep {
+    pub fn label(self) -> &'static str {
+        BOOT_CODES
+            .iter()
+            .find(|(step, ..)| *step == self)
+            .map_or("", |(.., label)| label)
+    }
+}
+
+impl BootTimeline {
+    /// The most steps a timeline holds (a launch shows about six).
+    pub const MAX: usize = 12;
+
+    /// A launch's steps, and the hand-over posted `handed_over_ms` after the click.
+    pub fn of_launch(steps: &[StepView], handed_over_ms: u32) -> Self {
+        let mut timeline: Vec<(BootStep, u32)> = steps
+            .iter()
+            .filter_map(|s| {
+                let step = match s.step {
+                    Step::Requested => BootStep::Requested,
+                    Step::WaitingForSlot { .. } => BootStep::WaitedForFly,
+                    Step::NoRoom { .. } => BootStep::FullRegion,
+                    Step::Created { .. } => BootStep::Created,
+                    Step::Warm { .. } => BootStep::Warm,
+                    Step::NoWarm { .. } => BootStep::NoWarm,
+                    Step::Started => BootStep::Started,
+                    Step::Serving => BootStep::Serving,
+                    Step::SendingYou => return None,
+                };
+                Some((step, u32::try_from(s.at_ms).unwrap_or(u32::MAX)))
+            })
+            .take(Self::MAX - 2)
+            .collect();
+        timeline.push((BootStep::HandedOver, handed_over_ms));
+        BootTimeline(timeline)
+    }
+
+    /// `q0.c1234.s1900`: a letter per step, its ms.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        for (step, ms) in &self.0 {
+            let Some((_, code, _)) = BOOT_CODES.iter().find(|(s, ..)| s == step) else {
+                continue;
+            };
+            if !text.is_empty() {
+                text.push('.');
+            }
+            text.push(char::from(*code));
+            text.push_str(&ms.to_string());
+        }
+        text
+    }
+
+    /// What [`BootTimeline::encode`] wrote, or `None` for anything else.
+    pub fn parse(text: &str) -> Option<Self> {
+        let mut steps = Vec::new();
+        for part in text.split('.') {
+            let (code, ms) = part.split_at_checked(1)?;
+            let step = BOOT_CODES
+                .iter()
+                .find(|(_, c, _)| code.as_bytes() == [*c])
+                .map(|(step, ..)| *step)?;
+            if ms.is_empty() || ms.len() > 9 || !ms.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            steps.push((step, ms.parse().ok()?));
+        }
+        (steps.len() <= Self::MAX).then_some(BootTimeline(steps))
     }
 }
 
@@ -123,6 +266,7 @@ pub enum LaunchEnd {
     /// may not have delivered the last ones yet).
     HandedOver {
         steps: Vec<StepView>,
+        route: Option<LaunchRoute>,
         handover: Handover,
     },
     Failed(AppError),

@@ -5,7 +5,7 @@
 //! and one summary line that a screen reader hears at most once a second. Also the receipt
 //! the page keeps once the Machine is gone.
 
-use super::protocol::{Arrival, RouteTotals, RouteView};
+use super::protocol::{Arrival, BootTimeline, LaunchRoute, RouteTotals, RouteView};
 use leptos::prelude::*;
 
 /// The summary line: "7 of 9 requests were replayed from ord to syd; the replay cache
@@ -64,6 +64,24 @@ pub fn summary(rows: &[RouteView], totals: RouteTotals, here: Option<&str>) -> S
     line
 }
 
+/// Which launcher ran a launch and how each of the page's calls reached it, in one line:
+/// "Run by launcher Machine 0123456789abcd in Amsterdam (ams). Its calls: start — direct;
+/// progress — replayed from … in ord".
+pub fn launch_route(route: &LaunchRoute) -> String {
+    let mut line = format!("Run by launcher Machine {}", route.launcher);
+    if let Some(region) = route.region {
+        line.push_str(&format!(" in {} ({region})", region.city()));
+    }
+    line.push('.');
+    for (i, (call, arrival)) in route.calls.iter().enumerate() {
+        line.push_str(if i == 0 { " Its calls: " } else { "; " });
+        line.push_str(call.label());
+        line.push_str(" — ");
+        line.push_str(&arrived(arrival));
+    }
+    line
+}
+
 /// How a row arrived, in words.
 fn arrived(arrival: &Arrival) -> String {
     match arrival {
@@ -96,7 +114,8 @@ pub fn RoutingPanel(rows: RwSignal<Vec<RouteView>>, announced: RwSignal<String>)
         <details class="routes">
             <summary>"How your requests got here"</summary>
             <p class="routes-summary" role="status" aria-live="polite">{move || announced.get()}</p>
-            <div class="routes-scroll">
+            // Scrolls sideways on a phone: a focusable region, so a keyboard can scroll it.
+            <div class="routes-scroll" tabindex="0" role="region" aria-label="Your requests">
                 <table>
                     <caption class="visually-hidden">"Your requests, in the order they reached this Machine"</caption>
                     <thead>
@@ -123,14 +142,28 @@ pub fn RoutingPanel(rows: RwSignal<Vec<RouteView>>, announced: RwSignal<String>)
     }
 }
 
-/// The record of the Machine's life the page keeps after it is gone, to copy.
+/// The record of the Machine's life the page keeps after it is gone, to copy: where it ran,
+/// its launch from the click to its page's first byte (when the launcher's page handed the
+/// timeline over), what it served and when it ended.
 pub fn receipt(
     id: &str,
     place: &str,
+    boot: Option<&BootTimeline>,
     totals: RouteTotals,
     rows: &[RouteView],
     ended_at: &str,
 ) -> String {
+    let mut boot_lines = String::new();
+    if let Some(boot) = boot.filter(|b| !b.0.is_empty()) {
+        boot_lines.push_str("From the click:\n");
+        for (step, ms) in &boot.0 {
+            boot_lines.push_str(&format!(
+                "  {} s  {}\n",
+                super::fixed(f64::from(*ms) / 1000.0, 3),
+                step.label()
+            ));
+        }
+    }
     let first_answer = rows
         .iter()
         .find(|r| r.seq == 1)
@@ -138,8 +171,8 @@ pub fn receipt(
         .map(|t| format!("{} ms", super::fixed(f64::from(t) / 10.0, 1)))
         .unwrap_or_else(|| "-".to_owned());
     format!(
-        "Fly Machine {id}{place}\nRequests served: {} ({} replayed, {} by the replay cache)\n\
-         Its first answer took: {first_answer}\nDestroyed: {ended_at}\n",
+        "Fly Machine {id}{place}\n{boot_lines}Requests served: {} ({} replayed, {} by the \
+         replay cache)\nIts first answer took: {first_answer}\nDestroyed: {ended_at}\n",
         totals.served, totals.replayed, totals.cache_hits
     )
 }
@@ -212,6 +245,33 @@ mod tests {
     }
 
     #[test]
+    fn a_launch_route_names_its_launcher_and_how_each_call_reached_it() {
+        use crate::app::protocol::LaunchCall;
+        use crate::fly::{MachineId, RegionCode};
+        let mut route = LaunchRoute {
+            launcher: MachineId::parse("0123456789abcd").unwrap(),
+            region: Some(RegionCode::parse("ams").unwrap()),
+            calls: vec![
+                (LaunchCall::Start, Arrival::Direct),
+                (LaunchCall::Progress, replayed("ord")),
+                (LaunchCall::Handover, Arrival::ReplayCache),
+            ],
+        };
+        assert_eq!(
+            launch_route(&route),
+            "Run by launcher Machine 0123456789abcd in Amsterdam (ams). Its calls: start — \
+             direct; progress — replayed from 0123456789abcd in ord, 3 ms in the replay; \
+             hand-over — replay cache hit"
+        );
+        route.region = None;
+        route.calls.clear();
+        assert_eq!(
+            launch_route(&route),
+            "Run by launcher Machine 0123456789abcd."
+        );
+    }
+
+    #[test]
     fn the_receipt_names_the_machine_its_requests_and_its_end() {
         let rows = [row(1, replayed("ord")), row(2, Arrival::ReplayCache)];
         let totals = RouteTotals {
@@ -219,16 +279,24 @@ mod tests {
             replayed: 1,
             cache_hits: 1,
         };
+        let boot = BootTimeline::parse("q0.c1234.s1900.v1950.h1971.b2004").unwrap();
         let text = receipt(
             "0123456789abcd",
             " in Sydney (syd)",
+            Some(&boot),
             totals,
             &rows,
             "2026-12-04T10:00:00Z",
         );
-        assert!(text.starts_with("Fly Machine 0123456789abcd in Sydney (syd)\n"));
+        assert!(text.starts_with(
+            "Fly Machine 0123456789abcd in Sydney (syd)\nFrom the click:\n  0.000 s  launch \
+             requested\n  1.234 s  Machine created\n  1.900 s  Machine started\n  1.950 s  \
+             Machine serving\n  1.971 s  hand-over posted\n  2.004 s  its page's first byte\n"
+        ));
         assert!(text.contains("Requests served: 2 (1 replayed, 1 by the replay cache)"));
         assert!(text.contains("Its first answer took: 1.5 ms"));
         assert!(text.contains("Destroyed: 2026-12-04T10:00:00Z"));
+        let without = receipt("0123456789abcd", "", None, totals, &rows, "-");
+        assert!(without.starts_with("Fly Machine 0123456789abcd\nRequests served: 2"));
     }
 }

@@ -98,3 +98,42 @@ fn a_regions_control_says_where_the_launch_goes_and_how_far_it_is() {
         "Launch in Sydney"
     );
 }
+
+#[test]
+fn a_boot_timeline_goes_through_the_hand_over_fragment_and_nothing_else_does() {
+    use super::protocol::{BootStep, BootTimeline, Step, StepView};
+    use crate::fly::RegionCode;
+    let ams = RegionCode::parse("ams").unwrap();
+    let steps = [
+        (Step::Requested, 3),
+        (Step::Warm { region: ams }, 612),
+        (Step::Serving, 640),
+        (Step::SendingYou, 640),
+    ]
+    .map(|(step, at_ms)| StepView { step, at_ms });
+    let timeline = BootTimeline::of_launch(&steps, 655);
+    assert_eq!(timeline.encode(), "q3.w612.v640.h655");
+    assert_eq!(BootTimeline::parse(&timeline.encode()), Some(timeline));
+    assert_eq!(
+        BootTimeline::parse("c10.b20").unwrap().0,
+        [(BootStep::Created, 10), (BootStep::FirstByte, 20)]
+    );
+    // Anything but what `encode` writes is no timeline: unknown steps, signs, empty times,
+    // huge numbers, markup, too many steps.
+    let too_many = vec!["q1"; BootTimeline::MAX + 1].join(".");
+    for bad in [
+        "",
+        "x1",
+        "q",
+        "q-1",
+        "q1..c2",
+        "q1.c2.",
+        "q99999999999",
+        "q1<script>",
+        "Q1",
+        "q 1",
+        &too_many,
+    ] {
+        assert_eq!(BootTimeline::parse(bad), None, "{bad:?}");
+    }
+}

@@ -318,6 +318,7 @@ mod tests {
         for (name, value) in [
             ("fly-replay-src", "instance=0123456789abcd;region=ams;t=1"),
             ("fly-replay-failed", "x"),
+            ("fly-replay-cache-status", "hit"),
             ("fly-client-ip", "1.2.3.4"),
             ("flyby-local-anything", "x"),
             ("connection", "keep-alive, x-secret-hop"),

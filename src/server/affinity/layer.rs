@@ -24,7 +24,7 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::{ready, Context, Poll},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 use tower::{Layer, Service};
 
@@ -110,19 +110,11 @@ impl AffinityLayer {
         let claim = method == Method::POST && is_claim_path(path, me);
         let upgrade =
             header_str(request, "upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-        let now_us = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_micros() as u64)
-            .unwrap_or_default();
         Some(Recording {
             log,
             what: routes::request_kind(method, path, claim, upgrade),
             path: path.to_owned(),
-            arrival: routes::arrival(
-                header_str(request, "fly-replay-src"),
-                header_str(request, "fly-replay-cache-status"),
-                now_us,
-            ),
+            arrival: routes::arrival_of(request.headers()),
             claim,
             started: tokio::time::Instant::now(),
         })

@@ -13,8 +13,12 @@ use crate::{
     app::protocol::{Arrival, RequestKind, RouteTotals, RouteView},
     fly::{MachineId, RegionCode},
 };
-use http::Method;
-use std::{collections::VecDeque, sync::Mutex};
+use http::{HeaderMap, Method};
+use std::{
+    collections::VecDeque,
+    sync::Mutex,
+    time::{SystemTime, UNIX_EPOCH},
+};
 use tokio::sync::watch;
 
 /// How many rows a Machine keeps: a page's requests (about ten) several times over, and a
@@ -71,6 +75,20 @@ pub fn arrival(replay_src: Option<&str>, cache_status: Option<&str>, now_us: u64
         return Arrival::ReplayCache;
     }
     Arrival::Direct
+}
+
+/// How the request with these headers arrived, as of now: [`arrival`] on fly-proxy's headers.
+pub fn arrival_of(headers: &HeaderMap) -> Arrival {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let now_us = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or_default();
+    arrival(
+        header("fly-replay-src"),
+        header("fly-replay-cache-status"),
+        now_us,
+    )
 }
 
 /// The path as a row keeps it: no query, at most [`PATH_BYTES`], cut at a character.

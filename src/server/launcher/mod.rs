@@ -26,7 +26,7 @@ pub mod request;
 mod tracker;
 
 use super::{
-    affinity::{claim_path, LAUNCH_COOKIE},
+    affinity::{claim_path, routes::arrival_of, LAUNCH_COOKIE},
     config::{Config, LauncherConfig},
     cookies,
     fly_api::{CreateMachineRequest, FlyApi, FlyApiConfig, FlyApiError, MachineState, WaitState},
@@ -35,8 +35,8 @@ use super::{
 use crate::{
     app::{
         protocol::{
-            FlyReach, Handover, LaunchEnd, LaunchProgress, LaunchTicket, LauncherInfo, MapView,
-            Step,
+            FlyReach, Handover, LaunchCall, LaunchEnd, LaunchProgress, LaunchRoute, LaunchTicket,
+            LauncherInfo, MapView, Step,
         },
         AppError,
     },
@@ -86,7 +86,23 @@ struct Launch {
     handover: Mutex<Option<(Handover, MachineId)>>,
 }
 
+/// The most calls a launch's route keeps: a start, a progress channel and a hand-over, and a
+/// few more of a page that reconnects or asks again; never more, however often it does.
+const ROUTE_CALLS: usize = 8;
+
 impl Launch {
+    /// Records how one of the launch's calls reached this launcher, for its page.
+    fn reached(&self, call: LaunchCall, headers: &HeaderMap) {
+        let arrival = arrival_of(headers);
+        self.progress.send_if_modified(|p| match &mut p.route {
+            Some(route) if route.calls.len() < ROUTE_CALLS => {
+                route.calls.push((call, arrival));
+                true
+            }
+            _ => false,
+        });
+    }
+
     fn machine(&self) -> Option<MachineId> {
         self.handover
             .lock()
@@ -101,6 +117,8 @@ pub struct Launcher {
     /// What every Machine it creates is made of; `spec.launcher` is this launcher Machine, for
     /// the launch pin (`None` outside Fly).
     spec: MachineSpec,
+    /// The region this launcher Machine runs in, for the launch's route.
+    region: Option<RegionCode>,
     /// The launcher's own app name, to derive the ephemeral app's host from the request's.
     app_name: String,
     /// The app visitors' Machines are created in.
@@ -246,6 +264,7 @@ impl Launcher {
                 site_root: config.leptos.site_root.to_string(),
                 launcher: config.fly.machine_id,
             },
+            region: config.fly.region,
             app_name: config.fly.app_name.clone(),
             ephemeral_app: config.ephemeral_app.clone(),
             image: config.fly.image_ref.clone(),
@@ -332,6 +351,9 @@ impl Launcher {
             None => self.living_launch_of(visitor).await,
         };
         if let Some(id) = existing {
+            if let Some(launch) = self.launches.get(&id) {
+                launch.reached(LaunchCall::Start, headers);
+            }
             if let Some(me) = self.spec.launcher {
                 set_cookie(cookies::launch_pin(me, PIN_LIFETIME, origin.is_https()));
             }
@@ -368,11 +390,21 @@ impl Launcher {
                 })?,
         };
         let id = LaunchId::mint();
+        let route = self.spec.launcher.map(|launcher| LaunchRoute {
+            launcher,
+            region: self.region,
+            calls: Vec::new(),
+        });
         let launch = Arc::new(Launch {
             visitor,
-            progress: watch::channel(LaunchProgress::default()).0,
+            progress: watch::channel(LaunchProgress {
+                route,
+                ..LaunchProgress::default()
+            })
+            .0,
             handover: Mutex::new(None),
         });
+        launch.reached(LaunchCall::Start, headers);
         if let Err(first) = self.launches.begin(id.clone(), launch.clone()) {
             return Ok(LaunchTicket {
                 id: first.as_str().to_owned(),
@@ -445,6 +477,7 @@ impl Launcher {
     /// The progress of a launch, streamed whole on every change until it ends.
     pub fn watch_launch(
         self: Arc<Self>,
+        headers: HeaderMap,
         mut input: BoxedStream<String, AppError>,
     ) -> BoxedStream<LaunchProgress, AppError> {
         let (mut tx, rx) = futures::channel::mpsc::channel(4);
@@ -459,6 +492,7 @@ impl Launcher {
                 return;
             };
             let mut changes = launch.progress.subscribe();
+            launch.reached(LaunchCall::Progress, &headers);
             loop {
                 let progress = changes.borrow_and_update().clone();
                 let done = progress.outcome.is_some();
@@ -487,6 +521,7 @@ impl Launcher {
             .and_then(|id| self.launches.get(&id))
             .filter(|launch| Some(launch.visitor) == visitor)
             .ok_or_else(no_handover)?;
+        launch.reached(LaunchCall::Handover, headers);
         // Every launch ends (by its deadline, `FLYBY_LAUNCH_SECS`), and `launch` keeps its sender alive.
         let mut changes = launch.progress.subscribe();
         let last = changes
@@ -508,6 +543,7 @@ impl Launcher {
         set_cookie(cookies::clear(LAUNCH_COOKIE));
         Ok(LaunchEnd::HandedOver {
             steps: last.steps,
+            route: last.route,
             handover: handover.ok_or_else(no_handover)?,
         })
     }
