@@ -9,14 +9,14 @@
 # end2end/ require (bookworm's is 18), and the runtime's glibc is the one the binary was linked
 # against.
 
-# Tools: what `make setup-build` installs (cargo-leptos, wasm-bindgen-cli, the wasm32 target,
-# wasm-opt from npm), by running its recipe, `scripts/setup build`, without the Makefile: this
+# Tools: what `make setup-build` installs (wasm-bindgen-cli, the wasm32 target, wasm-opt and
+# esbuild from npm), by running its recipe, `scripts/setup build`, without the Makefile: this
 # layer changes only with scripts/setup, Cargo.lock (wasm-bindgen's version) and end2end's npm
 # lock. cargo-install's build directory is a cache mount: after a Cargo.lock change, the tools
 # are relinked, not recompiled.
 FROM rust:1.95-trixie AS tools
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
-# Debian's current nodejs 20 and npm, and brotli (scripts/precompress): unpinned on purpose, a
+# Debian's current nodejs 20 and npm, and brotli (scripts/site): unpinned on purpose, a
 # pinned Debian revision disappears from the archive at the next security update.
 # hadolint ignore=DL3008
 RUN apt-get update \
@@ -30,8 +30,8 @@ RUN --mount=type=cache,target=/root/.cache/cargo-install \
     CARGO_TARGET_DIR=/root/.cache/cargo-install scripts/setup build
 
 # Skeleton: the manifests, the Makefile and the scripts its build runs, plus an empty stand-in
-# for every target's root file, the style file and the assets folder, so that the dependency
-# layer below is rebuilt only when those change, not on every edit of the sources.
+# for every target's root file, the stylesheet and the public folder (scripts/site), so that the
+# dependency layer below is rebuilt only when those change, not on every edit of the sources.
 FROM tools AS skeleton
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 COPY . .
@@ -43,10 +43,9 @@ RUN mkdir /skeleton \
         for (const p of meta.packages) { \
           const root = path.dirname(p.manifest_path); \
           for (const t of p.targets) console.log("rs " + path.relative(root, t.src_path)); \
-          const l = (p.metadata || {}).leptos || {}; \
-          if (l["style-file"]) console.log("file " + l["style-file"]); \
-          if (l["assets-dir"]) console.log("dir " + l["assets-dir"]); \
-        }' \
+        } \
+        console.log("file style/main.css"); \
+        console.log("dir public");' \
     | while read -r kind file; do \
         mkdir -p "/skeleton/$(dirname "$file")"; \
         case "$kind" in \
@@ -60,16 +59,14 @@ RUN mkdir /skeleton \
 FROM tools AS build
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 COPY --from=skeleton /skeleton/ ./
-# The stand-ins' own artifacts are removed (cargo-leptos builds the WASM in target/front, and
-# lists the bundles' hashes in target/release/hash.txt and machine-hash.txt), so the real
-# build below cannot take them for up to date: cargo compares modification times, and COPY
-# keeps the checkout's.
+# The stand-ins' own artifacts are removed (scripts/site builds the WASM in target/front and the
+# site in target/bundle and target/site), so the real build below cannot take them for up to
+# date: cargo compares modification times, and COPY keeps the checkout's.
 RUN make build \
     && cargo clean --release --package flyby \
     && cargo clean --target-dir target/front --profile wasm-release \
         --target wasm32-unknown-unknown --package flyby \
-    && rm -rf target/site target/machine-site \
-        target/release/hash.txt target/release/machine-hash.txt
+    && rm -rf target/site target/bundle
 COPY . .
 # The guards prove the server and the WASM bundle are the real ones, not the skeleton's stand-ins.
 RUN make build \

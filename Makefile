@@ -4,8 +4,8 @@
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 export PATH := $(CURDIR)/end2end/node_modules/.bin:$(HOME)/.cargo/bin:$(PATH)
-# cargo-leptos builds the server with LEPTOS_OUTPUT_NAME set; the same value here lets
-# `cargo test` reuse those artifacts instead of rebuilding every Leptos crate.
+# Leptos reads LEPTOS_OUTPUT_NAME when it is compiled: one value for every build, so that
+# `cargo test` reuses the release build's artifacts instead of rebuilding every Leptos crate.
 export LEPTOS_OUTPUT_NAME := flyby
 
 SSR := --no-default-features --features ssr
@@ -52,16 +52,12 @@ setup-build:
 setup-test:
 	scripts/setup test
 
-## The release build: target/release/flyby, target/release/flyby-local and target/site.
-## The Dockerfile's build stage runs this same target. Two bundles, one per app: first the
-## Machines' (its own site and hash file; the server is the same build), then the launcher's;
-## scripts/precompress brings the first into the second's site (src/server/assets.rs).
+## The release build: target/site (scripts/site: the two apps' WASM bundles, the stylesheet,
+## public/, their compressed variants), target/release/flyby and target/release/flyby-local.
+## The Dockerfile's build stage runs this same target.
 build: setup-build
-	LEPTOS_SITE_ROOT=target/machine-site LEPTOS_HASH_FILE_NAME=machine-hash.txt \
-		cargo leptos build --release --lib-features machine-bundle
-	cargo leptos build --release
-	scripts/precompress target/site target/release
-	cargo build --release $(SSR) --bin flyby-local
+	scripts/site
+	cargo build --release $(SSR) --bin flyby --bin flyby-local
 
 fmt-check:
 	cargo fmt --all -- --check

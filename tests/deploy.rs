@@ -348,36 +348,36 @@ fn fly_toml_stops_flyby_the_way_it_stops_gracefully() {
 }
 
 /// The benchmarks' router without its affinity layer exists only with the `bench` feature: the
-/// build that is deployed (cargo-leptos's, through `make build`) must never enable it.
+/// build that is deployed (`make build`: the server with `$(SSR)`, the bundles of
+/// scripts/site with `<app>-bundle`) must never enable it.
 #[test]
 fn the_deployed_build_cannot_serve_without_the_affinity_layer() {
     let cargo = cargo_toml();
-    let leptos = at(&cargo, "package.metadata.leptos");
-    for key in ["bin-features", "lib-features"] {
-        let features: Vec<&str> = at(leptos, key)
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|f| f.as_str().unwrap())
-            .collect();
-        assert!(!features.contains(&"bench"), "{key}: {features:?}");
-        for feature in features {
-            let implied = at(&cargo, &format!("features.{feature}"))
-                .as_array()
-                .unwrap();
-            assert!(
-                !implied.iter().any(|f| f.as_str() == Some("bench")),
-                "{feature} enables bench"
-            );
-        }
-    }
+    let make = read("Makefile");
+    let ssr = make
+        .lines()
+        .find_map(|l| l.strip_prefix("SSR := "))
+        .expect("the Makefile's SSR features");
+    assert_eq!(ssr, "--no-default-features --features ssr");
+    let (_, recipe) = &makefile()["build"];
     assert!(
-        !read("Makefile")
-            .lines()
-            .filter(|l| l.contains("cargo leptos build"))
-            .any(|l| l.contains("bench")),
-        "make build enables bench"
+        recipe
+            .iter()
+            .filter(|l| l.starts_with("cargo "))
+            .all(|l| l.contains("$(SSR)") && !l.contains("bench")),
+        "make build compiles the server with $(SSR) only: {recipe:?}"
     );
+    let site = read("scripts/site");
+    assert!(site.contains(r#"--features "${app}-bundle""#));
+    for feature in ["ssr", "launcher-bundle", "machine-bundle"] {
+        let implied = at(&cargo, &format!("features.{feature}"))
+            .as_array()
+            .unwrap();
+        assert!(
+            !implied.iter().any(|f| f.as_str() == Some("bench")),
+            "{feature} enables bench"
+        );
+    }
 }
 
 #[test]
@@ -806,10 +806,11 @@ fn the_image_is_built_by_make_build_like_make_run_and_ci() {
     );
     assert!(build_deps.contains(&"setup-build".to_owned()));
     assert!(
-        build_recipe
-            .iter()
-            .any(|l| l == "cargo leptos build --release"),
-        "make build is cargo-leptos' release build: {build_recipe:?}"
+        build_recipe.iter().any(|l| l == "scripts/site")
+            && build_recipe
+                .iter()
+                .any(|l| l.starts_with("cargo build --release")),
+        "make build is the site and the release build: {build_recipe:?}"
     );
     // The image's tools layer runs what `make setup-build` runs.
     assert_eq!(make["setup-build"].1, ["scripts/setup build"]);
@@ -822,12 +823,12 @@ fn the_image_is_built_by_make_build_like_make_run_and_ci() {
             .any(|r| r.contains("scripts/setup build") || r.contains("make setup-build")),
         "the tools layer is make setup-build"
     );
-    // Nothing compiles but make: no cargo build, cargo leptos or cargo install of its own.
+    // Nothing compiles but make: no cargo build, scripts/site or cargo install of its own.
     for s in &stages {
         for run in runs(s) {
             for direct in [
                 "cargo build",
-                "cargo leptos",
+                "scripts/site",
                 "cargo install",
                 "cargo rustc",
             ] {
@@ -856,11 +857,10 @@ fn the_image_is_built_by_make_build_like_make_run_and_ci() {
 #[test]
 fn the_image_ships_exactly_what_make_build_produces_for_the_server() {
     let cargo = cargo_toml();
-    let leptos = at(&cargo, "package.metadata.leptos");
-    let bin = str_at(leptos, "bin-target");
-    let site_dir = str_at(leptos, "site-root");
-    let output = str_at(leptos, "output-name");
-    // cargo-leptos writes the server to target/release/<bin-target> and the site to <site-root>.
+    // make build writes the server to target/release/flyby and the site (scripts/site) to
+    // target/site, whose bundle files are flyby.<hash>.<ext> in pkg/: the defaults of
+    // LEPTOS_SITE_ROOT, LEPTOS_OUTPUT_NAME and LEPTOS_SITE_PKG_DIR.
+    let (bin, site_dir, output, pkg_dir) = ("flyby", "target/site", "flyby", "pkg");
     let expected: BTreeSet<String> = [format!("target/release/{bin}"), site_dir.to_owned()].into();
 
     let stages = dockerfile();
@@ -931,7 +931,7 @@ fn the_image_ships_exactly_what_make_build_produces_for_the_server() {
     let target = site_root().parent().unwrap().to_owned();
     assert!(target.join("release").join(bin).is_file());
     assert!(site_root().join("favicon.ico").is_file());
-    let pkg: Vec<String> = std::fs::read_dir(site_root().join(str_at(leptos, "site-pkg-dir")))
+    let pkg: Vec<String> = std::fs::read_dir(site_root().join(pkg_dir))
         .expect("make build made the site's pkg folder")
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
@@ -942,22 +942,18 @@ fn the_image_ships_exactly_what_make_build_produces_for_the_server() {
             "make build made no {output} .{ext} in the site: {pkg:?}"
         );
     }
-    // With hashed names, the site must name its own files: cargo-leptos lists them in
-    // target/release/hash.txt (the launcher's bundle) and machine-hash.txt (the Machines'),
-    // which the image does not ship; the site carries a copy of each, and every file they
-    // name.
-    if leptos.get("hash-files").and_then(Toml::as_bool) == Some(true) {
-        for hashes in ["hash.txt", "machine-hash.txt"] {
-            let text = std::fs::read_to_string(site_root().join(hashes)).unwrap_or_else(|_| {
-                panic!("the site has no {hashes}: the image's server could not find its bundle")
-            });
-            for (ext, hash) in text.lines().filter_map(|l| l.split_once(": ")) {
-                let file = format!("{output}.{hash}.{ext}");
-                assert!(
-                    pkg.contains(&file),
-                    "{hashes} names {file}, not in the site: {pkg:?}"
-                );
-            }
+    // The site names its own files: scripts/site lists each app's in its hash file at the
+    // site's root, hash.txt (the launcher's bundle) and machine-hash.txt (the Machines').
+    for hashes in ["hash.txt", "machine-hash.txt"] {
+        let text = std::fs::read_to_string(site_root().join(hashes)).unwrap_or_else(|_| {
+            panic!("the site has no {hashes}: the image's server could not find its bundle")
+        });
+        for (ext, hash) in text.lines().filter_map(|l| l.split_once(": ")) {
+            let file = format!("{output}.{hash}.{ext}");
+            assert!(
+                pkg.contains(&file),
+                "{hashes} names {file}, not in the site: {pkg:?}"
+            );
         }
     }
 }

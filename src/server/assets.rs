@@ -3,14 +3,13 @@
 //! Also the site root's few files that pages fetch ([`site_file`]: the map's land outline).
 //!
 //! - `make build` writes `<file>.br` and `<file>.gz` next to each bundle file
-//!   (`scripts/precompress`); [`ServeDir`] sends the variant the client accepts, else the raw
+//!   (`scripts/site`); [`ServeDir`] sends the variant the client accepts, else the raw
 //!   file. Nothing is compressed per request.
-//! - cargo-leptos (`hash-files = true` in `Cargo.toml`) names the files
-//!   `<output>.<hash>.<ext>` and writes the hashes to `hash.txt` next to the server binary;
-//!   `scripts/precompress` copies it into the site root. When that file is there and names
-//!   files that exist, the pages link the hashed names ([`Bundle::links`]), and a hashed name,
-//!   whose content never changes, is cached `immutable` for a year: a returning visitor's next
-//!   Machine (same origin, same URL) loads its bundle from the browser's cache.
+//! - `scripts/site` names the files `<output>.<hash>.<ext>` and lists the hashes in a hash file
+//!   at the site root. When that file is there and names files that exist, the pages link the
+//!   hashed names ([`Bundle::links`]), and a hashed name, whose content never changes, is
+//!   cached `immutable` for a year: a returning visitor's next Machine (same origin, same URL)
+//!   loads its bundle from the browser's cache.
 //! - Two bundles, one per app ([`hash_file_name`]): the launcher's and the Machines'. A server
 //!   reads the hash file of its role's bundle only.
 //! - The plain names (`/pkg/flyby.css`, ...) stay valid as aliases of the role's current
@@ -48,38 +47,27 @@ pub struct Bundle {
 }
 
 impl Bundle {
-    /// Finds the hash file of `role`'s bundle ([`hash_file_name`]), in the site root (where
-    /// `scripts/precompress` copies it, so that the site describes itself wherever it is
-    /// copied) or next to the running executable (where cargo-leptos writes it), and keeps its
-    /// names when every file it names is in the site's pkg directory.
+    /// Reads the hash file of `role`'s bundle ([`hash_file_name`]) at the site root, and keeps
+    /// its names when every file it names is in the site's pkg directory.
     pub fn find(options: &LeptosOptions, role: Role) -> Self {
-        let name = hash_file_name(role);
-        let exe_dir = std::env::current_exe()
-            .ok()
-            .and_then(|exe| exe.parent().map(Path::to_path_buf));
-        let candidates = [Some(Path::new(&*options.site_root).join(name))]
-            .into_iter()
-            .chain([exe_dir.map(|dir| dir.join(name))])
-            .flatten();
-        for file in candidates {
-            let Ok(text) = std::fs::read_to_string(&file) else {
-                continue;
-            };
-            let bundle = Bundle::parse(&options.output_name, &text);
-            let dir = pkg_dir(options);
-            if bundle.is_hashed() && bundle.hashed.values().all(|n| dir.join(n).is_file()) {
-                return bundle;
-            }
-            tracing::warn!(
-                hash_file = %file.display(),
-                pkg_dir = %dir.display(),
-                "the hash file does not match the site; serving plain names"
-            );
+        let file = Path::new(&*options.site_root).join(hash_file_name(role));
+        let Ok(text) = std::fs::read_to_string(&file) else {
+            return Bundle::default();
+        };
+        let bundle = Bundle::parse(&options.output_name, &text);
+        let dir = pkg_dir(options);
+        if bundle.is_hashed() && bundle.hashed.values().all(|n| dir.join(n).is_file()) {
+            return bundle;
         }
+        tracing::warn!(
+            hash_file = %file.display(),
+            pkg_dir = %dir.display(),
+            "the hash file does not match the site; serving plain names"
+        );
         Bundle::default()
     }
 
-    /// The names in cargo-leptos's hash file (`js: <hash>` lines) for `output` files.
+    /// The names in a hash file (`js: <hash>` lines) for `output` files.
     fn parse(output: &str, text: &str) -> Self {
         let hashed = text
             .lines()
@@ -125,8 +113,8 @@ impl Bundle {
 }
 
 /// The hash file of the bundle `role`'s pages load. `make build` makes two bundles: the
-/// launcher's (cargo-leptos's own run, `hash.txt`) and the Machines' (a second run with the
-/// `machine-bundle` feature, `machine-hash.txt`), each hydrating only its app's island, so a
+/// launcher's (the `launcher-bundle` feature, `hash.txt`) and the Machines' (`machine-bundle`,
+/// `machine-hash.txt`), each hydrating only its app's island, so a
 /// visitor's Machine page fetches and compiles no launcher code (BENCHMARKS.md, row 7). Both
 /// sit in the same pkg directory; their files differ by hash, the stylesheet is the same.
 pub fn hash_file_name(role: Role) -> &'static str {
