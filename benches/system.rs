@@ -734,13 +734,20 @@ async fn memory(site: &Path, payload: &mut Vec<(String, String)>) {
     let (mut ws, _) = tokio_tungstenite::connect_async(request)
         .await
         .expect("channel");
+    // Frames as the page sends them: a tag byte (0) and the message in postcard.
+    use flyby::app::protocol::{ClientMessage, ServerMessage};
     for seq in 0..50u32 {
         let mut bytes = vec![0u8];
-        bytes.extend(serde_json::to_vec(&serde_json::json!({"Ping": {"seq": seq}})).unwrap());
+        bytes.extend(postcard::to_allocvec(&ClientMessage::Ping { seq }).unwrap());
         ws.send(Message::Binary(bytes.into())).await.unwrap();
         loop {
             match ws.next().await {
-                Some(Ok(Message::Binary(b))) if b.windows(4).any(|w| w == b"Pong") => break,
+                Some(Ok(Message::Binary(b))) => {
+                    let message = postcard::from_bytes::<ServerMessage>(&b[1..]);
+                    if matches!(message, Ok(ServerMessage::Pong { seq: s }) if s == seq) {
+                        break;
+                    }
+                }
                 Some(Ok(_)) => continue,
                 other => panic!("channel ended: {other:?}"),
             }

@@ -22,6 +22,10 @@
 //! tests`, except a directory module's own, which are its `tests.rs`; each file says first,
 //! in `//!`, why it exists.
 
+// The Machine page's view type, island and all, is deeper than rustc's default of 128 when its
+// layout is computed for the server's render.
+#![recursion_limit = "256"]
+
 pub mod app;
 pub mod fly;
 pub mod role;

@@ -11,6 +11,10 @@
 
 mod support;
 
+use flyby::app::{
+    launcher::{StartLaunch, TakeHandover},
+    protocol::LaunchTicket,
+};
 use flyby::server::{
     affinity::HEALTH_PATH,
     config::{Config, VARIABLES},
@@ -666,22 +670,24 @@ async fn flyby_serves_what_fly_toml_expects() {
     // By the app's host name, from which the launcher derives the visitors' app's.
     let host = format!("{}.localhost:{}", str_at(&fly, "app"), public.port());
     let origin = format!("http://{host}");
+    // The server functions' arguments and answers are postcard (what the pages send).
     let launch = client
         .post(format!("http://{public}/api/launch"))
         .header(reqwest::header::HOST, &host)
         .header(reqwest::header::ORIGIN, &origin)
         .header("fly-client-ip", "203.0.113.7")
+        .body(postcard::to_allocvec(&StartLaunch { region: None }).unwrap())
         .send()
         .await
         .unwrap();
     assert_eq!(launch.status(), 200);
-    let ticket: serde_json::Value = launch.json().await.unwrap();
+    let ticket: LaunchTicket = postcard::from_bytes(&launch.bytes().await.unwrap()).unwrap();
     let handover = client
         .post(format!("http://{public}/api/handover"))
         .header(reqwest::header::HOST, &host)
         .header(reqwest::header::ORIGIN, &origin)
         .header("fly-client-ip", "203.0.113.7")
-        .form(&[("launch", ticket["id"].as_str().unwrap())])
+        .body(postcard::to_allocvec(&TakeHandover { launch: ticket.id }).unwrap())
         .send()
         .await
         .unwrap();

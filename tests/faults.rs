@@ -76,7 +76,7 @@ async fn a_machine_crashing_mid_visit_ends_on_the_gone_page_and_is_destroyed() {
         .await
         .unwrap();
     assert_eq!(call.status(), StatusCode::GONE);
-    assert_eq!(call.text().await.unwrap(), "\"MachineGone\"");
+    assert_eq!(local::answer::<AppError>(call).await, AppError::MachineGone);
     // ... and reloading her page ends on the launcher's "gone" page.
     let page = alice.machine_page(a).await;
     alice.assert_sent_to_gone_page(&page);

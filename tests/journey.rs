@@ -7,7 +7,8 @@
 mod support;
 
 use flyby::app::{
-    protocol::{Arrival, ClientMessage, LaunchCall, LaunchEnd, ServerMessage, Step},
+    launcher::StartLaunch,
+    protocol::{Arrival, ClientMessage, LaunchCall, LaunchEnd, MachineInfo, ServerMessage, Step},
     AppError,
 };
 use flyby::server::affinity::LAUNCH_COOKIE;
@@ -283,8 +284,8 @@ async fn every_kind_of_request_of_the_owner_reaches_their_machine_and_nobody_els
             .unwrap();
         assert_eq!(call.status(), 200);
         assert_eq!(answered_by(&call), mine.as_str(), "server function");
-        let about: serde_json::Value = call.json().await.unwrap();
-        assert_eq!(about["id"], mine.as_str());
+        let about: MachineInfo = local::answer(call).await;
+        assert_eq!(about.id, mine.as_str());
 
         let (mut ws, handshake) = visitor
             .websocket_with_response(&visitor.machines("/api/channel"))
@@ -507,10 +508,13 @@ async fn the_launcher_refuses_a_cross_site_launch() {
         .client()
         .post(visitor.launcher("/api/launch"))
         .header(header::ORIGIN, "http://evil.example")
+        .header(header::CONTENT_TYPE, local::POSTCARD)
+        .body(postcard::to_allocvec(&StartLaunch { region: None }).unwrap())
         .send()
         .await
         .unwrap();
     assert_eq!(r.status().as_u16() / 100, 4);
+    assert!(matches!(local::answer(r).await, AppError::BadRequest(m) if m.contains("own page")));
     assert!(Api::new(&platform).machines().await.is_empty());
 }
 

@@ -5,7 +5,7 @@
 
 mod support;
 
-use flyby::server::config::VARIABLES;
+use flyby::{app::AppError, server::config::VARIABLES};
 use reqwest::{header, redirect::Policy, StatusCode};
 use std::process::Command;
 use support::{Flyby, MACHINE_ID, OWNER_HASH, OWNER_SECRET};
@@ -153,7 +153,15 @@ async fn the_ephemeral_machine_refuses_everyone_before_the_hand_over() {
     // A server function gets a typed error instead of a page.
     let call = c.post(server.url("/api/machine")).send().await.unwrap();
     assert_eq!(call.status(), StatusCode::FORBIDDEN);
-    assert_eq!(call.text().await.unwrap(), "\"NotYours\"");
+    assert_eq!(
+        call.headers()[header::CONTENT_TYPE],
+        "application/x-postcard"
+    );
+    let body = call.bytes().await.unwrap();
+    assert_eq!(
+        postcard::from_bytes::<AppError>(&body).ok(),
+        Some(AppError::NotYours)
+    );
 }
 
 #[tokio::test]

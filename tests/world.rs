@@ -7,7 +7,8 @@ mod support;
 
 use flyby::{
     app::{
-        protocol::{ClientMessage, MachineInfo, ServerMessage, Step},
+        launcher::StartLaunch,
+        protocol::{ClientMessage, LaunchTicket, MachineInfo, ServerMessage, Step},
         AppError,
     },
     fly::{distance_km, nearest_regions, MachineId, RegionCode},
@@ -32,7 +33,7 @@ async fn own_page(visitor: &Visitor) -> (MachineInfo, Duration) {
         .await
         .unwrap();
     assert_eq!(about.status(), 200);
-    let info: MachineInfo = about.json().await.unwrap();
+    let info: MachineInfo = local::answer(about).await;
     let mut ws = visitor.websocket(&visitor.machines("/api/channel")).await;
     let mut best = Duration::MAX;
     for seq in 0..5 {
@@ -206,9 +207,10 @@ async fn a_visitor_picking_a_region_on_the_map_gets_their_machine_there_and_a_ba
     // From Amsterdam's edge, Sydney picked on the map.
     let visitor = Visitor::new(&platform, "203.0.113.70");
     for bad in ["xyz", "SYD", "sydney", "<b>"] {
-        let refused = visitor
-            .call::<serde_json::Value>("launch", &[("region", bad)])
-            .await;
+        let pick = StartLaunch {
+            region: Some(bad.into()),
+        };
+        let refused = visitor.call::<LaunchTicket>("launch", &pick).await;
         assert!(
             matches!(&refused, Err(AppError::BadRequest(m)) if m.contains("is not a Fly region")),
             "{bad}: {refused:?}"
@@ -218,11 +220,10 @@ async fn a_visitor_picking_a_region_on_the_map_gets_their_machine_there_and_a_ba
         api.machines().await.is_empty(),
         "a refused pick changes nothing"
     );
-    #[derive(serde::Deserialize)]
-    struct Ticket {
-        id: String,
-    }
-    let ticket: Ticket = visitor.call("launch", &[("region", "syd")]).await.unwrap();
+    let pick = StartLaunch {
+        region: Some("syd".into()),
+    };
+    let ticket: LaunchTicket = visitor.call("launch", &pick).await.unwrap();
     assert_eq!(
         visitor.follow_launch(&ticket.id).await.outcome,
         Some(Ok(()))

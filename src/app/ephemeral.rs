@@ -16,10 +16,14 @@ use super::{
     routing_panel::{self, RoutingPanel},
     useless_machine::UselessMachine,
 };
+use leptos::either::Either;
 use leptos::prelude::*;
-use leptos::server_fn::{codec::JsonEncoding, BoxedStream, Websocket};
+use leptos::server_fn::{
+    codec::{Postcard, PostcardEncoding},
+    BoxedStream, Websocket,
+};
 
-#[server(endpoint = "machine")]
+#[server(endpoint = "machine", input = Postcard, output = Postcard)]
 pub async fn about_machine() -> Result<MachineInfo, AppError> {
     use crate::server::{ephemeral::current, request_headers};
     reply(
@@ -36,12 +40,12 @@ pub async fn about_machine() -> Result<MachineInfo, AppError> {
     )
 }
 
-#[server(endpoint = "switch-off")]
+#[server(endpoint = "switch-off", input = Postcard, output = Postcard)]
 pub async fn switch_off() -> Result<(), AppError> {
     reply(crate::server::ephemeral::current().map(|m| m.switch_off()))
 }
 
-#[server(protocol = Websocket<JsonEncoding, JsonEncoding>, endpoint = "channel")]
+#[server(protocol = Websocket<PostcardEncoding, PostcardEncoding>, endpoint = "channel")]
 pub async fn machine_channel(
     input: BoxedStream<ClientMessage, AppError>,
 ) -> Result<BoxedStream<ServerMessage, AppError>, AppError> {
@@ -55,7 +59,11 @@ pub fn MachinePage() -> impl IntoView {
         <Suspense fallback=|| view! { <p>"Reaching your Machine…"</p> }>
             {move || Suspend::new(async move {
                 match info.await {
-                    Ok(info) => view! { <MachineView info/> }.into_any(),
+                    Ok(info) => {
+                        let data = super::island_data::encode(&info);
+                        provide_context(info);
+                        view! { <div class="machine" data-machine=data><MachineView/></div> }.into_any()
+                    }
                     Err(error) => view! {
                         <h1>"Your Fly Machine"</h1>
                         <p role="alert">{error.to_string()}</p>
@@ -71,7 +79,9 @@ pub fn MachinePage() -> impl IntoView {
 /// the launcher's bundle, whose pages never show it.
 #[cfg_attr(not(feature = "launcher-bundle"), island)]
 #[cfg_attr(feature = "launcher-bundle", component)]
-fn MachineView(info: MachineInfo) -> impl IntoView {
+fn MachineView() -> impl IntoView {
+    // The page always writes it; a page without it shows a Machine without a name.
+    let info = super::island_data::read::<MachineInfo>("machine").unwrap_or_default();
     let phase = RwSignal::new(info.phase);
     let rtt_ms = RwSignal::new(None::<f64>);
     // The channel closed without the Machine saying it ended, and the page is finding out why.
@@ -124,7 +134,14 @@ fn MachineView(info: MachineInfo) -> impl IntoView {
     });
     super::mark_hydrated_after_render();
 
-    let switching = Action::new(|_: &()| switch_off());
+    let switching = Action::new_local(|_: &()| async {
+        #[cfg(feature = "hydrate")]
+        {
+            use leptos::server_fn::ServerFn;
+            let _: Result<(), AppError> =
+                crate::app::wire::call(SwitchOff::PATH, SwitchOff {}).await;
+        }
+    });
     let switch_state = Signal::derive(move || match phase.get() {
         _ if lost.get() => super::useless_machine::SwitchState::Off,
         PhaseView::AwaitingOwner | PhaseView::Showing { .. } => {
@@ -165,80 +182,84 @@ fn MachineView(info: MachineInfo) -> impl IntoView {
         <h1>"This is Fly Machine " <code class="machine-id">{info.id.clone()}</code> {where_text.clone()}</h1>
         {distance.map(|d| view! { <p class="distance">{d}</p> })}
         <UselessMachine state=switch_state/>
-        <Show
-            when=move || ended.get()
-            fallback=move || {
-                view! {
-                    <dl class="vitals">
-                        <dt>"Round trip to this Machine"</dt>
-                        <dd class="rtt" aria-live="off">
-                            {move || match rtt_ms.get() {
-                                _ if reconnecting.get() => "reconnecting…".to_owned(),
-                                Some(ms) => format!("{} ms", super::fixed(ms, 1)),
-                                None => "measuring…".to_owned(),
-                            }}
-                        </dd>
-                        <dt>"Switches itself off in"</dt>
-                        <dd class="countdown">
-                            {move || match (phase.get(), seconds_left.get()) {
-                                (PhaseView::SwitchingOff { .. }, _) => "now".to_owned(),
-                                (_, Some(s)) => format!("{s} s"),
-                                _ => "…".to_owned(),
-                            }}
-                        </dd>
-                    </dl>
-                    <p class="link-state" role="status">
-                        {move || {
-                            if reconnecting.get() {
-                                "Lost touch with your Machine for a moment: reconnecting…"
+        // An `Either`, not a `<Show>`: Show's type-erased views cost the bundle ~10 KB.
+        {move || {
+            if ended.get() {
+                let (id, place, back) = (info.id.clone(), where_text.clone(), back.clone());
+                Either::Left(view! {
+                    <section class="no-more" aria-live="polite">
+                        <h2 node_ref=no_more tabindex="-1">"This Machine is no more"</h2>
+                        <p>
+                            {move || if lost.get() {
+                                "It stopped unexpectedly and was destroyed: your Machine is gone."
                             } else {
-                                ""
+                                "It switched itself off and was destroyed, for good."
+                            }}
+                        </p>
+                        <p><a href=back class="back">"Back to the launcher"</a></p>
+                        <h3>"Its receipt"</h3>
+                        <pre class="receipt" tabindex="0" aria-label="The receipt of your Machine's life">
+                            {
+                                            move || {
+                                    routing_panel::receipt(
+                                        &id,
+                                        &place,
+                                        boot.read().as_ref(),
+                                        totals.get(),
+                                        &routes.read(),
+                                        &ended_at.get(),
+                                    )
+                                }
                             }
-                        }}
-                    </p>
-                    <button
-                        type="button"
-                        class="switch-off"
-                        disabled=move || {
-                            !matches!(phase.get(), PhaseView::Showing { .. }) || switching.pending().get()
-                        }
-                        on:click=move |_| {
-                            switching.dispatch(());
-                        }
-                    >
-                        "Switch it off now"
-                    </button>
-                }
-            }
-        >
-            <section class="no-more" aria-live="polite">
-                <h2 node_ref=no_more tabindex="-1">"This Machine is no more"</h2>
-                <p>
-                    {move || if lost.get() {
-                        "It stopped unexpectedly and was destroyed: your Machine is gone."
-                    } else {
-                        "It switched itself off and was destroyed, for good."
-                    }}
-                </p>
-                <p><a href=back.clone() class="back">"Back to the launcher"</a></p>
-                <h3>"Its receipt"</h3>
-                <pre class="receipt" tabindex="0" aria-label="The receipt of your Machine's life">
-                    {
-                        let (id, place) = (info.id.clone(), where_text.clone());
-                        move || {
-                            routing_panel::receipt(
-                                &id,
-                                &place,
-                                boot.read().as_ref(),
-                                totals.get(),
-                                &routes.read(),
-                                &ended_at.get(),
-                            )
-                        }
+                        </pre>
+                    </section>
+                })
+            } else {
+                Either::Right(
+                    view! {
+                        <dl class="vitals">
+                            <dt>"Round trip to this Machine"</dt>
+                            <dd class="rtt" aria-live="off">
+                                {move || match rtt_ms.get() {
+                                    _ if reconnecting.get() => "reconnecting…".to_owned(),
+                                    Some(ms) => format!("{} ms", super::fixed(ms, 1)),
+                                    None => "measuring…".to_owned(),
+                                }}
+                            </dd>
+                            <dt>"Switches itself off in"</dt>
+                            <dd class="countdown">
+                                {move || match (phase.get(), seconds_left.get()) {
+                                    (PhaseView::SwitchingOff { .. }, _) => "now".to_owned(),
+                                    (_, Some(s)) => format!("{s} s"),
+                                    _ => "…".to_owned(),
+                                }}
+                            </dd>
+                        </dl>
+                        <p class="link-state" role="status">
+                            {move || {
+                                if reconnecting.get() {
+                                    "Lost touch with your Machine for a moment: reconnecting…"
+                                } else {
+                                    ""
+                                }
+                            }}
+                        </p>
+                        <button
+                            type="button"
+                            class="switch-off"
+                            disabled=move || {
+                                !matches!(phase.get(), PhaseView::Showing { .. }) || switching.pending().get()
+                            }
+                            on:click=move |_| {
+                                switching.dispatch(());
+                            }
+                        >
+                            "Switch it off now"
+                        </button>
                     }
-                </pre>
-            </section>
-        </Show>
+                )
+            }
+        }}
         <RoutingPanel rows=routes announced/>
     }
 }
@@ -251,7 +272,9 @@ fn MachineView(info: MachineInfo) -> impl IntoView {
 #[cfg(feature = "hydrate")]
 mod live {
     use super::*;
-    use futures::{channel::mpsc, StreamExt};
+    use crate::app::wire::{call, Channel};
+    use futures::StreamExt;
+    use leptos::server_fn::ServerFn;
     use std::{cell::RefCell, rc::Rc, time::Duration};
 
     fn now_ms() -> f64 {
@@ -270,8 +293,6 @@ mod live {
         /// Called on each tick: brings the routing panel's spoken summary up to date.
         pub refresh_summary: Box<dyn Fn()>,
     }
-
-    type Sender = mpsc::Sender<Result<ClientMessage, AppError>>;
 
     /// The launch's timeline that the launcher's page put in this page's address
     /// ([`BootTimeline`]), with this page's first byte after the hand-over; the address loses
@@ -312,8 +333,8 @@ mod live {
             totals,
             refresh_summary,
         } = live;
-        // The open channel's sending half, if one is open.
-        let sender: Rc<RefCell<Option<Sender>>> = Rc::default();
+        // The open channel, if one is open.
+        let sender: Rc<RefCell<Option<Channel>>> = Rc::default();
         // Pings in flight (sequence number, when sent): a handful at most, so a list.
         let sent: Rc<RefCell<Vec<(u32, f64)>>> = Rc::default();
         let countdown_to = Rc::new(RefCell::new(None::<f64>));
@@ -321,10 +342,10 @@ mod live {
         let ping = {
             let (sender, sent, seq) = (sender.clone(), sent.clone(), seq.clone());
             move || {
-                if let Some(tx) = sender.borrow_mut().as_mut() {
+                if let Some(channel) = sender.borrow().as_ref() {
                     seq.set(seq.get().wrapping_add(1));
                     sent.borrow_mut().push((seq.get(), now_ms()));
-                    let _ = tx.try_send(Ok(ClientMessage::Ping { seq: seq.get() }));
+                    channel.send(&ClientMessage::Ping { seq: seq.get() });
                 }
             }
         };
@@ -348,12 +369,12 @@ mod live {
         leptos::task::spawn_local(async move {
             let mut failures = 0;
             'channel: loop {
-                let (tx, rx) = mpsc::channel::<Result<ClientMessage, AppError>>(4);
                 sent.borrow_mut().clear();
-                *sender.borrow_mut() = Some(tx);
-                // The first ping goes out at once, so the round trip shows without waiting.
-                ping();
-                if let Ok(mut messages) = machine_channel(rx.into()).await {
+                let opened = Channel::open::<ServerMessage>(MachineChannel::PATH);
+                if let Some((channel, mut messages)) = opened {
+                    *sender.borrow_mut() = Some(channel);
+                    // The first ping goes out at once, so the round trip shows without waiting.
+                    ping();
                     while let Some(Ok(message)) = messages.next().await {
                         failures = 0;
                         reconnecting.set(false);
@@ -408,7 +429,7 @@ mod live {
                     failures += 1;
                     let jitter = (now_ms() / 7.0).fract();
                     crate::app::pause(crate::app::reconnect_delay(failures, jitter)).await;
-                    match about_machine().await {
+                    match call::<_, MachineInfo>(AboutMachine::PATH, AboutMachine {}).await {
                         Ok(info) if matches!(info.phase, PhaseView::Ended { .. }) => {
                             phase.set(info.phase);
                             break 'channel;

@@ -2,7 +2,7 @@
 //! went wrong, and free of internals, so nothing about the platform leaks to a visitor.
 
 use leptos::server_fn::{
-    codec::JsonEncoding,
+    codec::PostcardEncoding,
     error::{FromServerFnError, ServerFnErrorErr},
 };
 use serde::{Deserialize, Serialize};
@@ -86,7 +86,7 @@ pub fn reply<T>(result: Result<T, AppError>) -> Result<T, AppError> {
 }
 
 impl FromServerFnError for AppError {
-    type Encoder = JsonEncoding;
+    type Encoder = PostcardEncoding;
 
     fn from_server_fn_error(value: ServerFnErrorErr) -> Self {
         match value {

@@ -12,16 +12,19 @@ use super::{
     Explainer,
 };
 use leptos::prelude::*;
-use leptos::server_fn::{codec::JsonEncoding, BoxedStream, Websocket};
+use leptos::server_fn::{
+    codec::{Postcard, PostcardEncoding},
+    BoxedStream, Websocket,
+};
 
-#[server(endpoint = "launcher")]
+#[server(endpoint = "launcher", input = Postcard, output = Postcard)]
 pub async fn about_launcher() -> Result<LauncherInfo, AppError> {
     use crate::server::{launcher::current, request_headers};
     reply(async { Ok(current()?.info(&request_headers().await?)) }.await)
 }
 
 /// Starts a launch in `region` (a code from the map), or in the region nearest the visitor.
-#[server(endpoint = "launch")]
+#[server(endpoint = "launch", input = Postcard, output = Postcard)]
 pub async fn start_launch(region: Option<String>) -> Result<LaunchTicket, AppError> {
     use crate::server::{launcher::current, request_headers};
     reply(
@@ -34,7 +37,7 @@ pub async fn start_launch(region: Option<String>) -> Result<LaunchTicket, AppErr
     )
 }
 
-#[server(protocol = Websocket<JsonEncoding, JsonEncoding>, endpoint = "launch-progress")]
+#[server(protocol = Websocket<PostcardEncoding, PostcardEncoding>, endpoint = "launch-progress")]
 pub async fn watch_launch(
     input: BoxedStream<String, AppError>,
 ) -> Result<BoxedStream<LaunchProgress, AppError>, AppError> {
@@ -50,7 +53,7 @@ pub async fn watch_launch(
 
 /// Answers when the launch ends: the page asks as soon as the launch is accepted, so the
 /// hand-over leaves the moment the Machine serves (see `Launcher::take_handover`).
-#[server(endpoint = "handover")]
+#[server(endpoint = "handover", input = Postcard, output = Postcard)]
 pub async fn take_handover(launch: String) -> Result<LaunchEnd, AppError> {
     use crate::server::{launcher::current, request_headers};
     reply(
@@ -63,7 +66,7 @@ pub async fn take_handover(launch: String) -> Result<LaunchEnd, AppError> {
     )
 }
 
-#[server(protocol = Websocket<JsonEncoding, JsonEncoding>, endpoint = "machines")]
+#[server(protocol = Websocket<PostcardEncoding, PostcardEncoding>, endpoint = "machines")]
 pub async fn watch_machines(
     input: BoxedStream<(), AppError>,
 ) -> Result<BoxedStream<MapView, AppError>, AppError> {
@@ -81,7 +84,12 @@ pub fn LauncherPage() -> impl IntoView {
             "It is yours alone for a minute, then it switches itself off and is gone for good."
         </p>
         <Suspense fallback=|| ()>
-            {move || Suspend::new(async move { view! { <LaunchPanel info=info.await.ok()/> } })}
+            {move || Suspend::new(async move {
+                let info = info.await.ok();
+                let data = super::island_data::encode(&info);
+                provide_context(info);
+                view! { <div class="launch-panel" data-launcher=data><LaunchPanel/></div> }
+            })}
         </Suspense>
     }
 }
@@ -91,7 +99,8 @@ pub fn LauncherPage() -> impl IntoView {
 /// the button still works then. Not in the Machines' bundle, whose pages never show it.
 #[cfg_attr(not(feature = "machine-bundle"), island)]
 #[cfg_attr(feature = "machine-bundle", component)]
-fn LaunchPanel(info: Option<LauncherInfo>) -> impl IntoView {
+fn LaunchPanel() -> impl IntoView {
+    let info = super::island_data::read::<Option<LauncherInfo>>("launcher").flatten();
     let map_view = RwSignal::new(MapView::default());
     let fly = Memo::new(move |_| map_view.with(|m| m.fly));
     let progress = RwSignal::new(None::<LaunchProgress>);
@@ -115,7 +124,7 @@ fn LaunchPanel(info: Option<LauncherInfo>) -> impl IntoView {
 
     // The launch's timeline for the Machine's receipt, in the hand-over URL's fragment.
     let boot = RwSignal::new(String::new());
-    let launch = Action::new(move |region: &Option<crate::fly::RegionCode>| {
+    let launch = Action::new_local(move |region: &Option<crate::fly::RegionCode>| {
         let region = region.map(|r| r.to_string());
         #[cfg(feature = "hydrate")]
         let clicked = live::now_ms();
@@ -125,7 +134,7 @@ fn LaunchPanel(info: Option<LauncherInfo>) -> impl IntoView {
             progress.set(Some(LaunchProgress::default()));
             #[cfg(feature = "hydrate")]
             let clock = live::start_clock(elapsed_ms);
-            let outcome = match start_launch(region).await {
+            let outcome = match begin(region).await {
                 Ok(ticket) => run(ticket, progress).await,
                 Err(e) => Err(e),
             };
@@ -156,6 +165,8 @@ fn LaunchPanel(info: Option<LauncherInfo>) -> impl IntoView {
             }
         }
     });
+    // Whether the progress section is there: once, from the first launch on.
+    let shown = Memo::new(move |_| progress.with(Option::is_some));
     let cannot_launch = Signal::derive(move || {
         running.get() || launch.pending().get() || fly.get() != FlyReach::Reachable
     });
@@ -176,6 +187,7 @@ fn LaunchPanel(info: Option<LauncherInfo>) -> impl IntoView {
             <RegionMap
                 alive=Signal::derive(move || map_view.with(|m| m.machines.clone()))
                 edge=info.edge_region
+                distances_km=info.distances_km
                 yours=yours.into()
                 cap=info.cap
                 disabled=cannot_launch
@@ -200,7 +212,8 @@ fn LaunchPanel(info: Option<LauncherInfo>) -> impl IntoView {
             "Launch my Machine"
         </button>
         {map}
-        <Show when=move || progress.with(Option::is_some)>
+        // An `Option`, not a `<Show>`: Show's type-erased views cost the bundle ~10 KB.
+        {move || shown.get().then(|| view! {
             <section class="progress" aria-live="polite" aria-label="Launch progress">
                 // A timer is not announced on every tick (role=timer is not live by itself).
                 <p class="timer" role="timer" aria-live="off">
@@ -232,7 +245,7 @@ fn LaunchPanel(info: Option<LauncherInfo>) -> impl IntoView {
                         .map(|line| view! { <p class="launch-route">{line}</p> })
                 }}
             </section>
-        </Show>
+        })}
         {move || {
             let state = match fly.get() {
                 FlyReach::Reachable => return None,
@@ -267,6 +280,20 @@ fn LaunchPanel(info: Option<LauncherInfo>) -> impl IntoView {
     }
 }
 
+/// Starts a launch (the button, or a region of the map).
+async fn begin(region: Option<String>) -> Result<LaunchTicket, AppError> {
+    #[cfg(feature = "hydrate")]
+    {
+        use leptos::server_fn::ServerFn;
+        super::wire::call(StartLaunch::PATH, StartLaunch { region }).await
+    }
+    #[cfg(not(feature = "hydrate"))]
+    {
+        let _ = region;
+        Err(AppError::Internal)
+    }
+}
+
 /// Follows a launch to its end and takes the hand-over. Both at once: the live channel shows
 /// the steps, and the hand-over, asked for now, answers the moment the Machine serves, without
 /// waiting for the channel's handshake or its last message (BENCHMARKS.md, row 7). A
@@ -279,11 +306,18 @@ async fn run(
     #[cfg(feature = "hydrate")]
     {
         use super::protocol::{Step, StepView};
+        use super::wire::call;
         use futures::future::{select, Either};
+        use leptos::server_fn::ServerFn;
         let mut follow = Some(Box::pin(live::follow_launch(ticket.id.clone(), progress)));
         let mut cuts = 0;
         let end = loop {
-            let asked = Box::pin(take_handover(ticket.id.clone()));
+            let asked = Box::pin(call::<_, LaunchEnd>(
+                TakeHandover::PATH,
+                TakeHandover {
+                    launch: ticket.id.clone(),
+                },
+            ));
             let answer = match follow.take() {
                 Some(following) => match select(following, asked).await {
                     Either::Left((_, asked)) => asked.await,
@@ -348,7 +382,9 @@ pub fn GonePage() -> impl IntoView {
 #[cfg(feature = "hydrate")]
 mod live {
     use super::*;
-    use futures::{channel::mpsc, StreamExt};
+    use crate::app::wire::Channel;
+    use futures::StreamExt;
+    use leptos::server_fn::ServerFn;
     use std::time::Duration;
 
     pub fn now_ms() -> f64 {
@@ -361,14 +397,16 @@ mod live {
         leptos::task::spawn_local(async move {
             let mut failures = 0;
             loop {
-                let (tx, rx) = mpsc::channel::<Result<(), AppError>>(1);
-                if let Ok(mut snapshots) = watch_machines(rx.into()).await {
+                if let Some((channel, mut snapshots)) =
+                    Channel::open::<MapView>(WatchMachines::PATH)
+                {
+                    // The channel's one message to the launcher: "watching".
+                    channel.send(&());
                     while let Some(Ok(view)) = snapshots.next().await {
                         failures = 0;
                         map.set(view);
                     }
                 }
-                drop(tx);
                 failures += 1;
                 let jitter = (now_ms() / 7.0).fract();
                 super::super::pause(super::super::reconnect_delay(failures, jitter)).await;
@@ -415,17 +453,17 @@ mod live {
     /// Streams a launch's progress into `progress` until it ends or the channel fails (the
     /// page learns the outcome from the hand-over, not from here).
     pub async fn follow_launch(id: String, progress: RwSignal<Option<LaunchProgress>>) {
-        let (mut tx, rx) = mpsc::channel::<Result<String, AppError>>(1);
-        let _ = tx.try_send(Ok(id));
-        if let Ok(mut updates) = watch_launch(rx.into()).await {
-            while let Some(Ok(p)) = updates.next().await {
-                let done = p.outcome.is_some();
-                progress.set(Some(p));
-                if done {
-                    break;
-                }
+        let Some((channel, mut updates)) = Channel::open::<LaunchProgress>(WatchLaunch::PATH)
+        else {
+            return;
+        };
+        channel.send(&id);
+        while let Some(Ok(p)) = updates.next().await {
+            let done = p.outcome.is_some();
+            progress.set(Some(p));
+            if done {
+                break;
             }
         }
-        drop(tx);
     }
 }

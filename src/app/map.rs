@@ -18,8 +18,8 @@ fn project(lat: f64, lon: f64) -> (f64, f64) {
 }
 
 /// `km` rounded to a hundred and written with thousands separators: "16,600 km".
-fn rounded_km(km: f64) -> String {
-    let hundreds = ((km / 100.0).round() as u64) * 100;
+fn rounded_km(km: u32) -> String {
+    let hundreds = (km + 50) / 100 * 100;
     let digits = hundreds.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
@@ -31,11 +31,10 @@ fn rounded_km(km: f64) -> String {
     format!("{out} km")
 }
 
-/// What a region's control says: where the launch would go, and how far that is.
-pub fn launch_label(region: &crate::fly::Region, edge: Option<crate::fly::RegionCode>) -> String {
-    let from = edge
-        .and_then(|e| crate::fly::distance_km(e, crate::fly::RegionCode::parse(region.code).ok()?));
-    match from {
+/// What a region's control says: where the launch would go, and how far that is from the
+/// visitor's edge (`km`, when known).
+pub fn launch_label(region: &crate::fly::Region, km: Option<u32>) -> String {
+    match km {
         Some(km) => format!(
             "Launch in {} \u{2014} {} from you",
             region.city,
@@ -49,6 +48,8 @@ pub fn launch_label(region: &crate::fly::Region, edge: Option<crate::fly::Region
 pub fn RegionMap(
     alive: Signal<Vec<AliveMachine>>,
     edge: Option<crate::fly::RegionCode>,
+    /// From the edge to each region, in the order of `REGIONS` (empty when unknown).
+    distances_km: Vec<u32>,
     /// The visitor's own Machine, as their browser remembers it.
     yours: Signal<Option<MachineId>>,
     cap: u32,
@@ -90,7 +91,8 @@ pub fn RegionMap(
                 <image class="land" href=LAND_OUTLINE x="0" y="0" width="360" height="170" aria-hidden="true"/>
                 {REGIONS
                     .iter()
-                    .map(|r| {
+                    .enumerate()
+                    .map(|(i, r)| {
                         let (x, y) = project(r.lat, r.lon);
                         let label_y = fixed(y - 6.0, 1);
                         let (x, y) = (fixed(x, 1), fixed(y, 1));
@@ -118,7 +120,7 @@ pub fn RegionMap(
                                 role="button"
                                 tabindex="0"
                                 aria-label={
-                                    let label = launch_label(r, edge);
+                                    let label = launch_label(r, distances_km.get(i).copied());
                                     move || if is_yours() { format!("Your Machine runs here. {label}") } else { label.clone() }
                                 }
                                 aria-disabled=move || disabled.get().to_string()

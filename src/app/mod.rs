@@ -10,11 +10,14 @@
 
 pub mod ephemeral;
 mod error;
+pub mod island_data;
 pub mod launcher;
 pub mod map;
 pub mod protocol;
 pub mod routing_panel;
 mod useless_machine;
+#[cfg(feature = "hydrate")]
+mod wire;
 
 pub use error::AppError;
 
@@ -202,10 +205,11 @@ fn mark_hydrated_after_render() {
     Effect::new(move |_| mark_hydrated());
 }
 
-/// A disclosure that explains what happens behind the page. Both roles use it, and it is the
-/// simplest proof that a page is interactive.
+/// A disclosure that explains what happens behind the page, and the simplest proof that a page
+/// is interactive. Its body is rendered once and hidden, not built on demand: a `<Show>` would
+/// bring type-erased views into the bundle.
 #[component]
-fn Explainer(children: ChildrenFn) -> impl IntoView {
+fn Explainer<C: IntoView + 'static>(children: TypedChildren<C>) -> impl IntoView {
     let (open, set_open) = signal(false);
     view! {
         <section class="explainer">
@@ -218,9 +222,9 @@ fn Explainer(children: ChildrenFn) -> impl IntoView {
             >
                 {move || if open.get() { "Hide how it works" } else { "How does this work?" }}
             </button>
-            <Show when=move || open.get()>
-                <div id="explainer-body" class="explainer-body">{children()}</div>
-            </Show>
+            <div id="explainer-body" class="explainer-body" hidden=move || !open.get()>
+                {children.into_inner()()}
+            </div>
         </section>
     }
 }

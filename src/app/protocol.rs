@@ -277,6 +277,10 @@ pub enum LaunchEnd {
 pub struct LauncherInfo {
     pub edge_region: Option<RegionCode>,
     pub cap: u32,
+    /// From the edge to each region of [`crate::fly::REGIONS`], in km, in that order (empty
+    /// for an edge flyby does not know): worked out by the server, so the bundle carries no
+    /// trigonometry.
+    pub distances_km: Vec<u32>,
 }
 
 /// One Machine alive, for the map.
@@ -323,8 +327,9 @@ pub enum EndReason {
 }
 
 /// Where the Machine is in its life, as the page needs it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum PhaseView {
+    #[default]
     AwaitingOwner,
     /// The show runs; the Machine switches itself off in `seconds_left`.
     Showing {
@@ -342,7 +347,7 @@ pub enum PhaseView {
 /// `RegionCode`, whose checks on arrival cost the Machine's bundle 844 B of brotli
 /// (`scripts/wasm-size`, 2026-12-03), the page's first bytes. The cities come with their codes:
 /// that bundle carries no region table (the launcher's does, for its map).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct MachineInfo {
     pub id: String,
     /// The region code, and its city (or the code again for an unknown region).

@@ -27,18 +27,26 @@ pub fn summary(rows: &[RouteView], totals: RouteTotals, here: Option<&str>) -> S
             plural(totals.served, "request", "requests")
         );
     }
-    // The regions replays came from, most frequent first.
-    let mut from: Vec<(&str, u32)> = Vec::new();
+    // The regions replays came from, most frequent first (a handful: picked out one by one,
+    // which costs the bundle less than a sort).
+    let mut counts: Vec<(&str, u32)> = Vec::new();
     for row in rows {
         if let Arrival::Replayed { region, .. } = &row.arrival {
-            match from.iter_mut().find(|(r, _)| r == region) {
+            match counts.iter_mut().find(|(r, _)| r == region) {
                 Some((_, n)) => *n += 1,
-                None => from.push((region, 1)),
+                None => counts.push((region, 1)),
             }
         }
     }
-    from.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
-    let from = from.iter().map(|(r, _)| *r).collect::<Vec<_>>().join(", ");
+    let mut from = String::new();
+    while let Some(most) =
+        (0..counts.len()).reduce(|a, b| if counts[b].1 > counts[a].1 { b } else { a })
+    {
+        if !from.is_empty() {
+            from.push_str(", ");
+        }
+        from.push_str(counts.remove(most).0);
+    }
     let mut line = format!(
         "{} of {} ",
         totals.replayed,
@@ -126,15 +134,24 @@ pub fn RoutingPanel(rows: RwSignal<Vec<RouteView>>, announced: RwSignal<String>)
                             <th scope="col">"Answered in"</th>
                         </tr>
                     </thead>
+                    // At most 64 rows, redrawn whole when one comes (a keyed <For> would add
+                    // its diffing to the bundle).
                     <tbody>
-                        <For each=move || rows.get() key=|row| row.seq let:row>
-                            <tr class=arrival_class(&row.arrival)>
-                                <td>{row.seq}</td>
-                                <td>{row.what.label()} " " <code>{row.path.clone()}</code></td>
-                                <td class="arrival">{arrived(&row.arrival)}</td>
-                                <td>{format!("{} ms", super::fixed(f64::from(row.answer_tenths_ms) / 10.0, 1))}</td>
-                            </tr>
-                        </For>
+                        {move || {
+                            rows.read()
+                                .iter()
+                                .map(|row| {
+                                    view! {
+                                        <tr class=arrival_class(&row.arrival)>
+                                            <td>{row.seq}</td>
+                                            <td>{row.what.label()} " " <code>{row.path.clone()}</code></td>
+                                            <td class="arrival">{arrived(&row.arrival)}</td>
+                                            <td>{format!("{} ms", super::fixed(f64::from(row.answer_tenths_ms) / 10.0, 1))}</td>
+                                        </tr>
+                                    }
+                                })
+                                .collect_view()
+                        }}
                     </tbody>
                 </table>
             </div>

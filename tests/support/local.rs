@@ -4,7 +4,8 @@
 
 use flyby::{
     app::{
-        protocol::{Handover, LaunchEnd, LaunchProgress},
+        launcher::{StartLaunch, TakeHandover},
+        protocol::{Handover, LaunchEnd, LaunchProgress, LaunchTicket},
         AppError,
     },
     fly::MachineId,
@@ -443,13 +444,14 @@ impl Visitor {
             .add_cookie_str(&format!("{name}={value}; Path=/"), &url.parse().unwrap());
     }
 
-    /// Calls a server function of the launcher the way the page does (same-origin POST).
+    /// Calls a server function of the launcher the way the page does (a same-origin POST of
+    /// its arguments, the struct `#[server]` makes of them, in postcard).
     pub async fn call<T: DeserializeOwned>(
         &self,
         endpoint: &str,
-        form: &impl Serialize,
+        args: &impl Serialize,
     ) -> Called<T> {
-        self.call_on(None, endpoint, form).await
+        self.call_on(None, endpoint, args).await
     }
 
     /// [`Visitor::call`], delivered by the proxy to the launcher `on` when given (Fly's
@@ -458,28 +460,29 @@ impl Visitor {
         &self,
         on: Option<MachineId>,
         endpoint: &str,
-        form: &impl Serialize,
+        args: &impl Serialize,
     ) -> Called<T> {
         let mut request = self
             .http
             .post(self.launcher(&format!("/api/{endpoint}")))
             .header(header::ORIGIN, self.launcher(""))
-            .form(form);
+            .header(header::CONTENT_TYPE, POSTCARD)
+            .body(postcard::to_allocvec(args).unwrap());
         if let Some(launcher) = on {
             request = request.header("fly-force-instance-id", launcher.as_str());
         }
         let response = request.send().await.unwrap();
         let status = response.status();
-        let body = response.text().await.unwrap();
+        let body = response.bytes().await.unwrap();
         if status.is_success() {
-            Ok(serde_json::from_str(&body).unwrap_or_else(|e| panic!("{endpoint}: {e}: {body}")))
+            Ok(postcard::from_bytes(&body).unwrap_or_else(|e| panic!("{endpoint}: {e}: {body:?}")))
         } else {
             assert!(
                 status.is_client_error(),
-                "{endpoint}: a server error is never an answer: {status} {body}"
+                "{endpoint}: a server error is never an answer: {status} {body:?}"
             );
-            Err(serde_json::from_str(&body)
-                .unwrap_or_else(|e| panic!("{endpoint}: {e}: {status} {body}")))
+            Err(postcard::from_bytes(&body)
+                .unwrap_or_else(|e| panic!("{endpoint}: {e}: {status} {body:?}")))
         }
     }
 
@@ -490,11 +493,7 @@ impl Visitor {
     /// Starts a launch by pressing the button on the launcher `on` (or wherever the proxy
     /// delivers it).
     pub async fn start_launch_on(&self, on: Option<MachineId>) -> Called<String> {
-        #[derive(serde::Deserialize)]
-        struct Ticket {
-            id: String,
-        }
-        self.call_on::<Ticket>(on, "launch", &())
+        self.call_on::<LaunchTicket>(on, "launch", &StartLaunch { region: None })
             .await
             .map(|t| t.id)
     }
@@ -523,7 +522,10 @@ impl Visitor {
     /// Asks for the hand-over, as the page does as soon as the launch is accepted; answers
     /// when the launch ends.
     pub async fn launch_end(&self, id: &str) -> Called<LaunchEnd> {
-        self.call("handover", &[("launch", id)]).await
+        let args = TakeHandover {
+            launch: id.to_owned(),
+        };
+        self.call("handover", &args).await
     }
 
     /// The hand-over of a launch that worked; a failed launch's error.
@@ -660,10 +662,19 @@ impl Visitor {
     }
 }
 
-/// A message of a Leptos WebSocket server function: a tag byte (0: Ok) and JSON.
+/// The content type of the server functions' postcard bodies.
+pub const POSTCARD: &str = "application/x-postcard";
+
+/// A server function's postcard answer (a value, or the `AppError` of an error status).
+pub async fn answer<T: DeserializeOwned>(response: reqwest::Response) -> T {
+    let body = response.bytes().await.unwrap();
+    postcard::from_bytes(&body).unwrap_or_else(|e| panic!("{e}: {body:?}"))
+}
+
+/// A message of a Leptos WebSocket server function: a tag byte (0: Ok) and postcard.
 pub fn frame(value: &impl Serialize) -> Message {
     let mut bytes = vec![0u8];
-    bytes.extend(serde_json::to_vec(value).unwrap());
+    bytes.extend(postcard::to_allocvec(value).unwrap());
     Message::Binary(bytes.into())
 }
 
@@ -672,7 +683,7 @@ pub fn unframe<T: DeserializeOwned>(message: Message) -> Option<T> {
     let Message::Binary(bytes) = message else {
         return None;
     };
-    let (tag, json) = bytes.split_first()?;
-    assert_eq!(*tag, 0, "an error frame: {}", String::from_utf8_lossy(json));
-    Some(serde_json::from_slice(json).unwrap())
+    let (tag, body) = bytes.split_first()?;
+    assert_eq!(*tag, 0, "an error frame: {body:?}");
+    Some(postcard::from_bytes(body).unwrap())
 }

@@ -16,7 +16,10 @@ use crate::{
 };
 use axum::{body::Body, response::Response};
 use http::{header, HeaderValue, Method, Request, StatusCode};
-use leptos::server_fn::error::{FromServerFnError, SERVER_FN_ERROR_HEADER};
+use leptos::server_fn::{
+    error::{FromServerFnError, SERVER_FN_ERROR_HEADER},
+    ContentType,
+};
 use pin_project_lite::pin_project;
 use std::{
     borrow::Cow,
@@ -382,7 +385,7 @@ fn server_fn_error<B>(
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
+        HeaderValue::from_static(<AppError as FromServerFnError>::Encoder::CONTENT_TYPE),
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if let Ok(path) = HeaderValue::from_str(path) {

@@ -297,9 +297,22 @@ impl Launcher {
         if let Some(origin) = Origin::of(headers) {
             self.learn_origin(&origin);
         }
+        let edge = edge_region(headers);
+        let distances_km = edge
+            .map(|edge| {
+                crate::fly::REGIONS
+                    .iter()
+                    .filter_map(|r| RegionCode::parse(r.code).ok())
+                    .filter_map(|r| crate::fly::distance_km(edge, r))
+                    .map(|km| km.round() as u32)
+                    .collect::<Vec<_>>()
+            })
+            .filter(|d| d.len() == crate::fly::REGIONS.len())
+            .unwrap_or_default();
         LauncherInfo {
-            edge_region: edge_region(headers),
+            edge_region: edge,
             cap: self.settings.max_machines,
+            distances_km,
         }
     }
 
