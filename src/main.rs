@@ -1,6 +1,9 @@
 //! `flyby`: reads its config, builds the server for its role, serves until told to stop.
 
-use flyby::server::{config, shutdown_signal, telemetry, Application};
+use flyby::{
+    role::Role,
+    server::{config, shutdown_signal, telemetry, Application},
+};
 use std::process::ExitCode;
 
 /// glibc's malloc was about a quarter of the samples of a profile of the SSR home page under
@@ -8,8 +11,7 @@ use std::process::ExitCode;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     if std::env::args().skip(1).any(|a| a == "--help" || a == "-h") {
         print!("{}", config::Help);
         return ExitCode::SUCCESS;
@@ -22,7 +24,20 @@ async fn main() -> ExitCode {
         }
     };
     telemetry::init(config.log_format);
-    match serve(config).await {
+    // A visitor's Machine (and the concierge) serves one visitor on one shared vCPU: one
+    // thread does, without a worker pool's threads, stacks and allocator heaps. A launcher
+    // serves everyone, on every core it has.
+    let runtime = match config.role {
+        Role::Ephemeral | Role::Concierge => tokio::runtime::Builder::new_current_thread(),
+        Role::Launcher => tokio::runtime::Builder::new_multi_thread(),
+    }
+    .enable_all()
+    .build();
+    let served = match runtime {
+        Ok(runtime) => runtime.block_on(serve(config)),
+        Err(e) => Err(e.into()),
+    };
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

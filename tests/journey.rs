@@ -54,6 +54,13 @@ async fn the_hand_over_asked_for_at_once_answers_when_the_machine_serves() {
         matches!(&route.calls[1].1, Arrival::Replayed { machine, .. } if machine == other.as_str()),
         "{route:?}"
     );
+    // Its metrics (read through flyby-local's admin endpoint, from inside the platform's
+    // network) count the launch and its phases.
+    let metrics = api.metrics(route.launcher).await;
+    assert!(
+        metrics.contains("flyby_launch_phase_seconds_count{phase=\"total\"} 1"),
+        "{metrics}"
+    );
     // It answered once the Machine served: the claim lands on the owner's page at once.
     let machine = visitor.claim(&handover).await;
     assert_eq!(visitor.machine_page(machine).await.status(), StatusCode::OK);

@@ -126,10 +126,9 @@ async function phaseSums(api: string): Promise<Sums> {
   const machines: any[] = await fetch(`${api}/_local/machines`).then((r) => r.json());
   const sums: Sums = {};
   for (const m of machines.filter((m) => m.app === 'flyby' && m.state === 'started')) {
-    const host = m.private_ip.includes(':') ? `[${m.private_ip}]` : m.private_ip;
-    // The 6PN of an isolated platform may not be routed from the host: then no phases.
-    const text = await fetch(`http://${host}:9091/metrics`)
-      .then((r) => r.text())
+    // Through the admin endpoint: the host may not reach a Machine's own addresses.
+    const text = await fetch(`${api}/_local/machines/${m.id}/metrics`)
+      .then((r) => (r.ok ? r.text() : ''))
       .catch(() => '');
     for (const line of text.split('\n')) {
       const match = /^flyby_launch_phase_seconds_sum\{phase="(\w+)"\} (\S+)/.exec(line);
@@ -248,12 +247,15 @@ async function launchOnce(browser: Browser, platform: Platform, tracePath?: stri
       .getEntriesByType('resource')
       .filter((e) => /\.(js|wasm)$/.test(new URL(e.name).pathname))
       .map((e) => (e as PerformanceResourceTiming).responseEnd);
+    const fcp = performance.getEntriesByName('first-contentful-paint')[0];
     return {
       submitted: performance.timeOrigin,
+      // With a 303 after the claim, when its GET began; 0 when the claim answers with the page.
       claimed: nav.redirectEnd,
       page: nav.responseEnd,
       parsed: nav.domContentLoadedEventStart,
       bundle: Math.max(...bundle),
+      painted: fcp ? fcp.startTime : NaN,
     };
   });
   expect(page.url()).toMatch(/\/m\/[0-9a-f]{14}$/);
@@ -279,6 +281,8 @@ async function launchOnce(browser: Browser, platform: Platform, tracePath?: stri
     handover: machine.submitted - clicked - accepted - d('total'),
     claim: machine.claimed,
     page: machine.page - machine.claimed,
+    // The own page's first contentful paint (its Machine id, before hydration), after the click.
+    painted: machine.submitted + machine.painted - clicked,
     bundle: machine.bundle - machine.page,
     parsed: machine.parsed - machine.page,
     hydrated: hydratedAt - Math.max(machine.bundle, machine.parsed),
@@ -290,6 +294,10 @@ async function launchOnce(browser: Browser, platform: Platform, tracePath?: stri
 const p50 = (xs: number[]) => {
   const s = xs.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
   return s.length ? s[Math.floor(s.length / 2)] : NaN;
+};
+const p95 = (xs: number[]) => {
+  const s = xs.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
+  return s.length ? s[Math.min(s.length - 1, Math.floor(s.length * 0.95))] : NaN;
 };
 const ms = (x: number) => (Number.isFinite(x) ? `${Math.round(x)} ms` : '?');
 
@@ -328,13 +336,16 @@ test('click to own page, through flyby-local', async ({ browser }) => {
       `total ${ms(m('total'))}: click -> launch answered ${ms(m('accepted'))} (request sent at ${ms(m('click_to_sent'))}); ` +
         `API create ${ms(m('create'))}; start ${ms(m('start'))}; ready (our boot + /health poll) ${ms(m('serving'))}; ` +
         `launch server side ${ms(m('launch_total'))}; Machine serving -> hand-over form posted ${ms(m('handover'))}; ` +
-        `claim (POST -> 303) ${ms(m('claim'))}; page ${ms(m('page'))} (${m('replays')} replays in all); ` +
-        `page -> JS + WASM loaded ${ms(m('bundle'))}, parsed ${ms(m('parsed'))}; -> hydrated ${ms(m('hydrated'))}`,
+        `claim (POST -> 303, 0 when it answers with the page) ${ms(m('claim'))}; page ${ms(m('page'))} (${m('replays')} replays in all); ` +
+        `page -> JS + WASM loaded ${ms(m('bundle'))}, parsed ${ms(m('parsed'))}; -> hydrated ${ms(m('hydrated'))}; ` +
+        `own page's first contentful paint ${ms(m('painted'))} after the click`,
       '-',
       '-',
     );
     const ours = m('ours');
     const bare = p50(floors);
+    // Each launch against the floor measured right after it: the pairs' differences.
+    const added = launches.map((l, i) => l.ours - floors[i]);
     row(
       '7b',
       "Our part of click to own page: total minus the platform's create and process start (p50)",
@@ -351,10 +362,10 @@ test('click to own page, through flyby-local', async ({ browser }) => {
     );
     row(
       '7d',
-      "What our code adds to a launch: our part (7b) minus the browser's floor (7c)",
-      ms(ours - bare),
-      '< 100 ms',
-      ours - bare < 100 ? 'met' : 'NOT met',
+      "What our code adds to a launch: our part (7b) minus the browser's floor (7c), each launch against the floor measured after it, p50 / p95",
+      `${ms(p50(added))} / ${ms(p95(added))}`,
+      '≤ 50 ms / ≤ 80 ms',
+      p50(added) <= 50 && p95(added) <= 80 ? 'met' : 'NOT met',
     );
   } finally {
     floor.close();
@@ -388,11 +399,6 @@ function callsPerLaunch(before: Record<string, number>, after: Record<string, nu
   const total = kinds.reduce((n, [, v]) => n + v, 0);
   return `${total.toFixed(1)} (${kinds.map(([k, n]) => `${k} ${n.toFixed(1)}`).join(', ')})`;
 }
-
-const p95 = (xs: number[]) => {
-  const s = xs.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
-  return s.length ? s[Math.min(s.length - 1, Math.floor(s.length * 0.95))] : NaN;
-};
 
 test('click to own page in the plural world: --timings fly, three launchers, three journeys', async ({ browser }) => {
   // Three journeys of eleven launches each, on a platform that takes Fly's time.

@@ -122,8 +122,8 @@ fn LaunchPanel() -> impl IntoView {
     Effect::new(move |_| yours.set(live::remembered_machine()));
     super::mark_hydrated_after_render();
 
-    // The launch's timeline for the Machine's receipt, in the hand-over URL's fragment.
-    let boot = RwSignal::new(String::new());
+    let form = NodeRef::<leptos::html::Form>::new();
+    let secret_field = NodeRef::<leptos::html::Input>::new();
     let launch = Action::new_local(move |region: &Option<crate::fly::RegionCode>| {
         let region = region.map(|r| r.to_string());
         #[cfg(feature = "hydrate")]
@@ -134,8 +134,18 @@ fn LaunchPanel() -> impl IntoView {
             progress.set(Some(LaunchProgress::default()));
             #[cfg(feature = "hydrate")]
             let clock = live::start_clock(elapsed_ms);
+            // Off to the Machine the moment the hand-over arrives, before anything else of the
+            // page moves: what it would show is never seen (and costs the visitor its time).
+            #[cfg(feature = "hydrate")]
+            let go = move |h: &Handover, steps: &[super::protocol::StepView]| {
+                let posted = (live::now_ms() - clicked).max(0.0) as u32;
+                let boot = super::protocol::BootTimeline::of_launch(steps, posted).encode();
+                live::hand_over(form, secret_field, h, &boot);
+            };
+            #[cfg(not(feature = "hydrate"))]
+            let go = |_: &Handover, _: &[super::protocol::StepView]| {};
             let outcome = match begin(region).await {
-                Ok(ticket) => run(ticket, progress).await,
+                Ok(ticket) => run(ticket, progress, go).await,
                 Err(e) => Err(e),
             };
             #[cfg(feature = "hydrate")]
@@ -143,14 +153,7 @@ fn LaunchPanel() -> impl IntoView {
             match outcome {
                 Ok(h) => {
                     #[cfg(feature = "hydrate")]
-                    {
-                        live::remember_machine(h.machine);
-                        let posted = (live::now_ms() - clicked).max(0.0) as u32;
-                        boot.set(progress.with_untracked(|p| {
-                            let steps = p.as_ref().map_or(&[][..], |p| &p.steps[..]);
-                            super::protocol::BootTimeline::of_launch(steps, posted).encode()
-                        }));
-                    }
+                    live::remember_machine(h.machine);
                     yours.set(Some(h.machine));
                     handover.set(Some(h));
                 }
@@ -169,13 +172,6 @@ fn LaunchPanel() -> impl IntoView {
     let shown = Memo::new(move |_| progress.with(Option::is_some));
     let cannot_launch = Signal::derive(move || {
         running.get() || launch.pending().get() || fly.get() != FlyReach::Reachable
-    });
-
-    let form = NodeRef::<leptos::html::Form>::new();
-    Effect::new(move |_| {
-        if let (Some(_), Some(form)) = (handover.get(), form.get()) {
-            let _ = form.submit();
-        }
     });
 
     let map = info.map(|info| {
@@ -259,15 +255,9 @@ fn LaunchPanel() -> impl IntoView {
             Some(view! { <p class="fly-state" role="status">{state}</p> })
         }}
         {move || error.get().map(|e| view! { <p class="error" role="alert">{e.to_string()}</p> })}
-        <form
-            node_ref=form
-            method="post"
-            class="handover"
-            action=move || {
-                handover.get().map(|h| format!("{}#boot={}", h.claim_url, boot.get())).unwrap_or_default()
-            }
-        >
-            <input type="hidden" name="secret" value=move || handover.get().map(|h| h.secret).unwrap_or_default()/>
+        // Filled in and submitted by the page when the hand-over arrives (`live::hand_over`).
+        <form node_ref=form method="post" class="handover">
+            <input node_ref=secret_field type="hidden" name="secret"/>
         </form>
         <Explainer>
             <p>
@@ -302,6 +292,7 @@ async fn begin(region: Option<String>) -> Result<LaunchTicket, AppError> {
 async fn run(
     ticket: LaunchTicket,
     progress: RwSignal<Option<LaunchProgress>>,
+    go: impl FnOnce(&Handover, &[super::protocol::StepView]),
 ) -> Result<Handover, AppError> {
     #[cfg(feature = "hydrate")]
     {
@@ -345,6 +336,7 @@ async fn run(
             } => (steps, route, handover),
             LaunchEnd::Failed(e) => return Err(e),
         };
+        go(&handover, &steps);
         progress.update(|p| {
             if let Some(p) = p {
                 let at_ms = steps.last().map(|s| s.at_ms).unwrap_or_default();
@@ -360,7 +352,7 @@ async fn run(
     }
     #[cfg(not(feature = "hydrate"))]
     {
-        let _ = (ticket, progress);
+        let _ = (ticket, progress, go);
         Err(AppError::Internal)
     }
 }
@@ -412,6 +404,21 @@ mod live {
                 super::super::pause(super::super::reconnect_delay(failures, jitter)).await;
             }
         });
+    }
+
+    /// Sends the browser to its Machine: the hand-over form gets its target (with the launch's
+    /// timeline in the fragment, for the receipt) and the secret, and is submitted.
+    pub fn hand_over(
+        form: NodeRef<leptos::html::Form>,
+        secret: NodeRef<leptos::html::Input>,
+        handover: &Handover,
+        boot: &str,
+    ) {
+        if let (Some(form), Some(secret)) = (form.get_untracked(), secret.get_untracked()) {
+            form.set_action(&format!("{}#boot={boot}", handover.claim_url));
+            secret.set_value(&handover.secret);
+            let _ = form.submit();
+        }
     }
 
     /// Where the page keeps the Machine it was handed. Not a secret (a Machine id is in its

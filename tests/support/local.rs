@@ -182,6 +182,19 @@ impl Api {
             .collect()
     }
 
+    /// A launcher's Prometheus text, as the admin endpoint fetches it from inside the
+    /// platform's network.
+    pub async fn metrics(&self, id: MachineId) -> String {
+        let response = self
+            .http
+            .get(format!("{}/_local/machines/{id}/metrics", self.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "metrics of {id}");
+        response.text().await.unwrap()
+    }
+
     pub async fn machine(&self, id: MachineId) -> serde_json::Value {
         self.http
             .get(format!(

@@ -58,6 +58,50 @@ pub(super) async fn admin_machines(State(platform): State<Arc<Platform>>) -> Jso
     Json(Value::Array(machines))
 }
 
+/// Where a launcher serves its Prometheus text (`FLYBY_METRICS_PORT`'s default).
+const METRICS_PORT: u16 = 9091;
+
+/// A Machine's `/metrics` (a launcher's phases and counters), fetched from inside the
+/// platform's network: the host may not reach a Machine's own addresses (an isolated network
+/// routes only the proxy's traffic), and the benchmarks read a launcher's launch phases there.
+pub(super) async fn machine_metrics(
+    State(platform): State<Arc<Platform>>,
+    Path(id): Path<String>,
+) -> Response {
+    let Some(machine) = platform
+        .registry
+        .all()
+        .into_iter()
+        .find(|m| m.id.as_str() == id)
+    else {
+        return ApiError::MachineNotFound.into_response();
+    };
+    let addr = SocketAddr::new(machine.addrs.private, METRICS_PORT);
+    let fetched = tokio::time::timeout(Duration::from_secs(2), async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = platform.network.connect(addr).await?;
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: metrics\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await?;
+        Ok::<_, std::io::Error>(answer)
+    })
+    .await;
+    match fetched {
+        Ok(Ok(answer)) => {
+            let text = String::from_utf8_lossy(&answer);
+            match text.split_once("\r\n\r\n") {
+                Some((head, body)) if head.starts_with("HTTP/1.1 200") => {
+                    body.to_owned().into_response()
+                }
+                _ => (StatusCode::BAD_GATEWAY, "no metrics there\n").into_response(),
+            }
+        }
+        _ => (StatusCode::BAD_GATEWAY, "no metrics there\n").into_response(),
+    }
+}
+
 pub(super) async fn arm_fault(
     State(platform): State<Arc<Platform>>,
     body: Bytes,

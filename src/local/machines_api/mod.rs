@@ -145,6 +145,7 @@ pub fn router(platform: Arc<Platform>) -> Router {
     let admin = Router::new()
         .route("/_local/stats", get(admin::stats))
         .route("/_local/machines", get(admin::admin_machines))
+        .route("/_local/machines/{id}/metrics", get(admin::machine_metrics))
         .route(
             "/_local/faults",
             post(admin::arm_fault).delete(admin::clear_faults),
