@@ -346,7 +346,33 @@ criterion_group! {
     targets = bench_decide, bench_layer
 }
 
+/// `FLYBY_BENCH_COUNT=with:N` (or `without:N`): serves the SSR home page N times through the
+/// router with (or without) the layer, after a warm-up, and exits. `scripts/bench` runs it
+/// under callgrind for N and 3N requests of each: the difference over 2N requests is what one
+/// request costs, in instructions, whatever else the machine is doing (row 2b).
+fn count_only(spec: &str) {
+    let (which, n) = spec.split_once(':').expect("with:N or without:N");
+    let n: usize = n.parse().expect("a number of requests");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (with, without) = launcher_routers(&rt).expect("a built site");
+    let router = if which == "with" { with } else { without };
+    rt.block_on(async {
+        for _ in 0..20 {
+            serve_home(&router).await;
+        }
+        for _ in 0..n {
+            serve_home(&router).await;
+        }
+    });
+}
+
 fn main() {
+    if let Ok(spec) = std::env::var("FLYBY_BENCH_COUNT") {
+        return count_only(&spec);
+    }
     benches();
     Criterion::default().configure_from_args().final_summary();
 }

@@ -10,13 +10,15 @@ pub const OWNER_COOKIE: &str = "flyby_owner";
 /// Cookie on the launcher app while a launch runs: the id of the launcher Machine running it.
 pub const LAUNCH_COOKIE: &str = "flyby_launch";
 
-/// The first cookie called `name` in a `Cookie` header, parsed with the `cookie` crate
-/// (unparseable pairs skipped).
+/// The value of the first cookie called `name` in a `Cookie` header (`a=1; b=2`, RFC 6265
+/// section 5.4), whitespace around names and values ignored, pairs without `=` skipped. Read
+/// on every request by the affinity layer: it looks for one name and allocates nothing, where
+/// parsing every cookie with the `cookie` crate was a fifth of the layer's cost.
 pub fn read<'a>(header: Option<&'a str>, name: &str) -> Option<&'a str> {
-    Cookie::split_parse(header?)
-        .filter_map(Result::ok)
-        .find(|c| c.name() == name)
-        .and_then(|c| c.value_raw())
+    header?.split(';').find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        (key.trim() == name).then(|| value.trim())
+    })
 }
 
 /// The parts of an owner cookie; the secret is unverified.
@@ -105,6 +107,17 @@ mod tests {
         );
         assert_eq!(read(Some("a=1"), OWNER_COOKIE), None);
         assert_eq!(read(None, OWNER_COOKIE), None);
+        // What browsers and proxies send: spacing, pairs without a value, the same name
+        // twice (the first counts), a name that only ends like ours.
+        assert_eq!(
+            read(
+                Some("x_flyby_owner=no;junk; flyby_owner = v1 ;flyby_owner=v2"),
+                OWNER_COOKIE
+            ),
+            Some("v1")
+        );
+        assert_eq!(read(Some(";;="), OWNER_COOKIE), None);
+        assert_eq!(read(Some("flyby_owner="), OWNER_COOKIE), Some(""));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::{
     server::{cookies, ownership::OwnerSlot},
 };
 use axum::{body::Body, response::Response};
-use http::{header, HeaderValue, Method, Request, StatusCode};
+use http::{header, HeaderName, HeaderValue, Method, Request, StatusCode};
 use leptos::server_fn::{
     error::{FromServerFnError, SERVER_FN_ERROR_HEADER},
     ContentType,
@@ -111,8 +111,8 @@ impl AffinityLayer {
         let me = shared.here.id?;
         let (method, path) = (request.method(), request.uri().path());
         let claim = method == Method::POST && is_claim_path(path, me);
-        let upgrade =
-            header_str(request, "upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+        let upgrade = header_str(request, &header::UPGRADE)
+            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
         Some(Recording {
             log,
             what: routes::request_kind(method, path, claim, upgrade),
@@ -128,7 +128,7 @@ impl AffinityLayer {
         if request.method() != Method::POST || request.uri().path() != LAUNCH_PATH {
             return None;
         }
-        let visitor = header_str(request, "fly-client-ip")?;
+        let visitor = header_str(request, &FLY_CLIENT_IP)?;
         home_launcher(visitor, &shared.launchers.as_ref()?.borrow())
     }
 }
@@ -150,9 +150,15 @@ pub struct Affinity<S> {
     shared: Arc<Shared>,
 }
 
-fn header_str<'a, B>(request: &'a Request<B>, name: &str) -> Option<&'a str> {
+fn header_str<'a, B>(request: &'a Request<B>, name: &HeaderName) -> Option<&'a str> {
     request.headers().get(name).and_then(|v| v.to_str().ok())
 }
+
+// The headers the layer reads on every request, named once: a lookup by `&str` parses the
+// name each time.
+const FLY_REPLAY_SRC: HeaderName = HeaderName::from_static("fly-replay-src");
+const FLY_REPLAY_FAILED: HeaderName = HeaderName::from_static("fly-replay-failed");
+const FLY_CLIENT_IP: HeaderName = HeaderName::from_static("fly-client-ip");
 
 /// All `Cookie` headers as one string; borrowed in the usual case of a single header.
 fn cookie_header<B>(request: &Request<B>) -> Option<Cow<'_, str>> {
@@ -195,8 +201,8 @@ where
                 path: request.uri().path(),
                 query: request.uri().query(),
                 cookies: cookies.as_deref(),
-                replay_src: header_str(&request, "fly-replay-src"),
-                replay_failed: header_str(&request, "fly-replay-failed"),
+                replay_src: header_str(&request, &FLY_REPLAY_SRC),
+                replay_failed: header_str(&request, &FLY_REPLAY_FAILED),
                 home: AffinityLayer::home(&self.shared, &request),
             };
             let here = Here {
@@ -431,17 +437,31 @@ fn set_cookie(response: &mut Response, cookie: String) {
 }
 
 pin_project! {
-    /// Either the router's answer (possibly with a cookie to clear) or one made here, at once
-    /// or after a pause.
-    pub struct AffinityFuture<F> {
-        #[pin]
-        inner: Option<F>,
-        ready: Option<Response>,
-        unpin: Option<String>,
-        recording: Option<Recording>,
-        #[pin]
-        pause: Option<tokio::time::Sleep>,
+    /// The router's answer (with what the layer owes it, if anything), or one the layer made,
+    /// at once or after a pause. An enum, and what the router's answer is owed boxed: the
+    /// common request (served, nothing owed) carries no more than the router's own future.
+    #[project = Projected]
+    pub enum AffinityFuture<F> {
+        Inner {
+            #[pin]
+            future: F,
+            owed: Option<Box<Owed>>,
+        },
+        Ready {
+            response: Option<Response>,
+        },
+        Paused {
+            #[pin]
+            pause: tokio::time::Sleep,
+            response: Option<Response>,
+        },
     }
+}
+
+/// What the layer adds to the router's answer: a pin to clear, a row of the owner's panel.
+pub struct Owed {
+    unpin: Option<String>,
+    recording: Option<Recording>,
 }
 
 /// A request served to the owner, recorded for their panel once its answer is known.
@@ -467,29 +487,21 @@ impl Recording {
 
 impl<F> AffinityFuture<F> {
     fn inner(future: F, unpin: Option<String>, recording: Option<Recording>) -> Self {
-        AffinityFuture {
-            inner: Some(future),
-            ready: None,
-            unpin,
-            recording,
-            pause: None,
-        }
+        let owed =
+            (unpin.is_some() || recording.is_some()).then(|| Box::new(Owed { unpin, recording }));
+        AffinityFuture::Inner { future, owed }
     }
 
     fn ready(response: Response) -> Self {
-        AffinityFuture {
-            inner: None,
-            ready: Some(response),
-            unpin: None,
-            recording: None,
-            pause: None,
+        AffinityFuture::Ready {
+            response: Some(response),
         }
     }
 
     fn after(pause: Duration, response: Response) -> Self {
-        AffinityFuture {
-            pause: Some(tokio::time::sleep(pause)),
-            ..AffinityFuture::ready(response)
+        AffinityFuture::Paused {
+            pause: tokio::time::sleep(pause),
+            response: Some(response),
         }
     }
 }
@@ -501,21 +513,26 @@ where
     type Output = Result<Response, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        if let Some(pause) = this.pause.as_pin_mut() {
-            ready!(pause.poll(cx));
-        }
-        match this.inner.as_pin_mut() {
-            None => Poll::Ready(Ok(this.ready.take().expect("polled after completion"))),
-            Some(inner) => {
-                let mut response = ready!(inner.poll(cx))?;
-                if let Some(recording) = this.recording.take() {
-                    recording.answered(response.status());
-                }
-                if let Some(cookie) = this.unpin.take() {
-                    set_cookie(&mut response, cookie);
+        match self.project() {
+            Projected::Inner { future, owed } => {
+                let mut response = ready!(future.poll(cx))?;
+                if let Some(owed) = owed.take() {
+                    let Owed { unpin, recording } = *owed;
+                    if let Some(recording) = recording {
+                        recording.answered(response.status());
+                    }
+                    if let Some(cookie) = unpin {
+                        set_cookie(&mut response, cookie);
+                    }
                 }
                 Poll::Ready(Ok(response))
+            }
+            Projected::Ready { response } => {
+                Poll::Ready(Ok(response.take().expect("polled after completion")))
+            }
+            Projected::Paused { pause, response } => {
+                ready!(pause.poll(cx));
+                Poll::Ready(Ok(response.take().expect("polled after completion")))
             }
         }
     }
