@@ -683,6 +683,8 @@ async fn memory(site: &Path, payload: &mut Vec<(String, String)>) {
     let pid = machine.child.id();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle = status_kb(pid, "VmRSS:");
+    // Where the bytes are: the process's own (heap, stacks) and the mapped files' (its code).
+    let (idle_anon, idle_file) = (status_kb(pid, "RssAnon:"), status_kb(pid, "RssFile:"));
 
     let base = format!("http://{}", machine.addr);
     let jar = std::sync::Arc::new(reqwest::cookie::Jar::default());
@@ -755,20 +757,26 @@ async fn memory(site: &Path, payload: &mut Vec<(String, String)>) {
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after = status_kb(pid, "VmRSS:");
+    let (after_anon, after_file) = (status_kb(pid, "RssAnon:"), status_kb(pid, "RssFile:"));
     let _ = ws.close(None).await;
     let peak = status_kb(pid, "VmHWM:");
     row(
         "5",
         "Memory (VmRSS) of an ephemeral Machine: idle, then after its owner's journey (claim, \
-         page, bundle in both encodings, favicon, 3 server-function calls, 50 WebSocket pings)",
+         page, bundle in both encodings, favicon, 3 server-function calls, 50 WebSocket pings); \
+         in brackets, its own memory (RssAnon) + mapped files, its code mostly (RssFile)",
         &format!(
-            "idle {:.1} MB; after the journey {:.1} MB (peak {:.1} MB)",
+            "idle {:.1} MB ({:.1} + {:.1}); after the journey {:.1} MB ({:.1} + {:.1}; peak {:.1} MB)",
             mb(idle),
+            mb(idle_anon),
+            mb(idle_file),
             mb(after),
+            mb(after_anon),
+            mb(after_file),
             mb(peak)
         ),
-        "< 12 MB idle",
-        verdict(mb(idle) < 12.0),
+        "≤ 8 MB idle, ≤ 9 MB after",
+        verdict(mb(idle) <= 8.0 && mb(after) <= 9.0),
     );
 }
 
@@ -881,14 +889,21 @@ fn main() {
         }
     });
     for (page, line) in payload {
-        let (text, budget) = line.rsplit_once('|').unwrap();
-        let budget: u64 = budget.parse().unwrap();
+        let (text, bundle) = line.rsplit_once('|').unwrap();
+        let bundle: u64 = bundle.parse().unwrap();
+        // A visitor's Machine page waits on its bundle right after the hand-over: the
+        // smaller budget.
+        let budget_kb = if page.starts_with("ephemeral") {
+            90
+        } else {
+            100
+        };
         row(
             "6",
             &format!("First-load payload of {page}: raw / brotli"),
             text,
-            "WASM + JS < 150 KB brotli",
-            verdict(budget < 150_000),
+            &format!("WASM + JS ≤ {budget_kb} KB brotli"),
+            verdict(bundle <= budget_kb * 1000),
         );
     }
     rt.shutdown_timeout(Duration::from_secs(1));

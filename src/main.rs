@@ -25,10 +25,14 @@ fn main() -> ExitCode {
     };
     telemetry::init(config.log_format);
     // A visitor's Machine (and the concierge) serves one visitor on one shared vCPU: one
-    // thread does, without a worker pool's threads, stacks and allocator heaps. A launcher
-    // serves everyone, on every core it has.
+    // thread does, and one more reads its files, without a worker pool's threads, stacks and
+    // allocator heaps. A launcher serves everyone, on every core it has.
     let runtime = match config.role {
-        Role::Ephemeral | Role::Concierge => tokio::runtime::Builder::new_current_thread(),
+        Role::Ephemeral | Role::Concierge => {
+            let mut builder = tokio::runtime::Builder::new_current_thread();
+            builder.max_blocking_threads(1);
+            builder
+        }
         Role::Launcher => tokio::runtime::Builder::new_multi_thread(),
     }
     .enable_all()

@@ -17,6 +17,22 @@ fn project(lat: f64, lon: f64) -> (f64, f64) {
     (lon + 180.0, 85.0 - lat.clamp(-85.0, 85.0))
 }
 
+/// Where each region of [`REGIONS`] sits on the map, in that order: its dot's `x` and `y` and
+/// its label's `y`, written once per process (every page draws the same map, and writing
+/// them per render was half of drawing it).
+fn points() -> &'static [(String, String, String)] {
+    static POINTS: std::sync::OnceLock<Vec<(String, String, String)>> = std::sync::OnceLock::new();
+    POINTS.get_or_init(|| {
+        REGIONS
+            .iter()
+            .map(|r| {
+                let (x, y) = project(r.lat, r.lon);
+                (fixed(x, 1), fixed(y, 1), fixed(y - 6.0, 1))
+            })
+            .collect()
+    })
+}
+
 /// `km` rounded to a hundred and written with thousands separators: "16,600 km".
 fn rounded_km(km: u32) -> String {
     let hundreds = (km + 50) / 100 * 100;
@@ -93,9 +109,7 @@ pub fn RegionMap(
                     .iter()
                     .enumerate()
                     .map(|(i, r)| {
-                        let (x, y) = project(r.lat, r.lon);
-                        let label_y = fixed(y - 6.0, 1);
-                        let (x, y) = (fixed(x, 1), fixed(y, 1));
+                        let (x, y, label_y) = points()[i].clone();
                         let is_edge = edge.is_some_and(|e| e.as_str() == r.code);
                         let code = r.code;
                         let target = crate::fly::RegionCode::parse(code).ok();

@@ -40,7 +40,11 @@ use crate::{
     role::Role,
 };
 use affinity::{AffinityLayer, Here};
-use axum::{routing::get, serve::ListenerExt, Router};
+use axum::{
+    routing::{get, MethodFilter},
+    serve::ListenerExt,
+    Router,
+};
 use config::{Config, RoleConfig};
 use ephemeral::EphemeralMachine;
 use launcher::Launcher;
@@ -205,10 +209,6 @@ fn assemble(
     let bundle = assets::Bundle::find(&options, role);
     let links = bundle.links(&options);
     let loader_hash = links.loader_hash.clone();
-    let routes = generate_route_list(App)
-        .into_iter()
-        .filter(|route| belongs_to(role, route.path()))
-        .collect::<Vec<_>>();
     let launchers = launcher.as_ref().map(|l| l.launchers.subscribe());
     let health_launcher = launcher.clone();
     let context = {
@@ -261,6 +261,34 @@ fn assemble(
         .fly
         .machine_id
         .and_then(|id| http::HeaderValue::from_str(id.as_str()).ok());
+    let app = {
+        let (options, links) = (options.clone(), links.clone());
+        move || shell(options.clone(), role, links.clone())
+    };
+    let router = match role {
+        Role::Launcher => {
+            let routes = generate_route_list(App)
+                .into_iter()
+                .filter(|route| belongs_to(role, route.path()))
+                .collect::<Vec<_>>();
+            router.leptos_routes_with_context(&options, routes, context, app)
+        }
+        // A visitor's Machine has one page, its owner's: registered with the very render
+        // Leptos's route list would give it, beside the server functions that list would
+        // bring. Generating that list walks the whole app, which left ~1.2 MB of code
+        // resident on every idle Machine (BENCHMARKS.md, row 5); a test holds the two to the
+        // same path (`MACHINE_PAGE_ROUTE`). Generating it also sets the executor Leptos
+        // spawns its tasks on, which is done here instead.
+        Role::Ephemeral => {
+            let _ = any_spawner::Executor::init_tokio();
+            server_functions(router, context.clone()).route(
+                MACHINE_PAGE_ROUTE,
+                get(leptos_axum::render_app_async_with_context(context, app)),
+            )
+        }
+        // It serves no page: every request it gets is replayed, or refused.
+        Role::Concierge => server_functions(router, context),
+    };
     let pkg = format!("/{}", options.site_pkg_dir);
     let router = router
         .nest_service(&pkg, assets::service(&options, bundle))
@@ -271,10 +299,6 @@ fn assemble(
                 crate::app::map::LAND_OUTLINE.trim_start_matches('/'),
             ),
         )
-        .leptos_routes_with_context(&options, routes, context, {
-            let (options, links) = (options.clone(), links.clone());
-            move || shell(options.clone(), role, links.clone())
-        })
         .fallback(leptos_axum::file_and_error_handler(move |options| {
             shell(options, role, links.clone())
         }))
@@ -305,6 +329,30 @@ const FAREWELL: Duration = Duration::from_millis(250);
 
 /// The response header naming the Machine that answered.
 pub const MACHINE_HEADER: http::HeaderName = http::HeaderName::from_static("flyby-machine");
+
+/// The route of a visitor's Machine's page (the app's `/m/:id`), as the ephemeral role
+/// registers it.
+pub const MACHINE_PAGE_ROUTE: &str = "/m/{id}";
+
+/// Every server function of the app at its endpoint, as `leptos_routes_with_context` adds them.
+fn server_functions<S>(
+    mut router: Router<S>,
+    context: impl Fn() + Clone + Send + Sync + 'static,
+) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    for (path, method) in leptos::server_fn::axum::server_fn_paths() {
+        let context = context.clone();
+        let handler = move |request: axum::extract::Request| {
+            leptos_axum::handle_server_fns_with_context(context, request)
+        };
+        let method = MethodFilter::try_from(method)
+            .expect("a server function is reached by GET, POST, PUT, PATCH or DELETE");
+        router = router.route(path, axum::routing::on(method, handler));
+    }
+    router
+}
 
 /// Which pages each role serves: the visitor's page lives under `/m/` on the ephemeral app,
 /// everything else on the launcher.
@@ -376,5 +424,23 @@ pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
             _ = term.recv() => tracing::info!(signal = "SIGTERM", "stopping"),
             _ = int.recv() => tracing::info!(signal = "SIGINT", "stopping"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ephemeral_role_registers_exactly_the_apps_machine_page_route() {
+        let ephemeral: Vec<String> = generate_route_list(App)
+            .into_iter()
+            .filter(|route| belongs_to(Role::Ephemeral, route.path()))
+            .map(|route| route.path().to_owned())
+            .collect();
+        assert_eq!(ephemeral, [MACHINE_PAGE_ROUTE]);
+        assert!(!generate_route_list(App)
+            .iter()
+            .any(|route| belongs_to(Role::Concierge, route.path())));
     }
 }
