@@ -142,6 +142,8 @@ fn MachineView() -> impl IntoView {
                 crate::app::wire::call(SwitchOff::PATH, SwitchOff {}).await;
         }
     });
+    // Once: `pending()` makes a new memo on every call.
+    let switching_off = switching.pending();
     let switch_state = Signal::derive(move || match phase.get() {
         _ if lost.get() => super::useless_machine::SwitchState::Off,
         PhaseView::AwaitingOwner | PhaseView::Showing { .. } => {
@@ -248,7 +250,7 @@ fn MachineView() -> impl IntoView {
                             type="button"
                             class="switch-off"
                             disabled=move || {
-                                !matches!(phase.get(), PhaseView::Showing { .. }) || switching.pending().get()
+                                !matches!(phase.get(), PhaseView::Showing { .. }) || switching_off.get()
                             }
                             on:click=move |_| {
                                 switching.dispatch(());

@@ -170,9 +170,11 @@ fn LaunchPanel() -> impl IntoView {
     });
     // Whether the progress section is there: once, from the first launch on.
     let shown = Memo::new(move |_| progress.with(Option::is_some));
-    let cannot_launch = Signal::derive(move || {
-        running.get() || launch.pending().get() || fly.get() != FlyReach::Reachable
-    });
+    // Memos, made once: every region of the map reads them, and `pending()` makes a new
+    // memo on every call (57 of them a render, a quarter of the page's server time).
+    let launching = launch.pending();
+    let cannot_launch =
+        Memo::new(move |_| running.get() || launching.get() || fly.get() != FlyReach::Reachable);
 
     let map = info.map(|info| {
         let edge = info
@@ -181,12 +183,12 @@ fn LaunchPanel() -> impl IntoView {
         view! {
             <p class="edge">"Your edge region is " <strong>{edge}</strong> "."</p>
             <RegionMap
-                alive=Signal::derive(move || map_view.with(|m| m.machines.clone()))
+                alive=Memo::new(move |_| map_view.with(|m| m.machines.clone())).into()
                 edge=info.edge_region
                 distances_km=info.distances_km
                 yours=yours.into()
                 cap=info.cap
-                disabled=cannot_launch
+                disabled=cannot_launch.into()
                 pick=Callback::new(move |region| {
                     launch.dispatch(Some(region));
                 })
