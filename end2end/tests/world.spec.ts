@@ -115,3 +115,18 @@ test('from Amsterdam, Sydney picked on the map with the keyboard: the Machine is
   expectNear(await shownRttMs(page), parseInt((await distance.textContent())!, 10));
   await switchOff(page, api, id);
 });
+
+test('from Sydney, São Paulo pressed on the map with a pointer (on its dot): the Machine is in São Paulo', async ({
+  page,
+  platform,
+  api,
+}) => {
+  await openLauncherFrom(page, platform.launcher, 'syd', 'Sydney');
+  // The dot inside the region's control: the map takes the press for the region around it.
+  await page.locator('.region-map [data-region=gru] circle').first().click();
+  await page.waitForURL(/\/m\/[0-9a-f]{14}$/, { timeout: 30_000 });
+  const id = /\/m\/([0-9a-f]{14})$/.exec(page.url())![1];
+  await expect(page.getByRole('heading', { level: 1 })).toHaveText(`This is Fly Machine ${id} in São Paulo (gru)`);
+  expect((await api.alive()).find((m) => m.id === id)?.region).toBe('gru');
+  await switchOff(page, api, id);
+});

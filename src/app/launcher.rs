@@ -7,7 +7,8 @@ use super::{
     error::AppError,
     map::RegionMap,
     protocol::{
-        FlyReach, Handover, LaunchEnd, LaunchProgress, LaunchTicket, LauncherInfo, MapView,
+        AliveMachine, FlyReach, Handover, LaunchEnd, LaunchProgress, LaunchTicket, LauncherInfo,
+        MapView,
     },
     Explainer,
 };
@@ -101,8 +102,10 @@ pub fn LauncherPage() -> impl IntoView {
 #[cfg_attr(feature = "machine-bundle", component)]
 fn LaunchPanel() -> impl IntoView {
     let info = super::island_data::read::<Option<LauncherInfo>>("launcher").flatten();
-    let map_view = RwSignal::new(MapView::default());
-    let fly = Memo::new(move |_| map_view.with(|m| m.fly));
+    // The live map's two parts, each a signal of its own: the map reads the Machines many
+    // times a render, the button whether Fly answers.
+    let alive = RwSignal::new(Vec::<AliveMachine>::new());
+    let fly = RwSignal::new(MapView::default().fly);
     let progress = RwSignal::new(None::<LaunchProgress>);
     let handover = RwSignal::new(None::<Handover>);
     let elapsed_ms = RwSignal::new(0u64);
@@ -116,7 +119,7 @@ fn LaunchPanel() -> impl IntoView {
     });
 
     #[cfg(feature = "hydrate")]
-    live::follow_map(map_view);
+    live::follow_map(alive, fly);
     // After hydration: the server rendered the map without it.
     #[cfg(feature = "hydrate")]
     Effect::new(move |_| yours.set(live::remembered_machine()));
@@ -183,10 +186,10 @@ fn LaunchPanel() -> impl IntoView {
         view! {
             <p class="edge">"Your edge region is " <strong>{edge}</strong> "."</p>
             <RegionMap
-                alive=Memo::new(move |_| map_view.with(|m| m.machines.clone())).into()
+                alive=alive.read_only()
                 edge=info.edge_region
                 distances_km=info.distances_km
-                yours=yours.into()
+                yours=yours.read_only()
                 cap=info.cap
                 disabled=cannot_launch.into()
                 pick=Callback::new(move |region| {
@@ -387,7 +390,7 @@ mod live {
 
     /// Keeps `map` in step with the launcher's view; when the channel drops (a network blip,
     /// a launcher restarted), connects again after a jittered, growing pause.
-    pub fn follow_map(map: RwSignal<MapView>) {
+    pub fn follow_map(alive: RwSignal<Vec<AliveMachine>>, fly: RwSignal<FlyReach>) {
         leptos::task::spawn_local(async move {
             let mut failures = 0;
             loop {
@@ -398,7 +401,8 @@ mod live {
                     channel.send(&());
                     while let Some(Ok(view)) = snapshots.next().await {
                         failures = 0;
-                        map.set(view);
+                        alive.set(view.machines);
+                        fly.set(view.fly);
                     }
                 }
                 failures += 1;

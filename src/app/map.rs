@@ -60,28 +60,67 @@ pub fn launch_label(region: &crate::fly::Region, km: Option<u32>) -> String {
     }
 }
 
+/// How a region looks: its classes, its label's text and what its control says. One function
+/// for the server's page and for the browser's updates, so the two always agree.
+struct RegionLook {
+    class: &'static str,
+    text: String,
+    label: String,
+}
+
+impl RegionLook {
+    fn of(code: &str, base_label: &str, alive: usize, edge: bool, yours: bool) -> Self {
+        let class = match (alive > 0, edge, yours) {
+            (false, false, false) => "region",
+            (true, false, false) => "region alive",
+            (false, true, false) => "region edge",
+            (true, true, false) => "region alive edge",
+            (false, false, true) => "region yours",
+            (true, false, true) => "region alive yours",
+            (false, true, true) => "region edge yours",
+            (true, true, true) => "region alive edge yours",
+        };
+        let mut text = match alive {
+            0 => code.to_owned(),
+            n => format!("{code} {n}"),
+        };
+        if yours {
+            text.push_str(" (yours)");
+        }
+        let label = if yours {
+            format!("Your Machine runs here. {base_label}")
+        } else {
+            base_label.to_owned()
+        };
+        RegionLook { class, text, label }
+    }
+}
+
+/// The map. Its eighteen regions are plain markup, written as they stand when the page is
+/// rendered; in the browser one effect updates them in place as the live map changes, and one
+/// listener on the map takes every region's presses. A reactive view per region cost the
+/// server a quarter of the launcher page's render and the browser as many views to hydrate.
 #[component]
 pub fn RegionMap(
-    alive: Signal<Vec<AliveMachine>>,
+    /// The live map: the Machines alive, read in place (a signal, not a memo: a memo's read
+    /// checks its sources each time).
+    alive: ReadSignal<Vec<AliveMachine>>,
     edge: Option<crate::fly::RegionCode>,
     /// From the edge to each region, in the order of `REGIONS` (empty when unknown).
     distances_km: Vec<u32>,
     /// The visitor's own Machine, as their browser remembers it.
-    yours: Signal<Option<MachineId>>,
+    yours: ReadSignal<Option<MachineId>>,
     cap: u32,
     /// No launch can start now (one runs, or Fly is out of reach).
     disabled: Signal<bool>,
     /// Starts a launch in the region pressed.
     pick: Callback<crate::fly::RegionCode>,
 ) -> impl IntoView {
-    let count = move |code: &'static str| {
-        alive.with(|a| a.iter().filter(|m| m.region.as_str() == code).count())
-    };
     // Where the visitor's Machine runs, when it is among those alive.
-    let yours_in = Memo::new(move |_| {
+    let yours_in = move || {
         let id = yours.get()?;
         alive.with(|a| a.iter().find(|m| m.id == id).map(|m| m.region))
-    });
+    };
     // Machines in regions flyby does not know still count, and are listed by code.
     let unknown = move || {
         alive.with(|a| {
@@ -99,79 +138,184 @@ pub fn RegionMap(
             codes
         })
     };
+    let labels: Vec<String> = REGIONS
+        .iter()
+        .enumerate()
+        .map(|(i, r)| launch_label(r, distances_km.get(i).copied()))
+        .collect();
+    let is_edge = move |code: &str| edge.is_some_and(|e| e.as_str() == code);
+    let regions = {
+        let (mine, off) = (untrack(yours_in), disabled.get_untracked());
+        alive.with_untracked(|a| {
+            REGIONS
+                .iter()
+                .zip(&labels)
+                .enumerate()
+                .map(|(i, (r, label))| {
+                    let (x, y, label_y) = points()[i].clone();
+                    let code = r.code;
+                    let here = a.iter().filter(|m| m.region.as_str() == code).count();
+                    let is_yours = mine.is_some_and(|m| m.as_str() == code);
+                    let look = RegionLook::of(code, label, here, is_edge(code), is_yours);
+                    view! {
+                        <g
+                            class=look.class
+                            data-region=code
+                            role="button"
+                            tabindex="0"
+                            aria-label=look.label
+                            aria-disabled=if off { "true" } else { "false" }
+                        >
+                            <circle cx=x.clone() cy=y.clone() r="3"/>
+                            {is_edge(code).then(|| view! { <circle class="ring" cx=x.clone() cy=y.clone() r="7"/> })}
+                            {is_yours.then(|| yours_mark(&x, &y))}
+                            <text x=x y=label_y>{look.text}</text>
+                        </g>
+                    }
+                })
+                .collect_view()
+        })
+    };
+    let figure = NodeRef::<leptos::html::Figure>::new();
+    #[cfg(feature = "hydrate")]
+    Effect::new(move |_| {
+        let mine = yours_in();
+        let off = disabled.get();
+        if let Some(figure) = figure.get() {
+            alive.with(|a| live::update(&figure, a, mine, off, &labels, edge));
+        }
+    });
+    // Every region's presses, at the map: the region is the pressed element's `data-region`.
+    let press = move |target: Option<leptos::web_sys::EventTarget>| {
+        #[cfg(feature = "hydrate")]
+        if let (false, Some(region)) = (disabled.get_untracked(), live::region_of(target)) {
+            pick.run(region);
+        }
+        #[cfg(not(feature = "hydrate"))]
+        let _ = (target, pick);
+    };
     view! {
-        <figure class="region-map">
-            <svg viewBox="0 0 360 170" role="group" aria-labelledby="map-title">
+        <figure class="region-map" node_ref=figure>
+            <svg
+                viewBox="0 0 360 170"
+                role="group"
+                aria-labelledby="map-title"
+                on:click=move |e| press(e.target())
+                on:keydown=move |e| {
+                    if e.key() == "Enter" || e.key() == " " {
+                        e.prevent_default();
+                        press(e.target());
+                    }
+                }
+            >
                 <title id="map-title">"Fly regions, lit where flyby Machines are running now; press one to launch there"</title>
                 <rect class="sea" x="0" y="0" width="360" height="170" rx="6"/>
                 <image class="land" href=LAND_OUTLINE x="0" y="0" width="360" height="170" aria-hidden="true"/>
-                {REGIONS
-                    .iter()
-                    .enumerate()
-                    .map(|(i, r)| {
-                        let (x, y, label_y) = points()[i].clone();
-                        let is_edge = edge.is_some_and(|e| e.as_str() == r.code);
-                        let code = r.code;
-                        let target = crate::fly::RegionCode::parse(code).ok();
-                        let is_yours = move || yours_in.get().is_some_and(|y| y.as_str() == code);
-                        let press = move || {
-                            if let (false, Some(region)) = (disabled.get_untracked(), target) {
-                                pick.run(region);
-                            }
-                        };
-                        view! {
-                            <g
-                                class=move || {
-                                    let mut class = String::from("region");
-                                    for (on, name) in [(count(code) > 0, " alive"), (is_edge, " edge"), (is_yours(), " yours")] {
-                                        if on {
-                                            class.push_str(name);
-                                        }
-                                    }
-                                    class
-                                }
-                                data-region=code
-                                role="button"
-                                tabindex="0"
-                                aria-label={
-                                    let label = launch_label(r, distances_km.get(i).copied());
-                                    move || if is_yours() { format!("Your Machine runs here. {label}") } else { label.clone() }
-                                }
-                                aria-disabled=move || disabled.get().to_string()
-                                on:click=move |_| press()
-                                on:keydown=move |e| {
-                                    if e.key() == "Enter" || e.key() == " " {
-                                        e.prevent_default();
-                                        press();
-                                    }
-                                }
-                            >
-                                <circle cx=x.clone() cy=y.clone() r="3"/>
-                                {is_edge.then(|| view! { <circle class="ring" cx=x.clone() cy=y.clone() r="7"/> })}
-                                {
-                                    let (x, y) = (x.clone(), y.clone());
-                                    move || is_yours().then(|| view! { <rect class="yours-mark" x=x.clone() y=y.clone() width="5" height="5" transform=format!("rotate(45 {x} {y}) translate(-2.5 -2.5)")/> })
-                                }
-                                <text x=x y=label_y>{move || match count(code) {
-                                    0 => code.to_owned(),
-                                    n => format!("{code} {n}"),
-                                }}{move || is_yours().then_some(" (yours)")}</text>
-                            </g>
-                        }
-                    })
-                    .collect_view()}
+                {regions}
             </svg>
             <figcaption>
                 {move || {
                     let n = alive.with(Vec::len);
                     format!("{n} of {cap} Machines alive now")
                 }}
-                {move || yours_in.get().map(|r| format!(", yours in {}", r.city()))}
+                {move || yours_in().map(|r| format!(", yours in {}", r.city()))}
                 {move || {
                     let codes = unknown();
                     (!codes.is_empty()).then(|| format!(", also in {}", codes.join(", ")))
                 }}
             </figcaption>
         </figure>
+    }
+}
+
+/// The diamond around a region's dot that marks the visitor's own Machine.
+fn yours_mark(x: &str, y: &str) -> impl IntoView {
+    view! {
+        <rect
+            class="yours-mark"
+            x=x.to_owned()
+            y=y.to_owned()
+            width="5"
+            height="5"
+            transform=yours_mark_transform(x, y)
+        />
+    }
+}
+
+fn yours_mark_transform(x: &str, y: &str) -> String {
+    format!("rotate(45 {x} {y}) translate(-2.5 -2.5)")
+}
+
+#[cfg(feature = "hydrate")]
+mod live {
+    use super::{AliveMachine, RegionLook, REGIONS};
+    use crate::fly::RegionCode;
+    use wasm_bindgen::JsCast;
+    use web_sys::{Element, EventTarget, HtmlElement};
+
+    /// The region whose control holds the pressed element.
+    pub fn region_of(target: Option<EventTarget>) -> Option<RegionCode> {
+        let element = target?.dyn_into::<Element>().ok()?;
+        let code = element
+            .closest("[data-region]")
+            .ok()??
+            .get_attribute("data-region")?;
+        RegionCode::parse(&code).ok()
+    }
+
+    /// Brings each region's markup to the live map's state.
+    pub fn update(
+        figure: &HtmlElement,
+        alive: &[AliveMachine],
+        mine: Option<RegionCode>,
+        off: bool,
+        labels: &[String],
+        edge: Option<RegionCode>,
+    ) {
+        for ((region, label), point) in REGIONS.iter().zip(labels).zip(super::points()) {
+            let code = region.code;
+            let Ok(Some(g)) = figure.query_selector(&format!("[data-region={code}]")) else {
+                continue;
+            };
+            let here = alive.iter().filter(|m| m.region.as_str() == code).count();
+            let is_yours = mine.is_some_and(|m| m.as_str() == code);
+            let is_edge = edge.is_some_and(|e| e.as_str() == code);
+            let look = RegionLook::of(code, label, here, is_edge, is_yours);
+            let _ = g.set_attribute("class", look.class);
+            let _ = g.set_attribute("aria-label", &look.label);
+            let _ = g.set_attribute("aria-disabled", if off { "true" } else { "false" });
+            if let Ok(Some(text)) = g.query_selector("text") {
+                text.set_text_content(Some(&look.text));
+            }
+            let mark = g.query_selector(".yours-mark").ok().flatten();
+            match (is_yours, mark) {
+                (false, Some(mark)) => mark.remove(),
+                (true, None) => add_mark(&g, &point.0, &point.1),
+                _ => {}
+            }
+        }
+    }
+
+    fn add_mark(g: &Element, x: &str, y: &str) {
+        let Some(document) = web_sys::window().and_then(|w| w.document()) else {
+            return;
+        };
+        let Ok(mark) = document.create_element_ns(Some("http://www.w3.org/2000/svg"), "rect")
+        else {
+            return;
+        };
+        for (name, value) in [
+            ("class", "yours-mark"),
+            ("x", x),
+            ("y", y),
+            ("width", "5"),
+            ("height", "5"),
+            ("transform", &super::yours_mark_transform(x, y)),
+        ] {
+            let _ = mark.set_attribute(name, value);
+        }
+        // Where the server would have written it: after the dots, before the label.
+        let text = g.query_selector("text").ok().flatten();
+        let _ = g.insert_before(&mark, text.as_ref().map(|t| t.as_ref()));
     }
 }
