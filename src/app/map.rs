@@ -319,3 +319,50 @@ mod live {
         let _ = g.insert_before(&mark, text.as_ref().map(|t| t.as_ref()));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::RegionLook;
+
+    #[test]
+    fn a_region_looks_as_what_is_there_and_whose_it_is() {
+        let base = "Launch in Sydney \u{2014} 16,600 km from you";
+        let quiet = RegionLook::of("syd", base, 0, false, false);
+        assert_eq!(
+            (quiet.class, quiet.text.as_str(), quiet.label.as_str()),
+            ("region", "syd", base)
+        );
+        let busy = RegionLook::of("syd", base, 2, true, false);
+        assert_eq!(
+            (busy.class, busy.text.as_str()),
+            ("region alive edge", "syd 2")
+        );
+        let mine = RegionLook::of("syd", base, 1, false, true);
+        assert_eq!(
+            (mine.class, mine.text.as_str(), mine.label.as_str()),
+            (
+                "region alive yours",
+                "syd 1 (yours)",
+                "Your Machine runs here. Launch in Sydney \u{2014} 16,600 km from you"
+            )
+        );
+        // Every combination names each of its states once, in one order.
+        for alive in [0, 1] {
+            for edge in [false, true] {
+                for yours in [false, true] {
+                    let class = RegionLook::of("ams", "", alive, edge, yours).class;
+                    let expected: Vec<&str> = [
+                        ("region", true),
+                        ("alive", alive > 0),
+                        ("edge", edge),
+                        ("yours", yours),
+                    ]
+                    .into_iter()
+                    .filter_map(|(name, on)| on.then_some(name))
+                    .collect();
+                    assert_eq!(class, expected.join(" "));
+                }
+            }
+        }
+    }
+}
