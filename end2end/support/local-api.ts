@@ -54,6 +54,25 @@ export class LocalApi {
     return (await this.call('GET', '/_local/machines')) as LocalMachine[];
   }
 
+  /**
+   * Whether every running launcher's last list of Machines reached Fly with its token accepted
+   * (its /metrics, read through the admin endpoint from inside the platform's network). A page
+   * sees the state of the one launcher its live map reached; a launch may go to another.
+   */
+  async everyLauncherReachesFly(): Promise<boolean> {
+    const launchers = (await this.machines()).filter((m) => m.app === LAUNCHER_APP && m.state === 'started');
+    for (const launcher of launchers) {
+      const response = await fetch(`${this.base}/_local/machines/${launcher.id}/metrics`, {
+        signal: AbortSignal.timeout(10_000),
+      });
+      const text = await response.text();
+      if (!response.ok || !/^flyby_fly_unreachable_seconds 0$/m.test(text) || !/^flyby_fly_token_refused 0$/m.test(text)) {
+        return false;
+      }
+    }
+    return launchers.length > 0;
+  }
+
   /** Visitors' Machines not destroyed yet (the suite's bystanders and the warm pool aside). */
   async alive(): Promise<LocalMachine[]> {
     return (await this.machines()).filter(

@@ -140,6 +140,8 @@ test.describe('the Fly API fails', () => {
     await api.clearFaults();
     await expect(state).toHaveCount(0, { timeout: 30_000 });
     await expect(launchButton(page)).toBeEnabled();
+    // The other launchers too, before the next test launches through any of them.
+    await expect.poll(() => api.everyLauncherReachesFly(), { timeout: 30_000 }).toBe(true);
   });
 
   test('refusing the token: the page says so once, and not "try again"', async ({ page, platform, api }) => {
@@ -155,6 +157,8 @@ test.describe('the Fly API fails', () => {
     await api.clearFaults();
     await expect(state).toHaveCount(0, { timeout: 30_000 });
     await expect(launchButton(page)).toBeEnabled();
+    // The other launchers too, before the next test launches through any of them.
+    await expect.poll(() => api.everyLauncherReachesFly(), { timeout: 30_000 }).toBe(true);
   });
 
   for (const [status, name] of [
