@@ -66,9 +66,28 @@ struct RegionLook {
     class: &'static str,
     text: String,
     label: String,
+    /// The visitor's edge: the dot is ringed.
+    edge: bool,
+    /// The visitor's own Machine runs here: the dot is marked.
+    yours: bool,
 }
 
 impl RegionLook {
+    /// Region `code` as the live map has it: the Machines alive, the region of the visitor's
+    /// own (`mine`), their edge.
+    fn now(
+        code: &str,
+        base_label: &str,
+        alive: &[AliveMachine],
+        mine: Option<crate::fly::RegionCode>,
+        edge: Option<crate::fly::RegionCode>,
+    ) -> Self {
+        let here = alive.iter().filter(|m| m.region.as_str() == code).count();
+        let is =
+            |region: Option<crate::fly::RegionCode>| region.is_some_and(|r| r.as_str() == code);
+        RegionLook::of(code, base_label, here, is(edge), is(mine))
+    }
+
     fn of(code: &str, base_label: &str, alive: usize, edge: bool, yours: bool) -> Self {
         let class = match (alive > 0, edge, yours) {
             (false, false, false) => "region",
@@ -92,7 +111,13 @@ impl RegionLook {
         } else {
             base_label.to_owned()
         };
-        RegionLook { class, text, label }
+        RegionLook {
+            class,
+            text,
+            label,
+            edge,
+            yours,
+        }
     }
 }
 
@@ -143,7 +168,6 @@ pub fn RegionMap(
         .enumerate()
         .map(|(i, r)| launch_label(r, distances_km.get(i).copied()))
         .collect();
-    let is_edge = move |code: &str| edge.is_some_and(|e| e.as_str() == code);
     let regions = {
         let (mine, off) = (untrack(yours_in), disabled.get_untracked());
         alive.with_untracked(|a| {
@@ -154,9 +178,7 @@ pub fn RegionMap(
                 .map(|(i, (r, label))| {
                     let (x, y, label_y) = points()[i].clone();
                     let code = r.code;
-                    let here = a.iter().filter(|m| m.region.as_str() == code).count();
-                    let is_yours = mine.is_some_and(|m| m.as_str() == code);
-                    let look = RegionLook::of(code, label, here, is_edge(code), is_yours);
+                    let look = RegionLook::now(code, label, a, mine, edge);
                     view! {
                         <g
                             class=look.class
@@ -167,8 +189,8 @@ pub fn RegionMap(
                             aria-disabled=if off { "true" } else { "false" }
                         >
                             <circle cx=x.clone() cy=y.clone() r="3"/>
-                            {is_edge(code).then(|| view! { <circle class="ring" cx=x.clone() cy=y.clone() r="7"/> })}
-                            {is_yours.then(|| yours_mark(&x, &y))}
+                            {look.edge.then(|| view! { <circle class="ring" cx=x.clone() cy=y.clone() r="7"/> })}
+                            {look.yours.then(|| yours_mark(&x, &y))}
                             <text x=x y=label_y>{look.text}</text>
                         </g>
                     }
@@ -277,10 +299,7 @@ mod live {
             let Ok(Some(g)) = figure.query_selector(&format!("[data-region={code}]")) else {
                 continue;
             };
-            let here = alive.iter().filter(|m| m.region.as_str() == code).count();
-            let is_yours = mine.is_some_and(|m| m.as_str() == code);
-            let is_edge = edge.is_some_and(|e| e.as_str() == code);
-            let look = RegionLook::of(code, label, here, is_edge, is_yours);
+            let look = RegionLook::now(code, label, alive, mine, edge);
             let _ = g.set_attribute("class", look.class);
             let _ = g.set_attribute("aria-label", &look.label);
             let _ = g.set_attribute("aria-disabled", if off { "true" } else { "false" });
@@ -288,7 +307,7 @@ mod live {
                 text.set_text_content(Some(&look.text));
             }
             let mark = g.query_selector(".yours-mark").ok().flatten();
-            match (is_yours, mark) {
+            match (look.yours, mark) {
                 (false, Some(mark)) => mark.remove(),
                 (true, None) => add_mark(&g, &point.0, &point.1),
                 _ => {}
