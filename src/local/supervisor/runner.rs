@@ -152,7 +152,11 @@ impl Runner {
         let addrs = [self.spec.net.addrs.proxy, self.spec.net.addrs.private];
         let ports = &self.spec.ports;
         let guest = self.guest.as_mut().expect("running has a guest");
-        let probing = !guest.ready && !guest.stopping && matches!(guest.body, Body::Process { .. });
+        // A stand-in listens from a task of its own: like a process, it is started once its
+        // ports accept, not when it was spawned.
+        let probing = !guest.ready
+            && !guest.stopping
+            && matches!(guest.body, Body::Process { .. } | Body::StandIn(_));
         let kill_at = guest.kill_at;
         let backoff = match guest.body {
             Body::Backoff(at) => Some(at),
@@ -411,11 +415,11 @@ impl Runner {
             GuestKind::NeverStart => (Body::Inert, false),
             GuestKind::NeverServe => (
                 Body::StandIn(tarpit(self.spec.net.clone(), &self.spec.ports)),
-                true,
+                self.spec.ports.is_empty(),
             ),
             GuestKind::Impostor => (
                 Body::StandIn(impostor(self.spec.net.clone(), &self.spec.ports, self.id)),
-                true,
+                self.spec.ports.is_empty(),
             ),
             GuestKind::Process => match spawn(&self.spec) {
                 Ok(mut child) => {
