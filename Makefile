@@ -3,7 +3,7 @@
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
-export PATH := $(CURDIR)/end2end/node_modules/.bin:$(HOME)/.cargo/bin:$(PATH)
+export PATH := $(CURDIR)/end2end/node_modules/.bin:$(or $(CARGO_HOME),$(HOME)/.cargo)/bin:$(PATH)
 # Leptos reads LEPTOS_OUTPUT_NAME when it is compiled: one value for every build, so that
 # `cargo test` reuses the release build's artifacts instead of rebuilding every Leptos crate.
 export LEPTOS_OUTPUT_NAME := flyby
