@@ -9,15 +9,17 @@
 //!   launcher destroys whatever outlives its TTL.
 //! - The token for the Machines API stays in [`FlyApi`]; nothing here logs it.
 //!
-//! Rooms: this module (the [`Launcher`], its server functions' entry points, the launches it
-//! keeps), `launch` (one launch, create to hand-over), `holds` (what a launch gives back however
-//! it ends), [`request`] (what a launch learns from its request, typed), [`machine_spec`] (the
-//! configs of the Machines it creates), [`concierge`], `tracker` (the list and the reaper),
-//! [`pool`] (the warm pool: Machines made ahead, started on the click), [`limits`], [`metrics`].
+//! Rooms: this module (the [`Launcher`] and its server functions' entry points), `launch` (one
+//! launch, create to hand-over), `launches` (the launches it keeps, by id and by visitor),
+//! `holds` (what a launch gives back however it ends), [`request`] (what a launch learns from
+//! its request, typed), [`machine_spec`] (the configs of the Machines it creates),
+//! [`concierge`], `tracker` (the list and the reaper), [`pool`] (the warm pool: Machines made
+//! ahead, started on the click), [`limits`], [`metrics`].
 
 pub mod concierge;
 mod holds;
 mod launch;
+mod launches;
 pub mod limits;
 pub mod machine_spec;
 pub mod metrics;
@@ -26,7 +28,7 @@ pub mod request;
 mod tracker;
 
 use super::{
-    affinity::{claim_path, routes::arrival_of, LAUNCH_COOKIE},
+    affinity::{claim_path, LAUNCH_COOKIE},
     config::{Config, LauncherConfig},
     cookies,
     fly_api::{CreateMachineRequest, FlyApi, FlyApiConfig, FlyApiError, MachineState, WaitState},
@@ -44,13 +46,13 @@ use crate::{
 };
 use futures::{SinkExt, StreamExt};
 use http::HeaderMap;
+use launches::{Launch, Launches};
 use leptos::{prelude::use_context, server_fn::BoxedStream};
 use limits::{TokenBucket, VisitorLimits};
 use machine_spec::{MachineSpec, VisitorMachine};
 use metrics::Metrics;
 use request::{edge_region, LaunchId, Origin, VisitorKey};
 use std::{
-    collections::HashMap,
     net::{IpAddr, SocketAddr},
     sync::{Arc, Mutex},
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -73,44 +75,6 @@ const PIN_LIFETIME: Duration = Duration::from_secs(90);
 const KEEP_FINISHED: Duration = Duration::from_secs(120);
 /// How long a press waits for Fly to say whether the visitor's Machine still lives.
 const LIVING_CHECK: Duration = Duration::from_secs(2);
-
-/// What one launch has done, and its hand-over once ready.
-struct Launch {
-    visitor: VisitorKey,
-    progress: watch::Sender<LaunchProgress>,
-    /// Given to the launch's visitor only, and again if they ask again: a proxy may cut their
-    /// first request (asked at once, it waits for the whole launch) after the launch ended,
-    /// with this server none the wiser, and the page then asks again (`app::launcher::run`);
-    /// a second tab or a reload gets it again too, while the Machine lives. With the Machine
-    /// it hands over.
-    handover: Mutex<Option<(Handover, MachineId)>>,
-}
-
-/// The most calls a launch's route keeps: a start, a progress channel and a hand-over, and a
-/// few more of a page that reconnects or asks again; never more, however often it does.
-const ROUTE_CALLS: usize = 8;
-
-impl Launch {
-    /// Records how one of the launch's calls reached this launcher, for its page.
-    fn reached(&self, call: LaunchCall, headers: &HeaderMap) {
-        let arrival = arrival_of(headers);
-        self.progress.send_if_modified(|p| match &mut p.route {
-            Some(route) if route.calls.len() < ROUTE_CALLS => {
-                route.calls.push((call, arrival));
-                true
-            }
-            _ => false,
-        });
-    }
-
-    fn machine(&self) -> Option<MachineId> {
-        self.handover
-            .lock()
-            .expect("handover lock")
-            .as_ref()
-            .map(|(_, m)| *m)
-    }
-}
 
 /// The launcher role's state, shared by its server functions and background tasks.
 pub struct Launcher {
@@ -149,80 +113,6 @@ pub struct Launcher {
     /// listed them: the affinity layer starts each visitor's launch on one of them.
     pub launchers: watch::Sender<Vec<MachineId>>,
     pub metrics: Arc<Metrics>,
-}
-
-/// The launches this launcher runs or has just run, by id, and which one each visitor runs:
-/// one visitor, one launch at a time. One lock, so the two never disagree.
-#[derive(Default)]
-struct Launches {
-    inner: Mutex<LaunchesInner>,
-}
-
-#[derive(Default)]
-struct LaunchesInner {
-    by_id: HashMap<LaunchId, Arc<Launch>>,
-    running: HashMap<VisitorKey, LaunchId>,
-    /// The last launch of each visitor that handed over a Machine, while it is remembered.
-    handed_over: HashMap<VisitorKey, LaunchId>,
-}
-
-impl Launches {
-    fn lock(&self) -> std::sync::MutexGuard<'_, LaunchesInner> {
-        self.inner.lock().expect("launches lock")
-    }
-
-    /// The launch the visitor runs now, if any.
-    fn running(&self, visitor: VisitorKey) -> Option<LaunchId> {
-        self.lock().running.get(&visitor).cloned()
-    }
-
-    /// Records the visitor's new launch, unless a press of theirs at the same moment got
-    /// there first: then that launch's id, and this one never starts.
-    fn begin(&self, id: LaunchId, launch: Arc<Launch>) -> Result<(), LaunchId> {
-        let mut inner = self.lock();
-        if let Some(first) = inner.running.get(&launch.visitor) {
-            return Err(first.clone());
-        }
-        inner.running.insert(launch.visitor, id.clone());
-        inner.by_id.insert(id, launch);
-        Ok(())
-    }
-
-    fn get(&self, id: &LaunchId) -> Option<Arc<Launch>> {
-        self.lock().by_id.get(id).cloned()
-    }
-
-    /// The launch ended: its visitor may launch again; it stays readable until forgotten.
-    fn ended(&self, id: &LaunchId, launch: &Launch) {
-        let mut inner = self.lock();
-        inner.running.remove(&launch.visitor);
-        if launch.machine().is_some() {
-            inner.handed_over.insert(launch.visitor, id.clone());
-        }
-    }
-
-    /// The visitor's Machine of launch `id` is gone: their next press launches anew.
-    fn no_longer_handed_over(&self, visitor: VisitorKey, id: &LaunchId) {
-        let mut inner = self.lock();
-        if inner.handed_over.get(&visitor) == Some(id) {
-            inner.handed_over.remove(&visitor);
-        }
-    }
-
-    /// The visitor's last launch that handed over a Machine, with that Machine.
-    fn handed_over(&self, visitor: VisitorKey) -> Option<(LaunchId, Arc<Launch>)> {
-        let inner = self.lock();
-        let id = inner.handed_over.get(&visitor)?;
-        Some((id.clone(), inner.by_id.get(id)?.clone()))
-    }
-
-    fn forget(&self, id: &LaunchId, launch: &Launch) {
-        let mut inner = self.lock();
-        inner.by_id.remove(id);
-        if inner.handed_over.get(&launch.visitor) == Some(id) {
-            inner.handed_over.remove(&launch.visitor);
-        }
-    }
 }
 
 /// The launcher of this process, for server functions.
