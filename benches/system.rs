@@ -39,6 +39,9 @@ use std::{
 use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
 
 const ME: &str = "0123456789abcd";
+/// Set by `scripts/code-order`: row 5's Machine then runs under callgrind, which writes the
+/// functions it ran, from its start to the end of its owner's journey, to this file.
+const CALLGRIND_ENV: &str = "FLYBY_BENCH_CALLGRIND";
 /// The owner secret of the test suite, and its SHA-256.
 const OWNER_SECRET: &str = "1111111111111111111111111111111111111111111111111111111111111111";
 const OWNER_HASH: &str = "3138bb9bc78df27c473ecfd1410f7bd45ebac1f59cf3ff9cfe4db77aab7aedd3";
@@ -129,7 +132,21 @@ fn ephemeral_env(site: &Path) -> Vec<(&'static str, String)> {
 fn spawn_flyby(env: &[(&'static str, String)]) -> (Flyby, Instant) {
     let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let started = Instant::now();
-    let child = Command::new(flyby_bin())
+    let mut command = match std::env::var_os(CALLGRIND_ENV) {
+        Some(out) => {
+            let mut valgrind = Command::new("valgrind");
+            let mut file = std::ffi::OsString::from("--callgrind-out-file=");
+            file.push(out);
+            // Names as the linker sees them: scripts/link matches them to its symbols.
+            valgrind
+                .args(["--tool=callgrind", "--demangle=no", "--dump-instr=no"])
+                .arg(file)
+                .arg(flyby_bin());
+            valgrind
+        }
+        None => Command::new(flyby_bin()),
+    };
+    let child = command
         .env_clear()
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .env("LEPTOS_SITE_ADDR", addr.to_string())
@@ -778,6 +795,15 @@ async fn memory(site: &Path, payload: &mut Vec<(String, String)>) {
         "≤ 8 MB idle, ≤ 9 MB after",
         verdict(mb(idle) <= 8.0 && mb(after) <= 9.0),
     );
+    if std::env::var_os(CALLGRIND_ENV).is_some() {
+        // Ended the way Fly ends a Machine, so that callgrind writes what it saw.
+        let status = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        assert!(status.is_ok_and(|s| s.success()), "SIGTERM to the Machine");
+        let mut machine = machine;
+        machine.child.wait().expect("the Machine ends");
+    }
 }
 
 /// 8 and 9 through `flyby-local`'s proxy.
