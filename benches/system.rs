@@ -137,7 +137,7 @@ fn spawn_flyby(env: &[(&'static str, String)]) -> (Flyby, Instant) {
             let mut valgrind = Command::new("valgrind");
             let mut file = std::ffi::OsString::from("--callgrind-out-file=");
             file.push(out);
-            // Names as the linker sees them: scripts/link matches them to its symbols.
+            // Names as the linker sees them: scripts/ordered-cc matches them to its symbols.
             valgrind
                 .args(["--tool=callgrind", "--demangle=no", "--dump-instr=no"])
                 .arg(file)
