@@ -307,25 +307,24 @@ fn assemble(
     // The layers wrap the router whole, one tower stack, not each of its routes: a
     // `Router::layer` boxes every route once more per layer, which axum clones and boxes again
     // on every request (BENCHMARKS.md, row 2a).
-    let outer = ServiceBuilder::new()
+    let affinity = affinity.then(|| {
+        let layer = AffinityLayer::new(here, gone_url.as_deref(), launchers);
+        match &ephemeral {
+            Some(machine) => layer
+                .with_owner(machine.owner.clone())
+                .with_routes(machine.routes.clone()),
+            None => layer,
+        }
+    });
+    let stack = ServiceBuilder::new()
         .layer(axum::middleware::from_fn(telemetry::log_request))
         .layer(SetResponseHeaderLayer::if_not_present(
             MACHINE_HEADER,
             answered_by,
         ))
-        .layer(page_policy::layers(&loader_hash));
-    if affinity {
-        let layer = AffinityLayer::new(here, gone_url.as_deref(), launchers);
-        let layer = match &ephemeral {
-            Some(machine) => layer
-                .with_owner(machine.owner.clone())
-                .with_routes(machine.routes.clone()),
-            None => layer,
-        };
-        Router::new().fallback_service(outer.layer(layer).service(router))
-    } else {
-        Router::new().fallback_service(outer.service(router))
-    }
+        .layer(page_policy::layers(&loader_hash))
+        .option_layer(affinity);
+    Router::new().fallback_service(stack.service(router))
 }
 
 /// How long an ended Machine waits before it stops serving, so the last phase message reaches
