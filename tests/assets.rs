@@ -1,5 +1,6 @@
 //! The bundle under `/pkg` as `make build` leaves it: content-hashed names linked by the pages,
-//! served precompressed and `immutable`; the plain names still answer, revalidated.
+//! served precompressed and `immutable`; the plain names still answer, revalidated; the
+//! stylesheet in the pages themselves, allowed by its hash.
 #![cfg(feature = "ssr")]
 
 mod support;
@@ -34,7 +35,11 @@ async fn the_pages_link_hashed_names_served_precompressed_and_immutable() {
         .await
         .unwrap();
     let links = pkg_links(&html);
-    for ext in [".css", ".js", ".wasm"] {
+    assert!(
+        !links.iter().any(|l| l.ends_with(".css")),
+        "the stylesheet is inline, not linked: {links:?}"
+    );
+    for ext in [".js", ".wasm"] {
         let link = links
             .iter()
             .find(|l| l.ends_with(ext))
@@ -81,6 +86,47 @@ async fn the_pages_link_hashed_names_served_precompressed_and_immutable() {
         .unwrap();
     assert_eq!(missing.status(), 404);
     assert!(missing.headers().get(header::CACHE_CONTROL).is_none());
+}
+
+/// The page carries the build's stylesheet itself (no request stands between its response and
+/// its first paint), and its policy allows that stylesheet by its hash and no other inline one.
+#[tokio::test]
+async fn the_pages_carry_the_stylesheet_their_policy_allows() {
+    let server = launcher().await;
+    let c = reqwest::Client::new();
+    let page = c.get(server.url("/")).send().await.unwrap();
+    let policy = page.headers()[header::CONTENT_SECURITY_POLICY]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let html = page.text().await.unwrap();
+    let css = c
+        .get(server.url("/pkg/flyby.css"))
+        .header(header::ACCEPT_ENCODING, "identity")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(css.contains(".machine"), "the site's stylesheet: {css}");
+    assert!(
+        html.contains(&format!("<style>{css}</style>")),
+        "the page has the stylesheet inline"
+    );
+    let style_src = policy
+        .split(';')
+        .map(str::trim)
+        .find(|d| d.starts_with("style-src "))
+        .unwrap_or_else(|| panic!("no style-src in {policy}"));
+    assert_eq!(
+        style_src,
+        format!(
+            "style-src 'self' {}",
+            flyby::server::page_policy::inline_hash(&css)
+        ),
+        "{policy}"
+    );
 }
 
 /// The JS glue a page links, fetched with `cookie`.

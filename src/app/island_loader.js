@@ -22,8 +22,11 @@
     for (const child of node.children) await walk(child, mod);
     if (tag === 'leptos-children') children.pop();
   }
-  Promise.all([glue, compiled, parsed]).then(async ([mod, module]) => {
+  const ready = Promise.all([glue, compiled]).then(async ([mod, module]) => {
     await mod.default({ module_or_path: module });
+    return mod;
+  });
+  Promise.all([ready, parsed]).then(async ([mod]) => {
     mod.hydrate();
     await walk(document.body, mod);
   });

@@ -30,13 +30,17 @@ use leptos_router::{
     path, SsrMode,
 };
 
-/// What every page's `<head>` links of one build's bundle (the hashed names when the build has
-/// them), made once when the server starts: no page render reads the hash file.
+/// What every page's `<head>` carries of one build's bundle (the hashed names when the build
+/// has them), made once when the server starts: no page render reads a file.
 #[cfg(feature = "ssr")]
 #[derive(Debug, Clone)]
 pub struct BundleLinks {
-    /// The stylesheet's URL.
-    pub css: std::sync::Arc<str>,
+    /// The stylesheet itself, inline: a linked one would hold the page's first paint, and every
+    /// parser-inserted script after it (Leptos writes two at the end of the body), until one
+    /// more response came through the proxy; it is 1.4 KB compressed.
+    pub style: std::sync::Arc<str>,
+    /// The stylesheet's CSP source (`'sha256-…'`), for every page's policy.
+    pub style_hash: std::sync::Arc<str>,
     /// The JS glue's URL, preloaded: the HTML parser's preload scanner asks for it (and for
     /// the WASM) as soon as the `<head>` arrives, before the first script of a new renderer
     /// can run (the loader's fetches then take the preloaded responses).
@@ -51,16 +55,17 @@ pub struct BundleLinks {
 
 #[cfg(feature = "ssr")]
 impl BundleLinks {
-    pub fn new(css: &str, js: &str, wasm: &str) -> Self {
+    pub fn new(style: &str, js: &str, wasm: &str) -> Self {
         let loader = format!(
             "{}({js:?}, {wasm:?});",
             include_str!("island_loader.js").trim_end()
         );
         BundleLinks {
-            css: css.into(),
+            style: style.into(),
+            style_hash: crate::server::page_policy::inline_hash(style).into(),
             js: js.into(),
             wasm: wasm.into(),
-            loader_hash: crate::server::page_policy::script_hash(&loader).into(),
+            loader_hash: crate::server::page_policy::inline_hash(&loader).into(),
             loader: loader.into(),
         }
     }
@@ -78,6 +83,7 @@ pub fn shell(options: LeptosOptions, role: Role, bundle: BundleLinks) -> impl In
             http::header::CONTENT_SECURITY_POLICY,
             crate::server::page_policy::content_security_policy(
                 &bundle.loader_hash,
+                &bundle.style_hash,
                 nonce.as_deref(),
             ),
         );
@@ -94,9 +100,8 @@ pub fn shell(options: LeptosOptions, role: Role, bundle: BundleLinks) -> impl In
                 // `crossorigin` as the loader's `fetch` asks (cors, same-origin credentials),
                 // else the preloaded response would not be used.
                 <link rel="preload" href=bundle.wasm r#as="fetch" r#type="application/wasm" crossorigin=""/>
-                // Before the stylesheet: a script after it would wait for the CSS.
                 <IslandLoader script=bundle.loader/>
-                <link id="leptos" rel="stylesheet" href=bundle.css/>
+                <style>{bundle.style}</style>
                 <MetaTags/>
             </head>
             <body data-role=role.as_str()>
@@ -109,8 +114,8 @@ pub fn shell(options: LeptosOptions, role: Role, bundle: BundleLinks) -> impl In
 /// flyby's island loader (`island_loader.js`), in place of Leptos's `HydrationScripts`, whose
 /// script (leptos 0.8 `src/hydration/island_script.js`, MIT) waits for the browser to be idle
 /// before it even imports the bundle. A visitor whose Machine just started is waiting for this
-/// page: here the WASM is fetched and compiled while the page is still being parsed (the script
-/// runs in `<head>`), and the islands hydrate at DOMContentLoaded. The walk over the islands is
+/// page: here the WASM is fetched, compiled and instantiated while the page is still being
+/// parsed (the script runs in `<head>`), and the islands hydrate at DOMContentLoaded. The walk over the islands is
 /// Leptos's. The script carries no comments: it is in every page.
 #[cfg(feature = "ssr")]
 #[component]

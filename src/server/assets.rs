@@ -89,15 +89,21 @@ impl Bundle {
         !self.hashed.is_empty()
     }
 
-    /// What every page links: the stylesheet, and the island loader with the JS glue and
-    /// the WASM, by their hashed names when the bundle is hashed.
+    /// What every page carries: the stylesheet, read here once, and the island loader with
+    /// the JS glue and the WASM, by their hashed names when the bundle is hashed. A site
+    /// without its stylesheet gets unstyled pages, and says so in the log.
     pub fn links(&self, options: &LeptosOptions) -> crate::app::BundleLinks {
-        let url = |ext: &str| {
+        let name = |ext: &str| {
             let name = format!("{}.{ext}", options.output_name);
-            let name = self.hashed.get(&name).unwrap_or(&name);
-            format!("/{}/{name}", options.site_pkg_dir)
+            self.hashed.get(&name).cloned().unwrap_or(name)
         };
-        crate::app::BundleLinks::new(&url("css"), &url("js"), &url("wasm"))
+        let url = |ext: &str| format!("/{}/{}", options.site_pkg_dir, name(ext));
+        let stylesheet = pkg_dir(options).join(name("css"));
+        let style = std::fs::read_to_string(&stylesheet).unwrap_or_else(|error| {
+            tracing::warn!(stylesheet = %stylesheet.display(), %error, "no stylesheet: unstyled pages");
+            String::new()
+        });
+        crate::app::BundleLinks::new(&style, &url("js"), &url("wasm"))
     }
 
     /// The file to serve for `name`, and how long it may be cached.
@@ -235,7 +241,6 @@ mod tests {
     fn pages_link_the_hashed_names_and_the_plain_ones_without_hashes() {
         let options = LeptosOptions::builder().output_name("flyby").build();
         let hashed = Bundle::parse("flyby", HASHES).links(&options);
-        assert_eq!(&*hashed.css, "/pkg/flyby.Q.css");
         // The preloaded files are the ones the loader asks for.
         assert_eq!(&*hashed.js, "/pkg/flyby.AbC-1_x.js");
         assert_eq!(&*hashed.wasm, "/pkg/flyby.Zz9.wasm");
@@ -247,9 +252,32 @@ mod tests {
             hashed.loader
         );
         let plain = Bundle::default().links(&options);
-        assert_eq!(&*plain.css, "/pkg/flyby.css");
         assert!(plain
             .loader
             .ends_with(r#"("/pkg/flyby.js", "/pkg/flyby.wasm");"#));
+    }
+
+    #[test]
+    fn pages_carry_the_stylesheet_of_their_bundle_inline_and_none_when_the_site_lacks_it() {
+        let site = std::env::temp_dir().join(format!("flyby-style-{}", std::process::id()));
+        std::fs::create_dir_all(site.join("pkg")).unwrap();
+        std::fs::write(site.join("pkg/flyby.Q.css"), "main{margin:0}").unwrap();
+        std::fs::write(site.join("pkg/flyby.css"), "main{margin:1em}").unwrap();
+        let options = LeptosOptions::builder()
+            .output_name("flyby")
+            .site_root(site.display().to_string())
+            .build();
+        let hashed = Bundle::parse("flyby", HASHES).links(&options);
+        assert_eq!(&*hashed.style, "main{margin:0}");
+        assert_eq!(
+            &*hashed.style_hash,
+            crate::server::page_policy::inline_hash("main{margin:0}")
+        );
+        assert_eq!(
+            &*Bundle::default().links(&options).style,
+            "main{margin:1em}"
+        );
+        std::fs::remove_dir_all(&site).unwrap();
+        assert_eq!(&*Bundle::parse("flyby", HASHES).links(&options).style, "");
     }
 }

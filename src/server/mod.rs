@@ -209,7 +209,7 @@ fn assemble(
     let options = config.leptos.clone();
     let bundle = assets::Bundle::find(&options, role);
     let links = bundle.links(&options);
-    let loader_hash = links.loader_hash.clone();
+    let (loader_hash, style_hash) = (links.loader_hash.clone(), links.style_hash.clone());
     let launchers = launcher.as_ref().map(|l| l.launchers.subscribe());
     let health_launcher = launcher.clone();
     let context = {
@@ -322,7 +322,7 @@ fn assemble(
             MACHINE_HEADER,
             answered_by,
         ))
-        .layer(page_policy::layers(&loader_hash))
+        .layer(page_policy::layers(&loader_hash, &style_hash))
         .option_layer(affinity);
     Router::new().fallback_service(stack.service(router))
 }
