@@ -530,7 +530,8 @@ async fn launcher_http(site: &Path, payload: &mut Vec<(String, String)>) {
         "-",
     );
 
-    // 9: the bundle and the favicon, 1 connection and 32, next to the SSR page.
+    // 9: the bundle and the favicon, 1 connection and 32, next to the SSR page (the stylesheet
+    // is in the page).
     let links = pkg_links(&html);
     let find = |ext: &str| {
         links
@@ -543,7 +544,6 @@ async fn launcher_http(site: &Path, payload: &mut Vec<(String, String)>) {
     type Headers<'a> = &'a [(&'a str, &'a str)];
     let targets: Vec<(String, String, Headers)> = vec![
         ("/favicon.ico".into(), "favicon.ico".into(), &[]),
-        (find(".css"), "CSS, br".into(), br),
         (find(".js"), "JS, br".into(), br),
         (find(".wasm"), "WASM, br".into(), br),
         ("/".into(), "SSR home page".into(), &[]),

@@ -392,6 +392,19 @@ async fn both_apps_pages_allow_only_their_own_scripts_and_no_framing() {
         let scripts = html.matches("<script").count();
         let with_nonce = html.matches(&format!("<script nonce=\"{nonce}\">")).count();
         assert_eq!(scripts, with_nonce + 1, "{path}: {html}");
+        // The one inline stylesheet, by its hash.
+        assert_eq!(html.matches("<style").count(), 1, "{path}: {html}");
+        let style = html
+            .split("<style>")
+            .nth(1)
+            .and_then(|rest| rest.split("</style>").next())
+            .unwrap_or_else(|| panic!("{path}: no stylesheet: {html}"));
+        let style_hash = base64::engine::general_purpose::STANDARD
+            .encode(sha2::Sha256::digest(style.as_bytes()));
+        assert!(
+            policy.contains(&format!("style-src 'self' 'sha256-{style_hash}';")),
+            "{path}: the stylesheet is allowed by its hash: {policy}"
+        );
         for directive in [
             "frame-ancestors 'none'",
             "object-src 'none'",
