@@ -115,8 +115,8 @@ pub fn shell(options: LeptosOptions, role: Role, bundle: BundleLinks) -> impl In
 /// script (leptos 0.8 `src/hydration/island_script.js`, MIT) waits for the browser to be idle
 /// before it even imports the bundle. A visitor whose Machine just started is waiting for this
 /// page: here the WASM is fetched, compiled and instantiated while the page is still being
-/// parsed (the script runs in `<head>`), and the islands hydrate at DOMContentLoaded. The walk over the islands is
-/// Leptos's. The script carries no comments: it is in every page.
+/// parsed (the script runs in `<head>`), and the islands hydrate at DOMContentLoaded. The walk
+/// over the islands is Leptos's. The script carries no comments: it is in every page.
 #[cfg(feature = "ssr")]
 #[component]
 fn IslandLoader(script: std::sync::Arc<str>) -> impl IntoView {

@@ -100,7 +100,8 @@ impl Bundle {
         let url = |ext: &str| format!("/{}/{}", options.site_pkg_dir, name(ext));
         let stylesheet = pkg_dir(options).join(name("css"));
         let style = std::fs::read_to_string(&stylesheet).unwrap_or_else(|error| {
-            tracing::warn!(stylesheet = %stylesheet.display(), %error, "no stylesheet: unstyled pages");
+            let path = stylesheet.display();
+            tracing::warn!(stylesheet = %path, %error, "no stylesheet: unstyled pages");
             String::new()
         });
         crate::app::BundleLinks::new(&style, &url("js"), &url("wasm"))

@@ -1,10 +1,10 @@
 //! What a browser lets our pages do, said in response headers: a Content-Security-Policy that
 //! allows only our own scripts (the island loader, inline, by its hash, and the few inline
 //! scripts Leptos streams with a page, by the page's nonce: never `'unsafe-inline'`), our WASM,
-//! our stylesheet (inline, by its hash) and connections to our own origin; no framing by anyone (`frame-ancestors
-//! 'none'`: the launch button cannot be clickjacked); and no content-type sniffing. On every
-//! response of both apps: a page sets its own policy, with its nonce (`app::shell`); every
-//! other response gets the policy without one.
+//! our stylesheet (inline, by its hash) and connections to our own origin; no framing by anyone
+//! (`frame-ancestors 'none'`: the launch button cannot be clickjacked); and no content-type
+//! sniffing. On every response of both apps: a page sets its own policy, with its nonce
+//! (`app::shell`); every other response gets the policy without one.
 
 use base64::Engine;
 use http::{header, HeaderValue};
