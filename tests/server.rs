@@ -5,7 +5,13 @@
 
 mod support;
 
-use flyby::{app::AppError, server::config::VARIABLES};
+use flyby::{
+    app::{
+        protocol::{MachineInfo, PhaseView},
+        AppError,
+    },
+    server::config::VARIABLES,
+};
 use reqwest::{header, redirect::Policy, StatusCode};
 use std::process::Command;
 use support::{Flyby, MACHINE_ID, OWNER_HASH, OWNER_SECRET};
@@ -250,6 +256,71 @@ async fn a_wrong_secret_is_refused_and_the_right_one_becomes_the_owner_cookie() 
         root.headers()[header::LOCATION],
         format!("/m/{MACHINE_ID}").as_str()
     );
+}
+
+#[tokio::test]
+async fn the_hand_over_brings_the_launchs_timeline_to_the_owners_page_and_a_bad_one_changes_nothing(
+) {
+    let server = ephemeral(&[]).await;
+    let c = client();
+    let claim = server.url(&format!("/m/{MACHINE_ID}/claim"));
+    let owner = format!("flyby_owner={MACHINE_ID}.{OWNER_SECRET}");
+    let about = || async {
+        let response = c
+            .post(server.url("/api/machine"))
+            .header(header::COOKIE, &owner)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        postcard::from_bytes::<MachineInfo>(&response.bytes().await.unwrap()).unwrap()
+    };
+    for bad in ["q1<script>", "x1", "q1.c2.", "q99999999999"] {
+        let refused = c
+            .post(&claim)
+            .form(&[("secret", OWNER_SECRET), ("boot", bad)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), StatusCode::BAD_REQUEST, "{bad:?}");
+        assert!(refused.headers().get(header::SET_COOKIE).is_none());
+    }
+    let untouched = about().await;
+    assert_eq!(untouched.phase, PhaseView::AwaitingOwner, "not claimed");
+    assert_eq!(untouched.boot, None);
+
+    let right = c
+        .post(&claim)
+        .form(&[("secret", OWNER_SECRET), ("boot", "q3.w612.v640.h655")])
+        .send()
+        .await
+        .unwrap();
+    // To the page's plain address (the test above): the timeline is not in it.
+    assert_eq!(right.status(), StatusCode::SEE_OTHER);
+    let claimed = about().await;
+    assert!(
+        matches!(claimed.phase, PhaseView::Showing { .. }),
+        "{claimed:?}"
+    );
+    assert_eq!(claimed.boot.as_deref(), Some("q3.w612.v640.h655"));
+    // The owner's page carries it to the island that shows the receipt.
+    let page = c
+        .get(server.url(&format!("/m/{MACHINE_ID}")))
+        .header(header::COOKIE, &owner)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let written = page
+        .split("data-machine=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next();
+    let written = written.and_then(flyby::app::island_data::decode::<MachineInfo>);
+    assert_eq!(written.and_then(|w| w.boot), claimed.boot);
 }
 
 #[tokio::test]

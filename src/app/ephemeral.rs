@@ -105,7 +105,7 @@ fn MachineView() -> impl IntoView {
     // The launch's timeline, from the click to this page's first byte, for the receipt.
     let boot = RwSignal::new(None::<BootTimeline>);
     #[cfg(feature = "hydrate")]
-    boot.set(live::boot_timeline());
+    boot.set(live::boot_timeline(info.boot.as_deref()));
 
     #[cfg(feature = "hydrate")]
     live::connect(live::Live {
@@ -296,32 +296,11 @@ mod live {
         pub refresh_summary: Box<dyn Fn()>,
     }
 
-    /// The launch's timeline that the launcher's page put in this page's address
-    /// ([`BootTimeline`]), with this page's first byte after the hand-over; the address loses
-    /// it in the task after hydration, so a copied or bookmarked URL carries none of it. Not
-    /// sooner: the browser's same-document navigation that rewrites the address costs 4-9 ms
-    /// of this page's main thread (Chromium's trace of row 7), time its visitor would wait
-    /// for the page to answer.
-    pub fn boot_timeline() -> Option<BootTimeline> {
+    /// The launch's timeline that the hand-over carried to the Machine ([`BootTimeline`]), with
+    /// this page's first byte after the hand-over.
+    pub fn boot_timeline(text: Option<&str>) -> Option<BootTimeline> {
         use crate::app::protocol::BootStep;
-        let location = window().location();
-        let hash = location.hash().ok()?;
-        let text = hash.strip_prefix("#boot=")?;
-        if let Ok(path) = location.pathname() {
-            set_timeout(
-                move || {
-                    if let Ok(history) = window().history() {
-                        let _ = history.replace_state_with_url(
-                            &wasm_bindgen::JsValue::NULL,
-                            "",
-                            Some(&path),
-                        );
-                    }
-                },
-                Duration::ZERO,
-            );
-        }
-        let mut timeline = BootTimeline::parse(text)?;
+        let mut timeline = BootTimeline::parse(text?)?;
         let handed_over = timeline
             .0
             .iter()

@@ -67,6 +67,7 @@ mod tests {
             distance_km: Some(16_600),
             launcher_url: Some("https://flyby.fly.dev".into()),
             phase: PhaseView::Showing { seconds_left: 30 },
+            boot: Some("q3.c40.h130".into()),
         };
         let text = encode(&info);
         assert!(text

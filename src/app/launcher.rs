@@ -127,6 +127,7 @@ fn LaunchPanel() -> impl IntoView {
 
     let form = NodeRef::<leptos::html::Form>::new();
     let secret_field = NodeRef::<leptos::html::Input>::new();
+    let boot_field = NodeRef::<leptos::html::Input>::new();
     let launch = Action::new_local(move |region: &Option<crate::fly::RegionCode>| {
         let region = region.map(|r| r.to_string());
         #[cfg(feature = "hydrate")]
@@ -143,7 +144,7 @@ fn LaunchPanel() -> impl IntoView {
             let go = move |h: &Handover, steps: &[super::protocol::StepView]| {
                 let posted = (live::now_ms() - clicked).max(0.0) as u32;
                 let boot = super::protocol::BootTimeline::of_launch(steps, posted).encode();
-                live::hand_over(form, secret_field, h, &boot);
+                live::hand_over(form, [secret_field, boot_field], h, &boot);
             };
             #[cfg(not(feature = "hydrate"))]
             let go = |_: &Handover, _: &[super::protocol::StepView]| {};
@@ -263,6 +264,7 @@ fn LaunchPanel() -> impl IntoView {
         // Filled in and submitted by the page when the hand-over arrives (`live::hand_over`).
         <form node_ref=form method="post" class="handover">
             <input node_ref=secret_field type="hidden" name="secret"/>
+            <input node_ref=boot_field type="hidden" name="boot"/>
         </form>
         <Explainer>
             <p>
@@ -412,17 +414,22 @@ mod live {
         });
     }
 
-    /// Sends the browser to its Machine: the hand-over form gets its target (with the launch's
-    /// timeline in the fragment, for the receipt) and the secret, and is submitted.
+    /// Sends the browser to its Machine: the hand-over form gets its target, the secret and the
+    /// launch's timeline (for the receipt), and is submitted.
     pub fn hand_over(
         form: NodeRef<leptos::html::Form>,
-        secret: NodeRef<leptos::html::Input>,
+        [secret, timeline]: [NodeRef<leptos::html::Input>; 2],
         handover: &Handover,
         boot: &str,
     ) {
-        if let (Some(form), Some(secret)) = (form.get_untracked(), secret.get_untracked()) {
-            form.set_action(&format!("{}#boot={boot}", handover.claim_url));
+        if let (Some(form), Some(secret), Some(timeline)) = (
+            form.get_untracked(),
+            secret.get_untracked(),
+            timeline.get_untracked(),
+        ) {
+            form.set_action(&handover.claim_url);
             secret.set_value(&handover.secret);
+            timeline.set_value(boot);
             let _ = form.submit();
         }
     }

@@ -132,10 +132,12 @@ impl LaunchProgress {
 }
 
 /// A launch's steps as the Machine's receipt tells them, in ms since the click. The
-/// launcher's page hands them to the Machine's page in the fragment of the hand-over's URL,
-/// which the browser keeps through the claim's redirect and no server ever sees; the Machine's
-/// page reads it and takes it out of the address. Only that page shows it, to the browser
-/// that wrote it: parsed strictly all the same (known steps, at most [`BootTimeline::MAX`]).
+/// launcher's page posts them with the hand-over, beside the secret; the Machine keeps what it
+/// received with the claim it accepted and gives it back to its owner's page with the rest of
+/// [`MachineInfo`]. Never in an address: a fragment or a query would cost the page a
+/// same-document navigation to take it out again, while its visitor waits. Only the owner's
+/// page shows it, to the browser that wrote it: parsed strictly all the same (known steps, at
+/// most [`BootTimeline::MAX`]), and a claim with anything else is refused.
 /// The launcher's times count from when it received the launch, the page's from the click:
 /// apart by the launch request's way there, a few ms.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -361,6 +363,9 @@ pub struct MachineInfo {
     /// The launcher's origin, for the way back.
     pub launcher_url: Option<String>,
     pub phase: PhaseView,
+    /// The launch's timeline the accepted hand-over carried ([`BootTimeline::encode`]), for
+    /// the receipt; `None` for a hand-over without one.
+    pub boot: Option<String>,
 }
 
 /// Messages from the page over the live channel.

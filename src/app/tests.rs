@@ -97,7 +97,7 @@ fn a_regions_control_says_where_the_launch_goes_and_how_far_it_is() {
 }
 
 #[test]
-fn a_boot_timeline_goes_through_the_hand_over_fragment_and_nothing_else_does() {
+fn a_boot_timeline_goes_through_the_hand_over_and_nothing_else_does() {
     use super::protocol::{BootStep, BootTimeline, Step, StepView};
     use crate::fly::RegionCode;
     let ams = RegionCode::parse("ams").unwrap();

@@ -14,7 +14,7 @@ use super::{
 };
 use crate::{
     app::{
-        protocol::{ClientMessage, MachineInfo, PhaseView, ServerMessage},
+        protocol::{BootTimeline, ClientMessage, MachineInfo, PhaseView, ServerMessage},
         AppError,
     },
     fly::{distance_km, MachineId, RegionCode},
@@ -28,7 +28,7 @@ use axum::{
 };
 use futures::{SinkExt, StreamExt};
 use leptos::{config::LeptosOptions, prelude::use_context, server_fn::BoxedStream};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// This Machine, as the ephemeral role's handlers and server functions see it.
 pub struct EphemeralMachine {
@@ -45,6 +45,9 @@ pub struct EphemeralMachine {
     /// How the owner's requests reached this Machine (the affinity layer records, the live
     /// channel streams).
     pub routes: Arc<RouteLog>,
+    /// The launch's timeline, as the first accepted hand-over carried it: the owner's receipt
+    /// shows it.
+    boot: OnceLock<BootTimeline>,
 }
 
 impl EphemeralMachine {
@@ -62,6 +65,7 @@ impl EphemeralMachine {
             launcher_url: ephemeral.launcher_url.clone(),
             lifecycle: Lifecycle::start(t.ttl, t.claim_window, t.show),
             routes: Arc::default(),
+            boot: OnceLock::new(),
         }))
     }
 
@@ -94,6 +98,7 @@ impl EphemeralMachine {
                 .map(|km| km.round() as u32),
             launcher_url: self.launcher_url.clone(),
             phase: self.phase_view(self.lifecycle.phase()),
+            boot: self.boot.get().map(BootTimeline::encode),
         }
     }
 
@@ -174,6 +179,10 @@ pub fn current() -> Result<Arc<EphemeralMachine>, AppError> {
 #[derive(serde::Deserialize)]
 pub struct ClaimForm {
     secret: String,
+    /// The launch's timeline for the receipt ([`BootTimeline::encode`]); a hand-over by other
+    /// means than the launcher's page may leave it out.
+    #[serde(default)]
+    boot: Option<String>,
 }
 
 /// Routes only the ephemeral role has.
@@ -222,7 +231,9 @@ async fn arm(State(machine): State<Arc<EphemeralMachine>>, headers: HeaderMap) -
 
 /// The hand-over: the secret arrives in a POST body, never in a URL; the answer sets the owner
 /// cookie and sends the browser to its page with a 303, so a reload never re-posts the form
-/// and no history entry, Referer or log line ever holds the secret.
+/// and no history entry, Referer or log line ever holds the secret. The launch's timeline
+/// comes in the same body; one that is not what the launcher's page writes is refused before
+/// anything changes.
 async fn claim(
     State(machine): State<Arc<EphemeralMachine>>,
     Path(id): Path<String>,
@@ -238,8 +249,26 @@ async fn claim(
         )
             .into_response();
     }
+    let boot = match form.boot.as_deref().filter(|text| !text.is_empty()) {
+        None => None,
+        Some(text) => match BootTimeline::parse(text) {
+            Some(boot) => Some(boot),
+            None => {
+                tracing::info!(machine = %machine.id, "hand-over refused: not a launch's timeline");
+                return (
+                    StatusCode::BAD_REQUEST,
+                    "The hand-over's launch timeline is not one the launcher writes.\n",
+                )
+                    .into_response();
+            }
+        },
+    };
     if let Phase::Ended(_) = machine.lifecycle.phase() {
         return (StatusCode::GONE, "This Machine is no more.\n").into_response();
+    }
+    if let Some(boot) = boot {
+        // The first hand-over's is the launch's; another is the same owner's again.
+        let _ = machine.boot.set(boot);
     }
     machine.lifecycle.apply(Event::Claimed);
     let secure = headers
