@@ -10,7 +10,9 @@
 //!   a route is about 1.5 times the great circle; each hop adds [`PER_HOP`] for the proxy's own
 //!   work. The Machines API is in Virginia (`iad`): "If your users are in Sydney and the hardware
 //!   for the Firecrackers are in Sydney and the API is in Virginia, 'boot me a VM' takes more
-//!   like 300ms" (Fly's blog, "Fly Machines: an API for fast-booting VMs").
+//!   like 300ms" (Fly's blog, "Fly Machines: an API for fast-booting VMs"). An API call pays
+//!   half its round trip before the API acts on it and half after, so a start's boot runs
+//!   while its answer travels back.
 //! - A stopped Machine starts in a few hundred ms ("boot instances in about 300ms", the same
 //!   post; "started and stopped at subsecond speeds", Fly's docs, "Fly Machines"); a create
 //!   takes seconds (image laid out, Machine registered: "Start is lightning fast", create is
