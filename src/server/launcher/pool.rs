@@ -225,29 +225,31 @@ impl Launcher {
             }
             // From here it is this launch's: destroyed unless handed over.
             let created = Created::new(&self.api, &self.ephemeral_app, id, &self.destroyed);
-            // Its arming is answered by its process over the private network, which only a
-            // Machine Fly has started can run: the hand-over goes on that answer. The `wait`
-            // answers from the API's region, half a round trip after the start (~47 ms from
-            // `ams` as flyby-local plays Fly), so it only ends the take sooner when Fly says
-            // the Machine will not start. fly-proxy may learn of the start a moment after it:
-            // a replay to a Machine it does not know as started yet is retried for a while.
+            // fly-proxy routes to started Machines only: the hand-over waits for it, as a
+            // create's does, before the Machine can answer its owner's claim. The arming
+            // goes meanwhile: it reaches the Machine as soon as its process listens. The
+            // arming's answer alone is not enough: it can come before the proxy counts the
+            // Machine as started, and a claim then finds no candidate at all (a 503) in an app
+            // with no other started Machine to replay it from.
             let started = self.api.wait(
                 &self.ephemeral_app,
                 id,
                 WaitState::Started,
                 budget.at_most(Duration::from_secs(30)),
             );
-            let armed = self.until_armed(&warm, id, owner, budget);
-            tokio::pin!(armed);
-            // `None`: a Machine that never started.
-            let armed = tokio::select! {
-                armed = &mut armed => armed.map_err(Some),
-                started = budget.bound(started) => match started {
-                    Some(Ok(())) => armed.await.map_err(Some),
+            // Whichever fails first ends the other: `None` is a Machine that never started.
+            let started = async {
+                match budget.bound(started).await {
+                    Some(Ok(())) => Ok(()),
                     _ => Err(None),
-                },
+                }
             };
-            match armed {
+            let armed = async {
+                self.until_armed(&warm, id, owner, budget)
+                    .await
+                    .map_err(Some)
+            };
+            match tokio::try_join!(started, armed) {
                 Ok(_) => return Some((id, created)),
                 // Armed by another launcher that started it too: its Machine, not this one's.
                 Err(Some(Unproved::Refused)) => {
