@@ -982,6 +982,32 @@ async fn rate_limits_answer_429_beyond_the_burst() {
     assert!(local.counter("api.list.429").await >= 1);
 }
 
+/// An API out of reach cannot answer "too many requests": a refused call spends none of the
+/// rate limit, however many a client retries.
+#[tokio::test]
+async fn refused_calls_never_meet_the_rate_limit_nor_spend_it() {
+    let local = Local::start(Options::bare().args(&["--rate-limits=on"])).await;
+    let path = format!("/v1/apps/{APP}/machines");
+    local
+        .arm(json!({"kind": "api", "action": "list", "count": 10, "refuse": true}))
+        .await;
+    for call in 0..10 {
+        let refused = local
+            .http
+            .get(format!("{}{path}", local.api_url))
+            .bearer_auth(TOKEN)
+            .send()
+            .await;
+        assert!(refused.is_err(), "call {call}: {refused:?}");
+    }
+    assert_eq!(local.counter("api.list.refused").await, 10);
+    assert_eq!(local.counter("api.list.429").await, 0);
+    // The whole burst is still there.
+    for call in 0..3 {
+        assert_eq!(local.get(&path).await.0, StatusCode::OK, "call {call}");
+    }
+}
+
 #[tokio::test]
 async fn wait_validates_its_query_and_times_out_with_408() {
     let local = Local::start(Options::bare()).await;

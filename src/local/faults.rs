@@ -183,11 +183,29 @@ impl Faults {
     /// Consumes the first armed API fault matching `action`: the delay to wait first, then the
     /// failure to answer with (if any).
     pub fn take_api(&self, action: &str) -> Option<(Option<Duration>, Option<ApiFailure>)> {
+        self.take_api_if(action, |_| true)
+    }
+
+    /// Consumes the first armed API fault matching `action` only if it refuses the connection:
+    /// the delay to wait before refusing.
+    pub fn take_api_refusal(&self, action: &str) -> Option<Option<Duration>> {
+        self.take_api_if(action, |fault| fault.refuse)
+            .map(|(delay, _)| delay)
+    }
+
+    fn take_api_if(
+        &self,
+        action: &str,
+        wanted: impl Fn(&ArmedApi) -> bool,
+    ) -> Option<(Option<Duration>, Option<ApiFailure>)> {
         let mut armed = self.inner.lock().expect("faults lock");
         let i = armed
             .api
             .iter()
             .position(|a| (a.action == action || a.action == "any") && a.remaining > 0)?;
+        if !wanted(&armed.api[i]) {
+            return None;
+        }
         let fault = &mut armed.api[i];
         fault.remaining -= 1;
         let failure = if fault.refuse {

@@ -121,7 +121,8 @@ impl RateLimits {
     }
 }
 
-/// Every `/v1` call: counted, then token, rate limit and armed faults, in that order.
+/// Every `/v1` call: counted, then a refusal, token, rate limit and the other armed faults, in
+/// that order.
 pub(super) async fn gate(
     State(platform): State<Arc<Platform>>,
     request: Request,
@@ -183,6 +184,14 @@ pub(super) async fn guarded(
     request: Request,
     next: Next,
 ) -> Response {
+    // A refused connection never reaches the API: neither its token check nor its rate limit
+    // sees it, and it spends none of the rate limit's budget.
+    if let Some(delay) = platform.faults.take_api_refusal(action.name()) {
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
+        return refuse(platform, action, hangup_of(&request)).await;
+    }
     if !authorized(&platform.token, request.headers()) {
         return ApiError::Unauthorized.into_response();
     }
@@ -202,20 +211,31 @@ pub(super) async fn guarded(
                     StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
                 return ApiError::Injected(status).into_response();
             }
-            Some(ApiFailure::Refuse) => {
-                platform
-                    .stats
-                    .incr(format!("api.{}.refused", action.name()));
-                if let Some(Hangup(hangup)) = request.extensions().get::<Hangup>() {
-                    hangup.notify_one();
-                    return std::future::pending().await;
-                }
-                return ApiError::Injected(StatusCode::BAD_GATEWAY).into_response();
-            }
+            Some(ApiFailure::Refuse) => return refuse(platform, action, hangup_of(&request)).await,
             None => {}
         }
     }
     next.run(request).await
+}
+
+/// Closes the call's connection without an answer (a 502 where it has no connection to close).
+async fn refuse(platform: &Platform, action: Action, hangup: Option<Arc<Notify>>) -> Response {
+    platform
+        .stats
+        .incr(format!("api.{}.refused", action.name()));
+    if let Some(hangup) = hangup {
+        hangup.notify_one();
+        return std::future::pending().await;
+    }
+    ApiError::Injected(StatusCode::BAD_GATEWAY).into_response()
+}
+
+/// What closes the call's connection, when it came over one.
+fn hangup_of(request: &Request) -> Option<Arc<Notify>> {
+    request
+        .extensions()
+        .get::<Hangup>()
+        .map(|Hangup(hangup)| hangup.clone())
 }
 
 /// `Authorization: Bearer <token>`, or `FlyV1 <token>` as Fly's Go client sends macaroons.
