@@ -134,8 +134,8 @@ impl LaunchProgress {
 /// A launch's steps as the Machine's receipt tells them, in ms since the click. The
 /// launcher's page posts them with the hand-over, beside the secret; the Machine keeps what it
 /// received with the claim it accepted and gives it back to its owner's page with the rest of
-/// [`MachineInfo`]. Never in an address: a fragment or a query would cost the page a
-/// same-document navigation to take it out again, while its visitor waits. Only the owner's
+/// [`MachineInfo`]. Never in an address, where a copied link would carry it and the page
+/// would have to rewrite its address to drop it. Only the owner's
 /// page shows it, to the browser that wrote it: parsed strictly all the same (known steps, at
 /// most [`BootTimeline::MAX`]), and a claim with anything else is refused.
 /// The launcher's times count from when it received the launch, the page's from the click:
