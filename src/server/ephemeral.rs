@@ -249,24 +249,23 @@ async fn claim(
         )
             .into_response();
     }
-    let boot = match form.boot.as_deref().filter(|text| !text.is_empty()) {
-        None => None,
-        Some(text) => match BootTimeline::parse(text) {
-            Some(boot) => Some(boot),
-            None => {
-                tracing::info!(machine = %machine.id, "hand-over refused: not a launch's timeline");
-                return (
-                    StatusCode::BAD_REQUEST,
-                    "The hand-over's launch timeline is not one the launcher writes.\n",
-                )
-                    .into_response();
-            }
-        },
-    };
+    let boot = form
+        .boot
+        .as_deref()
+        .filter(|text| !text.is_empty())
+        .map(BootTimeline::parse);
+    if boot == Some(None) {
+        tracing::info!(machine = %machine.id, "hand-over refused: not a launch's timeline");
+        return (
+            StatusCode::BAD_REQUEST,
+            "The hand-over's launch timeline is not one the launcher writes.\n",
+        )
+            .into_response();
+    }
     if let Phase::Ended(_) = machine.lifecycle.phase() {
         return (StatusCode::GONE, "This Machine is no more.\n").into_response();
     }
-    if let Some(boot) = boot {
+    if let Some(boot) = boot.flatten() {
         // The first hand-over's is the launch's; another is the same owner's again.
         let _ = machine.boot.set(boot);
     }
