@@ -277,3 +277,56 @@ async fn the_refill_never_goes_past_the_cap_and_fills_again_when_there_is_room()
     let (peak, _) = sampler.stop().await;
     assert!(peak <= 3, "{peak} Machines at once, cap 3");
 }
+
+/// A pooled Machine is handed over on its arming's answer alone, without the API's `wait`
+/// (half a round trip to the API's region on Fly): the pool brings the visitors' app its
+/// concierge before any visitor, and the owner's claim, which fly-proxy cannot deliver to a
+/// Machine it does not know yet, lands there and is replayed until it can. Here the proxy
+/// learns of each started Machine 3 s late (the `routing_delay` fault), longer than the
+/// hand-over's replay timeout.
+#[tokio::test]
+async fn a_pooled_machine_is_handed_over_once_armed_and_its_claim_waits_at_the_concierge() {
+    let (platform, api, _) = pooled(1, &["FLYBY_WARM_POOL=ams=1"]).await;
+    let pooled = id_of(&until_pool(&platform, &api, 1).await[0]);
+    // No visitor has come yet: the pool alone brought the concierge.
+    local::until(&platform, "the concierge running", |registry| {
+        registry.list("flyby-machines").into_iter().find(|m| {
+            m.config["metadata"]["flyby"] == "concierge"
+                && m.state == flyby::local::registry::MachineState::Started
+        })
+    })
+    .await;
+    let counter = |name: &'static str| {
+        let api = &api;
+        async move { api.stats().await["counters"][name].as_u64().unwrap_or(0) }
+    };
+    // Two of the launcher's polls (each lists both apps): it has seen the concierge run.
+    let lists = counter("api.list.200").await;
+    local::eventually("two more polls", || async {
+        counter("api.list.200").await >= lists + 4
+    })
+    .await;
+    api.fault(serde_json::json!({"kind": "routing_delay", "ms": 3000}))
+        .await;
+    let fallbacks = counter("proxy.replays.fallback").await;
+
+    let owner = Visitor::new(&platform, "203.0.113.7");
+    let machine = owner.launch_and_claim().await;
+    assert_eq!(machine, pooled, "the launch took the pooled Machine");
+    let page = owner.machine_page(machine).await;
+    assert_eq!(page.status(), 200);
+    assert_eq!(page.headers()["flyby-machine"], machine.as_str());
+    let stats = api.stats().await;
+    let waits: u64 = stats["counters"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(name, _)| name.starts_with("api.wait."))
+        .map(|(_, n)| n.as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(waits, 0, "handed over on the arming, no wait: {stats}");
+    assert!(
+        counter("proxy.replays.fallback").await > fallbacks,
+        "the hand-over came before the proxy knew its Machine, and was made again: {stats}"
+    );
+}

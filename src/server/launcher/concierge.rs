@@ -1,6 +1,12 @@
 //! The visitors' app's concierge: a Machine of flyby that belongs to nobody and never ends, so
 //! that a visitor coming back to a Machine that is gone reaches flyby code (which sends them to
-//! the launcher's "gone" page) even when no visitor's Machine is left to replay from.
+//! the launcher's "gone" page) even when no visitor's Machine is left to replay from. For the
+//! same reason it is where a hand-over lands while fly-proxy does not know its new Machine yet
+//! ("a short delay before all proxy nodes recognize that it is running", Fly docs,
+//! reference/fly-proxy-autostop-autostart): an app with no Machine the proxy knows answers a
+//! request with an error, while a request that lands on the concierge is replayed to the new
+//! Machine, which the proxy retries until it knows it. So the visitors' app has one from its
+//! first launch, or from the start when a warm pool fills it before any visitor.
 //!
 //! It is always running: Fly calls warm starts "not well-defined … for apps with multiple
 //! Machines" (machines/api/machines-resource), so nothing here depends on fly-proxy waking it.
@@ -113,43 +119,56 @@ pub fn plan(seen: &[Seen], image: &str) -> Vec<Action> {
 pub struct Concierges {
     /// The concierges of the last list.
     seen: Mutex<Vec<Seen>>,
-    /// The launcher's public origin, from its first launch: the concierges' way back.
-    origin: Mutex<Option<String>>,
+    /// The visitors' app has Machines of ours, or is about to: from the first launch, or from
+    /// the start when a warm pool fills it before any visitor comes.
+    wanted: AtomicBool,
     /// An action is under way here: the next list decides again once it is done.
     busy: AtomicBool,
 }
 
 impl Concierges {
+    /// Concierges wanted from the start (a warm pool), or only once a launch wants one.
+    pub fn new(wanted: bool) -> Self {
+        Concierges {
+            wanted: AtomicBool::new(wanted),
+            ..Concierges::default()
+        }
+    }
+
     pub fn saw(&self, seen: Vec<Seen>) {
         *self.seen.lock().expect("concierges lock") = seen;
     }
 
-    /// Remembers the launcher's origin; true the first time.
-    pub fn learn_origin(&self, origin: &str) -> bool {
-        let mut known = self.origin.lock().expect("concierge origin lock");
-        let first = known.is_none();
-        if first {
-            *known = Some(origin.to_owned());
-        }
-        first
+    /// From now on the visitors' app has a concierge; true the first time.
+    pub fn want(&self) -> bool {
+        !self.wanted.swap(true, std::sync::atomic::Ordering::AcqRel)
+    }
+
+    /// Whether the last list showed a concierge running: a Machine of the visitors' app that
+    /// fly-proxy has known for a while, where a request for a Machine it does not know yet
+    /// lands and is replayed from (the proxy retries a replay's target until it knows it).
+    pub fn serving(&self) -> bool {
+        self.seen
+            .lock()
+            .expect("concierges lock")
+            .iter()
+            .any(|c| c.state == MachineState::Started)
     }
 }
 
 impl Launcher {
     /// Does what [`plan`] says about the last list's concierges, one action at a time, in the
-    /// background. Nothing until this launcher knows its image and its public origin.
+    /// background. Nothing until one is wanted and this launcher knows its image and its
+    /// public origin.
     pub(super) fn tend_concierges(self: &Arc<Self>) {
         use std::sync::atomic::Ordering;
+        if !self.concierges.wanted.load(Ordering::Acquire) {
+            return;
+        }
         let Some(image) = self.image.clone() else {
             return;
         };
-        let Some(origin) = self
-            .concierges
-            .origin
-            .lock()
-            .expect("concierge origin lock")
-            .clone()
-        else {
+        let Some(origin) = self.origin.lock().expect("origin lock").clone() else {
             return;
         };
         let actions = plan(

@@ -174,7 +174,8 @@ impl Launcher {
             launches: Launches::default(),
             alive,
             reach,
-            concierges: concierge::Concierges::default(),
+            // With a warm pool, the visitors' app has Machines before any visitor.
+            concierges: concierge::Concierges::new(settings.warm_pool.total() > 0),
             launchers: watch::channel(Vec::new()).0,
             origin: Mutex::new(settings.launcher_url.clone()),
             metrics,
@@ -318,7 +319,7 @@ impl Launcher {
         self.learn_origin(&origin);
         // Visitors' Machines are about to exist, which may vanish under their visitors: from
         // now on the visitors' app has a concierge.
-        if self.concierges.learn_origin(&origin_text) {
+        if self.concierges.want() {
             self.tend_concierges();
         }
         let this = self.clone();

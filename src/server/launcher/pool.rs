@@ -11,8 +11,11 @@
 //!   lease is taken first: it would put one more round trip to the API's region on the
 //!   visitor's wait. Then the launcher arms it with the owner's hash over the private network
 //!   (`server::arming`), which is also its readiness proof; a Machine arms once, so even two
-//!   launchers that both believed they started it cannot both hand it over. A taken Machine
-//!   is destroyed at the end of its show, as any other; it never returns to the pool.
+//!   launchers that both believed they started it cannot both hand it over. Its answer is the
+//!   hand-over's go while the app's concierge runs (`concierge`: the claim lands there while
+//!   fly-proxy does not know the new Machine yet); without one, the hand-over also waits for
+//!   the API's `wait`. A taken Machine is destroyed at the end of its show, as any other; it
+//!   never returns to the pool.
 //! - One launcher refills ([`refill_leader`]: the first of the started launchers, so a dead
 //!   one's duty passes on with the next list), after each tracker poll, one Machine per region
 //!   that lacks at most, within what its share of Fly's create budget has free and under the
@@ -225,21 +228,26 @@ impl Launcher {
             }
             // From here it is this launch's: destroyed unless handed over.
             let created = Created::new(&self.api, &self.ephemeral_app, id, &self.destroyed);
-            // fly-proxy routes to started Machines only: the hand-over waits for it, as a
-            // create's does, before the Machine can answer its owner's claim. The arming
-            // goes meanwhile: it reaches the Machine as soon as its process listens. The
-            // arming's answer alone is not enough: it can come before the proxy counts the
-            // Machine as started, and a claim then finds no candidate at all (a 503) in an app
-            // with no other started Machine to replay it from.
-            let started = self.api.wait(
-                &self.ephemeral_app,
-                id,
-                WaitState::Started,
-                budget.at_most(Duration::from_secs(30)),
-            );
-            // Whichever fails first ends the other: `None` is a Machine that never started.
+            // The arming goes as soon as the start is answered: it reaches the Machine when its
+            // process listens, and only that Machine can answer it. Its answer is enough for the
+            // hand-over when the app's concierge runs: the owner's claim lands there if fly-proxy
+            // does not know the new Machine yet, and is replayed to it (the proxy retries a
+            // replay's target until it knows it). Without a running concierge the claim could
+            // find no Machine at all (a 503), so the hand-over also waits for the API to say
+            // started, half a round trip to the API's region later, as a create's does.
+            let landing = self.concierges.serving();
             let started = async {
-                match budget.bound(started).await {
+                if landing {
+                    return Ok(());
+                }
+                let wait = self.api.wait(
+                    &self.ephemeral_app,
+                    id,
+                    WaitState::Started,
+                    budget.at_most(Duration::from_secs(30)),
+                );
+                // Whichever fails first ends the other: `None` is a Machine that never started.
+                match budget.bound(wait).await {
                     Some(Ok(())) => Ok(()),
                     _ => Err(None),
                 }
