@@ -337,12 +337,18 @@ impl Launcher {
                 }
             }
             // The Machine's process may not listen yet: a short pause, then a fresh challenge.
-            tokio::time::sleep(Duration::from_millis(25)).await;
+            // Short, as the arming of a pooled Machine asks all through its boot and the
+            // hand-over waits for the first answer after it (a refused connection on the
+            // private network costs next to nothing).
+            tokio::time::sleep(PROBE_PAUSE).await;
         }
         tracing::warn!(%url, "the Machine never answered with its proof");
         Err(Unproved::Silent)
     }
 }
+
+/// Between two asks of a Machine that did not answer with its proof.
+const PROBE_PAUSE: Duration = Duration::from_millis(5);
 
 /// Why a Machine's proof never came.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
