@@ -106,6 +106,12 @@ async fn the_launcher_answers_health_and_renders_its_page() {
     let html = page.text().await.unwrap();
     assert!(html.contains("<h1>flyby</h1>"), "{html}");
     assert!(html.contains("data-role=\"launcher\""), "{html}");
+    // The button works once the page's code runs: the server's HTML shows it disabled, so a
+    // press before then is visibly not taken (the browser tests see it enabled after).
+    assert!(
+        tag_with(&html, "class=\"launch\"").contains(" disabled"),
+        "{html}"
+    );
     assert!(
         html.split('"')
             .any(|s| s.starts_with("/pkg/flyby.") && s.ends_with(".js")),
@@ -238,6 +244,10 @@ async fn a_wrong_secret_is_refused_and_the_right_one_becomes_the_owner_cookie() 
     assert!(
         !html.contains(OWNER_SECRET),
         "the secret must not be in the page"
+    );
+    assert!(
+        tag_with(&html, "class=\"switch-off\"").contains(" disabled"),
+        "switched on only by the page's code: {html}"
     );
     let favicon = c
         .get(server.url("/favicon.ico"))
@@ -524,4 +534,14 @@ async fn health_proves_the_machines_readiness_key_to_a_challenge_and_never_shows
         .await
         .unwrap();
     assert!(answer.headers().get(PROOF_HEADER).is_none());
+}
+
+/// The opening tag of the first element that has `attribute` (written as the server writes it).
+fn tag_with<'a>(html: &'a str, attribute: &str) -> &'a str {
+    let at = html
+        .find(attribute)
+        .unwrap_or_else(|| panic!("no {attribute} in {html}"));
+    let start = html[..at].rfind('<').expect("inside a tag");
+    let end = at + html[at..].find('>').expect("a closed tag");
+    &html[start..=end]
 }

@@ -132,7 +132,7 @@ fn MachineView() -> impl IntoView {
             ended_at.set(String::from(web_sys::js_sys::Date::new_0().to_iso_string()));
         }
     });
-    super::mark_hydrated_after_render();
+    let hydrated = super::mark_hydrated_after_render();
 
     let switching = Action::new_local(|_: &()| async {
         #[cfg(feature = "hydrate")]
@@ -250,7 +250,9 @@ fn MachineView() -> impl IntoView {
                             type="button"
                             class="switch-off"
                             disabled=move || {
-                                !matches!(phase.get(), PhaseView::Showing { .. }) || switching_off.get()
+                                !hydrated.get()
+                                    || !matches!(phase.get(), PhaseView::Showing { .. })
+                                    || switching_off.get()
                             }
                             on:click=move |_| {
                                 switching.dispatch(());

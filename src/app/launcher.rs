@@ -123,7 +123,7 @@ fn LaunchPanel() -> impl IntoView {
     // After hydration: the server rendered the map without it.
     #[cfg(feature = "hydrate")]
     Effect::new(move |_| yours.set(live::remembered_machine()));
-    super::mark_hydrated_after_render();
+    let hydrated = super::mark_hydrated_after_render();
 
     let form = NodeRef::<leptos::html::Form>::new();
     let secret_field = NodeRef::<leptos::html::Input>::new();
@@ -177,8 +177,9 @@ fn LaunchPanel() -> impl IntoView {
     // Memos, made once: every region of the map reads them, and `pending()` makes a new
     // memo on every call (57 of them a render, a quarter of the page's server time).
     let launching = launch.pending();
-    let cannot_launch =
-        Memo::new(move |_| running.get() || launching.get() || fly.get() != FlyReach::Reachable);
+    let cannot_launch = Memo::new(move |_| {
+        !hydrated.get() || running.get() || launching.get() || fly.get() != FlyReach::Reachable
+    });
 
     let map = info.map(|info| {
         let edge = info

@@ -205,9 +205,18 @@ pub fn mark_hydrated() {
     }
 }
 
-/// Runs [`mark_hydrated`] once the calling island's first render is in place.
-fn mark_hydrated_after_render() {
-    Effect::new(move |_| mark_hydrated());
+/// Runs [`mark_hydrated`] once the calling island's first render is in place, and says so:
+/// false in the server's HTML and until then, true after. A button that only the island's code
+/// makes work is disabled while it is false, so that a press before hydration (a visitor far
+/// from the Machine sees its page a good while before its code runs) is visibly not taken
+/// rather than silently lost.
+fn mark_hydrated_after_render() -> ReadSignal<bool> {
+    let (hydrated, set_hydrated) = signal(false);
+    Effect::new(move |_| {
+        mark_hydrated();
+        set_hydrated.set(true);
+    });
+    hydrated
 }
 
 /// A disclosure that explains what happens behind the page, and the simplest proof that a page
