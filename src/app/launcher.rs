@@ -132,6 +132,9 @@ fn LaunchPanel() -> impl IntoView {
         let region = region.map(|r| r.to_string());
         #[cfg(feature = "hydrate")]
         let clicked = live::now_ms();
+        // The launch's request leaves before anything of the page moves: the server starts
+        // the launch while the page draws its progress (the click's critical path).
+        let begun = begin(region);
         async move {
             error.set(None);
             handover.set(None);
@@ -148,7 +151,7 @@ fn LaunchPanel() -> impl IntoView {
             };
             #[cfg(not(feature = "hydrate"))]
             let go = |_: &Handover, _: &[super::protocol::StepView]| {};
-            let outcome = match begin(region).await {
+            let outcome = match begun.await {
                 Ok(ticket) => run(ticket, progress, go).await,
                 Err(e) => Err(e),
             };
@@ -278,17 +281,19 @@ fn LaunchPanel() -> impl IntoView {
     }
 }
 
-/// Starts a launch (the button, or a region of the map).
-async fn begin(region: Option<String>) -> Result<LaunchTicket, AppError> {
+/// Starts a launch (the button, or a region of the map): its request leaves now.
+fn begin(
+    region: Option<String>,
+) -> impl std::future::Future<Output = Result<LaunchTicket, AppError>> {
     #[cfg(feature = "hydrate")]
     {
         use leptos::server_fn::ServerFn;
-        super::wire::call(StartLaunch::PATH, StartLaunch { region }).await
+        super::wire::call(StartLaunch::PATH, StartLaunch { region })
     }
     #[cfg(not(feature = "hydrate"))]
     {
         let _ = region;
-        Err(AppError::Internal)
+        std::future::ready(Err(AppError::Internal))
     }
 }
 

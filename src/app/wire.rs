@@ -8,21 +8,48 @@
 use super::AppError;
 use futures::channel::mpsc;
 use serde::{de::DeserializeOwned, Serialize};
-use std::{cell::RefCell, rc::Rc};
+use std::{cell::RefCell, future::Future, rc::Rc};
 use wasm_bindgen::{closure::Closure, JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
-use web_sys::{js_sys::Uint8Array, BinaryType, MessageEvent, RequestInit, Response, WebSocket};
+use web_sys::{
+    js_sys::{Promise, Uint8Array},
+    BinaryType, MessageEvent, RequestInit, Response, WebSocket,
+};
 
 const CONTENT_TYPE: &str = "application/x-postcard";
 
 /// Calls the server function at `path` with its arguments (the struct `#[server]` makes of
 /// them). An error the server answered is its [`AppError`]; a request that never got an
-/// answer is [`AppError::Unreachable`].
-pub async fn call<A: Serialize, T: DeserializeOwned>(
+/// answer is [`AppError::Unreachable`]. The request leaves when `call` is called, not when its
+/// future is first polled: a page sends first and then redraws while the request travels.
+pub fn call<A: Serialize, T: DeserializeOwned>(
     path: &'static str,
     args: A,
-) -> Result<T, AppError> {
-    let body = postcard::to_allocvec(&args).map_err(|_| AppError::Internal)?;
+) -> impl Future<Output = Result<T, AppError>> {
+    let sent = send(path, &args);
+    async move {
+        let fetched = JsFuture::from(sent?)
+            .await
+            .map_err(|_| AppError::Unreachable)?;
+        let response: Response = fetched.unchecked_into();
+        let bytes = match response.array_buffer() {
+            Ok(buffer) => JsFuture::from(buffer)
+                .await
+                .map(|b| Uint8Array::new(&b).to_vec())
+                .map_err(|_| AppError::Unreachable)?,
+            Err(_) => return Err(AppError::Unreachable),
+        };
+        if response.ok() {
+            postcard::from_bytes(&bytes).map_err(|_| AppError::Internal)
+        } else {
+            Err(postcard::from_bytes(&bytes).unwrap_or(AppError::Internal))
+        }
+    }
+}
+
+/// The call's `fetch`, started: the promise of its response.
+fn send<A: Serialize>(path: &str, args: &A) -> Result<Promise, AppError> {
+    let body = postcard::to_allocvec(args).map_err(|_| AppError::Internal)?;
     let init = RequestInit::new();
     init.set_method("POST");
     let headers = web_sys::Headers::new().map_err(|_| AppError::Internal)?;
@@ -30,22 +57,7 @@ pub async fn call<A: Serialize, T: DeserializeOwned>(
     let _ = headers.set("accept", CONTENT_TYPE);
     init.set_headers(&headers);
     init.set_body(&Uint8Array::from(&body[..]));
-    let fetched = JsFuture::from(leptos::prelude::window().fetch_with_str_and_init(path, &init))
-        .await
-        .map_err(|_| AppError::Unreachable)?;
-    let response: Response = fetched.unchecked_into();
-    let bytes = match response.array_buffer() {
-        Ok(buffer) => JsFuture::from(buffer)
-            .await
-            .map(|b| Uint8Array::new(&b).to_vec())
-            .map_err(|_| AppError::Unreachable)?,
-        Err(_) => return Err(AppError::Unreachable),
-    };
-    if response.ok() {
-        postcard::from_bytes(&bytes).map_err(|_| AppError::Internal)
-    } else {
-        Err(postcard::from_bytes(&bytes).unwrap_or(AppError::Internal))
-    }
+    Ok(leptos::prelude::window().fetch_with_str_and_init(path, &init))
 }
 
 /// The page's end of a live channel: what it sends goes out as frames, in order, once the
