@@ -173,7 +173,10 @@ async fn hostile_requests_are_refused_and_change_nothing() {
         .await
         .unwrap();
     assert!(r.status().is_client_error(), "{}", r.status());
-    assert_ne!(r.status(), StatusCode::SEE_OTHER, "never claimed");
+    assert!(
+        r.headers().get(header::SET_COOKIE).is_none(),
+        "never claimed"
+    );
 
     // Nothing changed: both owners still have their Machines, and only them.
     for (visitor, mine) in [(&alice, a), (&bob, b)] {

@@ -39,7 +39,11 @@ async fn claim(server: &Flyby) -> String {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 303);
+    assert_eq!(
+        response.status(),
+        200,
+        "the hand-over answers with the owner's page"
+    );
     format!("flyby_owner={MACHINE_ID}.{OWNER_SECRET}")
 }
 

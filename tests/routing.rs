@@ -59,7 +59,7 @@ async fn the_panel_shows_the_owners_requests_replayed_and_never_a_strangers_or_a
     let mine = owner.launch_and_claim().await;
     assert_ne!(mine, theirs);
 
-    // The owner's page (which the claim's 303 names) and a file.
+    // The owner's page (again: the hand-over answered with it) and a file.
     assert_eq!(owner.machine_page(mine).await.status(), 200);
     let favicon = owner
         .client()

@@ -10,7 +10,7 @@
 // - the pages' own clocks (Date.now(), performance.timeOrigin: one machine, one clock): the
 //   click (a capture-phase listener), the launch request (resource timing) on the launcher's
 //   page; on the Machine's page, whose time origin is the hand-over form's submission, the
-//   claim (its redirect), the page, the bundle (resource timing), DOMContentLoaded, and
+//   page (the hand-over's answer), the bundle (resource timing), DOMContentLoaded, and
 //   `body[data-hydrated]` (a MutationObserver);
 // - flyby-local's `/_local/stats` counters for the replays each launch took.
 //
@@ -71,9 +71,9 @@ function startLocal(extra: string[] = []): Promise<Platform> {
 /**
  * The browser's own floor for the same hand-over, measured side by side: two sites on a bare
  * node server, no WASM, no framework. The first page's button makes one same-site POST (the
- * launch), then posts a form to the other site, which answers 303 to a page that marks itself
- * hydrated from an inline script. What a launch takes beyond this (and beyond the platform's
- * create and start) is what our code adds.
+ * launch), then posts a form to the other site, which answers with a page (as a Machine answers
+ * its hand-over) that takes its own address and marks itself hydrated from inline scripts. What
+ * a launch takes beyond this (and beyond the platform's create and start) is what our code adds.
  */
 function startFloor(): Promise<{ url: string; close: () => void }> {
   const server = createServer((req, res) => {
@@ -85,7 +85,7 @@ function startFloor(): Promise<{ url: string; close: () => void }> {
     };
     if (host === 'floor-a.localhost' && req.method === 'GET') {
       html(`<button type="button" class="launch">Launch my Machine</button>
-<form method="post" action="http://floor-b.localhost:${port}/claim"><input type="hidden" name="secret" value="s"></form>
+<form method="post" action="http://floor-b.localhost:${port}/m/page/claim"><input type="hidden" name="secret" value="s"></form>
 <script>
 document.querySelector('button').onclick = () => fetch('/launch', { method: 'POST' }).then((r) => r.text()).then(() => document.forms[0].submit());
 document.body.setAttribute('data-hydrated', '');
@@ -93,9 +93,13 @@ document.body.setAttribute('data-hydrated', '');
     } else if (host === 'floor-a.localhost') {
       req.resume();
       req.on('end', () => { res.writeHead(200, { 'content-type': 'application/json' }); res.end('{}'); });
-    } else if (req.url === '/claim') {
+    } else if (req.url === '/m/page/claim') {
+      // As the Machine answers its hand-over: with the page itself, which takes its own address.
       req.resume();
-      req.on('end', () => { res.writeHead(303, { location: '/m/page', 'set-cookie': 'owner=s; HttpOnly; SameSite=Lax; Path=/' }); res.end(); });
+      req.on('end', () => {
+        res.setHeader('set-cookie', 'owner=s; HttpOnly; SameSite=Lax; Path=/');
+        html(`<script>history.replaceState(null, '', '/m/page')</script><h1>Your Machine</h1><script>document.body.setAttribute('data-hydrated', '')</script>`);
+      });
     } else {
       html(`<h1>Your Machine</h1><script>document.body.setAttribute('data-hydrated', '')</script>`);
     }
@@ -240,7 +244,8 @@ async function launchOnce(browser: Browser, platform: Platform, tracePath?: stri
   await hydrated(machineHost);
   if (tracePath) await browser.stopTracing();
   // Read once it is hydrated, the Machine's page by its own clocks: its time origin is the
-  // hand-over form's submission; the claim's 303 is its redirect.
+  // hand-over form's submission; the hand-over answers with the page (a 303 would be its
+  // redirect).
   const machine = await page.evaluate(() => {
     const nav = performance.getEntriesByType('navigation')[0] as PerformanceNavigationTiming;
     const bundle = performance
@@ -355,7 +360,7 @@ test('click to own page, through flyby-local', async ({ browser }) => {
     );
     row(
       '7c',
-      "The browser's own floor for the same hand-over, side by side: bare pages on two sites (one same-site POST, a cross-site form POST, 303, GET, an inline script), no proxy, p50",
+      "The browser's own floor for the same hand-over, side by side: bare pages on two sites (one same-site POST, a cross-site form POST answered with the page, inline scripts), no proxy, p50",
       ms(bare),
       '-',
       '-',

@@ -30,14 +30,14 @@ async function rows(panel: Locator): Promise<Row[]> {
 }
 
 /** Opens the panel "How your requests got here" and waits until it lists the page's own
- * requests: the hand-over, the page, its bundle and its live channel. */
+ * requests: the hand-over (answered with the page), its bundle and its live channel. */
 async function openPanel(page: Page): Promise<Locator> {
   const panel = page.locator('details.routes');
   await panel.getByText('How your requests got here').click();
   await expect(panel).toHaveAttribute('open', '');
   await expect
     .poll(async () => (await rows(panel)).map((r) => r.what), { message: "the page's requests" })
-    .toEqual(expect.arrayContaining(['hand-over', 'page', 'bundle file', 'live channel']));
+    .toEqual(expect.arrayContaining(['hand-over', 'bundle file', 'live channel']));
   return panel;
 }
 
@@ -81,8 +81,10 @@ test('the owner sees how each request of their page reached their Machine, and a
 
   const panel = await openPanel(page);
   const seen = await rows(panel);
-  // Paths, never a query string.
-  expect(seen.find((r) => r.what === 'page')?.path).toBe(`/m/${id}`);
+  // Paths, never a query string; the page came as the hand-over's answer, not by a second
+  // request.
+  expect(seen.find((r) => r.what === 'hand-over')?.path).toBe(`/m/${id}/claim`);
+  expect(seen.filter((r) => r.what === 'page')).toEqual([]);
   for (const row of seen) expect(row.path).not.toContain('?');
   const summary = panel.locator('.routes-summary');
 

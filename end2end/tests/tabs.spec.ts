@@ -22,7 +22,11 @@ test('reload and a second tab are still yours; the launcher works in another tab
   const id = await arriveOnMachine(page);
   await expectRttUpdates(page);
 
-  await page.reload();
+  // The page came as the hand-over's answer, and took its own address: a reload loads it
+  // (a GET), never posts the hand-over again.
+  expect(new URL(page.url()).pathname).toBe(`/m/${id}`);
+  const [reloaded] = await Promise.all([page.waitForRequest((r) => r.isNavigationRequest()), page.reload()]);
+  expect(`${reloaded.method()} ${new URL(reloaded.url()).pathname}`).toBe(`GET /m/${id}`);
   await expectOwnMachinePage(page, id);
   await expectRttUpdates(page);
 

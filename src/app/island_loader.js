@@ -1,4 +1,5 @@
 ((js, wasm) => {
+  if (location.pathname.endsWith('/claim')) history.replaceState(null, '', location.pathname.slice(0, -6));
   const compiled = WebAssembly.compileStreaming(fetch(wasm));
   const glue = import(js);
   const parsed = new Promise((resolve) =>

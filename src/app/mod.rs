@@ -116,7 +116,10 @@ pub fn shell(options: LeptosOptions, role: Role, bundle: BundleLinks) -> impl In
 /// before it even imports the bundle. A visitor whose Machine just started is waiting for this
 /// page: here the WASM is fetched, compiled and instantiated while the page is still being
 /// parsed (the script runs in `<head>`), and the islands hydrate at DOMContentLoaded. The walk
-/// over the islands is Leptos's. The script carries no comments: it is in every page.
+/// over the islands is Leptos's. First of all, a page that answers a hand-over (`POST
+/// /m/<id>/claim`) takes its own address (`history.replaceState`): its history entry becomes a
+/// `GET` of the page, so a reload never posts the hand-over again. The script carries no
+/// comments: it is in every page.
 #[cfg(feature = "ssr")]
 #[component]
 fn IslandLoader(script: std::sync::Arc<str>) -> impl IntoView {

@@ -28,7 +28,11 @@ use axum::{
 };
 use futures::{SinkExt, StreamExt};
 use leptos::{config::LeptosOptions, prelude::use_context, server_fn::BoxedStream};
-use std::sync::{Arc, OnceLock};
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{Arc, OnceLock},
+};
 
 /// This Machine, as the ephemeral role's handlers and server functions see it.
 pub struct EphemeralMachine {
@@ -185,11 +189,28 @@ pub struct ClaimForm {
     boot: Option<String>,
 }
 
+/// The Machine's page as the router renders it (Leptos's render of its route): the hand-over
+/// answers with it.
+pub type PageRender = Arc<
+    dyn Fn(axum::extract::Request) -> Pin<Box<dyn Future<Output = Response> + Send>> + Send + Sync,
+>;
+
+/// What the hand-over needs: this Machine, and its page to answer with.
+#[derive(Clone)]
+struct HandOver {
+    machine: Arc<EphemeralMachine>,
+    page: PageRender,
+}
+
 /// Routes only the ephemeral role has.
-pub fn routes(machine: Arc<EphemeralMachine>) -> Router<LeptosOptions> {
+pub fn routes(machine: Arc<EphemeralMachine>, page: PageRender) -> Router<LeptosOptions> {
+    let hand_over = HandOver {
+        machine: machine.clone(),
+        page,
+    };
     Router::new()
         .route("/", get(root))
-        .route("/m/{id}/claim", post(claim))
+        .route("/m/{id}/claim", post(claim).with_state(hand_over))
         .route(arming::ARM_PATH, post(arm))
         .with_state(machine)
 }
@@ -229,13 +250,15 @@ async fn arm(State(machine): State<Arc<EphemeralMachine>>, headers: HeaderMap) -
     (answer, "armed\n").into_response()
 }
 
-/// The hand-over: the secret arrives in a POST body, never in a URL; the answer sets the owner
-/// cookie and sends the browser to its page with a 303, so a reload never re-posts the form
-/// and no history entry, Referer or log line ever holds the secret. The launch's timeline
-/// comes in the same body; one that is not what the launcher's page writes is refused before
-/// anything changes.
+/// The hand-over: the secret arrives in a POST body, never in a URL, so no history entry,
+/// Referer or log line ever holds it; the answer sets the owner cookie and is the owner's page
+/// itself, not a `303` to it (one round trip fewer through the proxies, on every launch). The
+/// page's first script replaces its address with the page's own (`history.replaceState`), so
+/// its history entry is a `GET` of `/m/<id>`: a reload or a return to it loads the page and
+/// never posts the form again. The launch's timeline comes in the same body; one that is not
+/// what the launcher's page writes is refused before anything changes.
 async fn claim(
-    State(machine): State<Arc<EphemeralMachine>>,
+    State(HandOver { machine, page }): State<HandOver>,
     Path(id): Path<String>,
     headers: HeaderMap,
     Form(form): Form<ClaimForm>,
@@ -280,8 +303,15 @@ async fn claim(
         secure,
     );
     tracing::info!(machine = %machine.id, "owner arrived");
-    let mut response = Redirect::to(&machine_page_path(machine.id)).into_response();
-    *response.status_mut() = StatusCode::SEE_OTHER;
+    let mut request = axum::extract::Request::new(axum::body::Body::empty());
+    *request.uri_mut() = machine_page_path(machine.id)
+        .parse()
+        .expect("a path of an id");
+    *request.headers_mut() = headers;
+    for form_header in [header::CONTENT_TYPE, header::CONTENT_LENGTH] {
+        request.headers_mut().remove(form_header);
+    }
+    let mut response = page(request).await;
     let response_headers = response.headers_mut();
     if let Ok(value) = HeaderValue::try_from(cookie) {
         response_headers.append(header::SET_COOKIE, value);

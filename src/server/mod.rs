@@ -235,9 +235,6 @@ fn assemble(
             }
         }),
     );
-    if let Some(machine) = &ephemeral {
-        router = router.merge(ephemeral::routes(machine.clone()));
-    }
     if role == Role::Launcher {
         // The visitor's page exists in the shared component tree, but never on the launcher:
         // without this, the fallback would render it (and its server function's refusal).
@@ -266,6 +263,14 @@ fn assemble(
         let (options, links) = (options.clone(), links.clone());
         move || shell(options.clone(), role, links.clone())
     };
+    // A visitor's Machine's page: at its route, and as the answer of its hand-over.
+    let page: Option<ephemeral::PageRender> = ephemeral.as_ref().map(|_| {
+        let render = leptos_axum::render_app_async_with_context(context.clone(), app.clone());
+        Arc::new(render) as ephemeral::PageRender
+    });
+    if let (Some(machine), Some(page)) = (&ephemeral, &page) {
+        router = router.merge(ephemeral::routes(machine.clone(), page.clone()));
+    }
     let router = match role {
         Role::Launcher => {
             let routes = generate_route_list(App)
@@ -282,9 +287,15 @@ fn assemble(
         // spawns its tasks on, which is done here instead.
         Role::Ephemeral => {
             let _ = any_spawner::Executor::init_tokio();
-            server_functions(router, context.clone()).route(
+            let page = page.unwrap_or_else(|| {
+                Arc::new(leptos_axum::render_app_async_with_context(
+                    context.clone(),
+                    app,
+                ))
+            });
+            server_functions(router, context).route(
                 MACHINE_PAGE_ROUTE,
-                get(leptos_axum::render_app_async_with_context(context, app)),
+                get(move |request: axum::extract::Request| page(request)),
             )
         }
         // It serves no page: every request it gets is replayed, or refused.

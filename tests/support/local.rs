@@ -572,9 +572,19 @@ impl Visitor {
             let next = response.headers()[header::LOCATION].to_str().unwrap();
             url = response.url().join(next).unwrap().to_string();
         }
-        assert_eq!(response.status(), 303, "claim");
-        let location = response.headers()[header::LOCATION].to_str().unwrap();
-        MachineId::parse(location.trim_start_matches("/m/")).unwrap()
+        assert_eq!(
+            response.status(),
+            200,
+            "claim: its answer is the owner's page"
+        );
+        let page = response.url().path().trim_end_matches("/claim").to_owned();
+        let machine = MachineId::parse(page.trim_start_matches("/m/")).unwrap();
+        let html = response.text().await.unwrap();
+        assert!(
+            html.contains(machine.as_str()),
+            "the page of {machine}: {html}"
+        );
+        machine
     }
 
     /// The whole launch: button, progress, hand-over, claim. Panics on any failure.

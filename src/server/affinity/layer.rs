@@ -470,14 +470,14 @@ struct Recording {
     what: crate::app::protocol::RequestKind,
     path: String,
     arrival: crate::app::protocol::Arrival,
-    /// A hand-over is the owner's only if the Machine took its secret (its 303).
+    /// A hand-over is the owner's only if the Machine took its secret (its page, a 200).
     claim: bool,
     started: tokio::time::Instant,
 }
 
 impl Recording {
     fn answered(self, status: StatusCode) {
-        if self.claim && status != StatusCode::SEE_OTHER {
+        if self.claim && !status.is_success() {
             return;
         }
         let took = self.started.elapsed().as_micros() as u64;
