@@ -63,6 +63,7 @@ fmt-check:
 	cargo fmt --all -- --check
 
 lint: setup-build
+	scripts/features-unified
 	cargo clippy --no-default-features --features bench --all-targets -- -D warnings
 	cargo clippy $(WASM) --features launcher-bundle -- -D warnings
 	cargo clippy $(WASM) --features machine-bundle -- -D warnings
