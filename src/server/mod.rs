@@ -263,12 +263,12 @@ fn assemble(
         let (options, links) = (options.clone(), links.clone());
         move || shell(options.clone(), role, links.clone())
     };
-    // A visitor's Machine's page: at its route, and as the answer of its hand-over.
-    let page: Option<ephemeral::PageRender> = ephemeral.as_ref().map(|_| {
-        let render = leptos_axum::render_app_async_with_context(context.clone(), app.clone());
-        Arc::new(render) as ephemeral::PageRender
-    });
-    if let (Some(machine), Some(page)) = (&ephemeral, &page) {
+    // A visitor's Machine's page, made once: at its route, and as the answer of its hand-over.
+    let page: ephemeral::PageRender = Arc::new(leptos_axum::render_app_async_with_context(
+        context.clone(),
+        app.clone(),
+    ));
+    if let Some(machine) = &ephemeral {
         router = router.merge(ephemeral::routes(machine.clone(), page.clone()));
     }
     let router = match role {
@@ -287,12 +287,6 @@ fn assemble(
         // spawns its tasks on, which is done here instead.
         Role::Ephemeral => {
             let _ = any_spawner::Executor::init_tokio();
-            let page = page.unwrap_or_else(|| {
-                Arc::new(leptos_axum::render_app_async_with_context(
-                    context.clone(),
-                    app,
-                ))
-            });
             server_functions(router, context).route(
                 MACHINE_PAGE_ROUTE,
                 get(move |request: axum::extract::Request| page(request)),
