@@ -1,8 +1,9 @@
 import fs from 'node:fs';
+import path from 'node:path';
 import { test as base, expect, type BrowserContext, type Page } from '@playwright/test';
-import type { PlatformInfo } from './flyby-local';
+import { startLocal, stopWithSummary, type PlatformInfo } from './flyby-local';
 import { LocalApi } from './local-api';
-import { platformFor } from './platforms';
+import { PLATFORMS } from './platforms';
 
 /** The request header flyby-local takes a visitor's address from (see src/local/proxy.rs). */
 export const CLIENT_IP_HEADER = 'flyby-local-client-ip';
@@ -14,10 +15,17 @@ export interface Visitor {
   page: Page;
 }
 
-interface Fixtures {
-  /** The local Fly platform of this test's project. */
+interface WorkerFixtures {
+  /**
+   * The local Fly platform of this worker's project, started when the worker first needs it
+   * and stopped with the worker: a worker runs one project's tests, one at a time, so no
+   * other scenario touches the platform while a scenario runs.
+   */
   platform: PlatformInfo;
-  /** Its Machines API admin endpoint: Machines, faults, counters. */
+}
+
+interface Fixtures {
+  /** The Machines API admin endpoint: Machines, faults, counters. */
   api: LocalApi;
   /** Failures the test provokes on purpose, matched against each problem line. */
   expectedFailures: RegExp[];
@@ -81,11 +89,26 @@ function noProblems(problems: string[]) {
   expect(seen, 'console errors, page errors, failed requests or HTTP errors').toEqual([]);
 }
 
-export const test = base.extend<Fixtures>({
+export const test = base.extend<Fixtures, WorkerFixtures>({
   expectedFailures: [[], { option: true }],
-  platform: async ({}, use, testInfo) => {
-    await use(platformFor(testInfo.project.name));
-  },
+  platform: [
+    async ({}, use, workerInfo) => {
+      const name = workerInfo.project.name;
+      const args = PLATFORMS[name];
+      if (!args) throw new Error(`no local platform for project ${name} (support/platforms.ts)`);
+      const outputDir = workerInfo.project.outputDir;
+      const log = path.join(outputDir, `flyby-local-${name}-worker${workerInfo.workerIndex}.log`);
+      const platform = await startLocal(name, args, log);
+      try {
+        const { stop: _stop, ...info } = platform;
+        await use(info);
+      } finally {
+        await stopWithSummary(platform, outputDir);
+      }
+    },
+    // Its start (up to 60 s on a busy machine) is not the first test's time.
+    { scope: 'worker', timeout: 120_000 },
+  ],
   api: async ({ platform }, use) => {
     await use(new LocalApi(platform.api));
   },

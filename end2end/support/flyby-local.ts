@@ -26,6 +26,44 @@ export interface LocalPlatform extends PlatformInfo {
   stop: () => Promise<void>;
 }
 
+/** The file each platform adds its line of counters to as it stops (see `stopWithSummary`). */
+export function summaryFile(outputDir: string | undefined): string {
+  return path.join(outputDir ?? path.join(repo, 'end2end', 'test-results'), 'flyby-local-summary.txt');
+}
+
+/** Adds the platform's line of counters to the summary file, then stops it. */
+export async function stopWithSummary(platform: LocalPlatform, outputDir: string): Promise<void> {
+  const line = await summary(platform);
+  fs.mkdirSync(outputDir, { recursive: true });
+  fs.appendFileSync(summaryFile(outputDir), `${line}\n`);
+  await platform.stop();
+}
+
+/** One line of counters, or why they could not be read. */
+async function summary(platform: LocalPlatform): Promise<string> {
+  const name = `flyby-local (${platform.name}, ${path.basename(platform.log)})`;
+  try {
+    const response = await fetch(`${platform.api}/_local/stats`, { signal: AbortSignal.timeout(5_000) });
+    const c: Record<string, number> = (await response.json()).counters ?? {};
+    const launched = Object.entries(c)
+      .filter(([k]) => /^api\.create\.2\d\d$/.test(k))
+      .reduce((n, [, v]) => n + v, 0);
+    const rerouted = (c['proxy.replays.delivered'] ?? 0) + (c['proxy.replay_cache.hits'] ?? 0);
+    const warning =
+      platform.name === 'wrong-first' && launched > 0 && rerouted === 0
+        ? '\nWARNING: the wrong-first platform launched Machines but replayed nothing: fly-replay was not exercised'
+        : '';
+    return (
+      `${name}: ${c['proxy.requests'] ?? 0} requests, ` +
+      `proxy.replays.delivered=${c['proxy.replays.delivered'] ?? 0}, ` +
+      `proxy.replay_cache.hits=${c['proxy.replay_cache.hits'] ?? 0}, ` +
+      `${c['proxy.websockets'] ?? 0} WebSockets, ${launched} Machines created in flyby-machines${warning}`
+    );
+  } catch (e) {
+    return `${name}: counters unavailable: ${(e as Error).message}`;
+  }
+}
+
 // eslint-disable-next-line no-control-regex
 const ANSI = /\x1b\[[0-9;]*m/g;
 const READY = /^flyby-local ready: proxy=(\S+) api=(\S+)/;

@@ -1,5 +1,3 @@
-import type { PlatformInfo } from './flyby-local';
-
 // Short lives keep the scenarios short: a show of 20 s leaves every scenario time to look
 // around before the Machine switches itself off, and a Machine a failed test leaves behind
 // is gone within a minute at most.
@@ -10,8 +8,10 @@ const short = [
 ];
 
 /**
- * One local Fly platform per Playwright project, each started by the global setup on free
- * ports. The project of a test picks its platform (`testInfo.project.name`).
+ * The arguments of each Playwright project's local Fly platform. Every worker starts its own
+ * platform for the project it runs (`fixtures.ts`), so two workers never share one: a fault
+ * one scenario arms, or a region another fills, is seen by that scenario alone, as in a run
+ * with one worker.
  */
 export const PLATFORMS: Record<string, string[]> = {
   // fly-proxy's own rule: the Machine nearest the visitor's edge region.
@@ -31,14 +31,3 @@ export const PLATFORMS: Record<string, string[]> = {
     '--launcher-env', 'FLYBY_WARM_POOL=ams=1', ...short,
   ],
 };
-
-/** The environment variable the global setup hands the platforms to the workers in. */
-export const PLATFORMS_ENV = 'FLYBY_E2E_PLATFORMS';
-
-/** The platform of a project, as the global setup started it. */
-export function platformFor(project: string): PlatformInfo {
-  const all = JSON.parse(process.env[PLATFORMS_ENV] ?? '{}') as Record<string, PlatformInfo>;
-  const platform = all[project];
-  if (!platform) throw new Error(`no local platform for project ${project} (is the global setup in use?)`);
-  return platform;
-}
