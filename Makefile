@@ -26,7 +26,7 @@ test: setup-test fmt-check lint build deploy-check unit e2e
 
 ## The heavy load test (50 visitors, 200 launches, cap 8), kept out of `make test`.
 soak: build
-	$(NAMESPACES) cargo test --release $(SSR) --test soak -- --ignored --nocapture
+	$(NAMESPACES) cargo test --release $(SSR) --test system soak:: -- --ignored --nocapture
 
 ## Coverage-guided fuzzing of the affinity decision and the parsers (FUZZ_SECONDS each, default
 ## 600). Needs cargo-fuzz (installed when missing); libFuzzer's flags need nightly features,
@@ -34,7 +34,7 @@ soak: build
 ## under test is safe Rust, so AddressSanitizer finds nothing the assertions do not, and its
 ## build takes over 30 minutes on 2 cores (9 without). Then each corpus is minimised to the
 ## smallest set of inputs with the same coverage (libFuzzer's set-cover merge), which is what
-## is committed in fuzz/corpus and what `cargo test` replays (tests/fuzz_corpus.rs).
+## is committed in fuzz/corpus and what `cargo test` replays (tests/system/fuzz_corpus.rs).
 FUZZ_SECONDS ?= 600
 fuzz:
 	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
@@ -73,8 +73,10 @@ lint: setup-build
 deploy-check: build
 	scripts/deploy-check
 
+## The system tests each start platforms of their own and mostly wait for Machines: six at a
+## time, whatever the number of cores (README, Tests).
 unit: build
-	$(NAMESPACES) cargo test --release $(SSR)
+	$(NAMESPACES) cargo test --release $(SSR) -- --test-threads=6
 
 e2e: build setup-test
 	cd end2end && npx playwright test

@@ -12,7 +12,7 @@ import { createServer } from 'node:http';
 import path from 'node:path';
 
 const repo = path.resolve(__dirname, '..', '..');
-// tests/support/mod.rs: MACHINE_ID, OWNER_SECRET and OWNER_HASH.
+// tests/system/support/mod.rs: MACHINE_ID, OWNER_SECRET and OWNER_HASH.
 const MACHINE = '0123456789abcd';
 const SECRET = '1'.repeat(64);
 const HASH = '3138bb9bc78df27c473ecfd1410f7bd45ebac1f59cf3ff9cfe4db77aab7aedd3';

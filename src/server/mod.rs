@@ -188,7 +188,7 @@ pub fn router(
 /// [`router`] without the affinity layer: the same routes, state and outer layers, so that the
 /// benchmarks (`benches/`) measure what the layer costs against the very same router. It
 /// exists only with the `bench` feature, which no build that serves anything enables (the
-/// release build's features are checked by `tests/deploy.rs`): the layer is what keeps
+/// release build's features are checked by `tests/system/deploy.rs`): the layer is what keeps
 /// strangers off a visitor's Machine.
 #[cfg(feature = "bench")]
 pub fn router_without_affinity(

@@ -3,7 +3,7 @@
 //! stylesheet in the pages themselves.
 #![cfg(feature = "ssr")]
 
-mod support;
+use crate::support;
 
 use reqwest::header;
 use support::{Flyby, MACHINE_ID, OWNER_HASH, OWNER_SECRET};
@@ -83,7 +83,7 @@ async fn the_pages_link_hashed_names_served_precompressed_and_immutable() {
 
 /// The page carries the build's stylesheet itself: no request stands between its response and
 /// its first paint. (That the policy allows it by its hash, on both apps' pages:
-/// `tests/server.rs`.)
+/// `tests/system/server.rs`.)
 #[tokio::test]
 async fn the_pages_carry_the_builds_stylesheet() {
     let server = launcher().await;

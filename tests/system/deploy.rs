@@ -9,7 +9,7 @@
 //! The Dockerfile itself is linted by hadolint in `scripts/deploy-check`.
 #![cfg(feature = "ssr")]
 
-mod support;
+use crate::support;
 
 use flyby::app::{
     launcher::{StartLaunch, TakeHandover},
@@ -741,7 +741,7 @@ async fn flyby_serves_what_fly_toml_expects() {
 }
 
 /// The launcher role stops with status 0 on both signals flyby handles. (The ephemeral role's
-/// twin is in tests/lifecycle.rs.)
+/// twin is in tests/system/lifecycle.rs.)
 #[tokio::test]
 async fn the_launcher_stops_with_status_0_on_sigint_and_sigterm() {
     for (signal, name) in [(libc::SIGINT, "SIGINT"), (libc::SIGTERM, "SIGTERM")] {

@@ -4,7 +4,7 @@
 //! left behind.
 #![cfg(feature = "ssr")]
 
-mod support;
+use crate::support;
 
 use flyby::app::AppError;
 use flyby::local::EPHEMERAL_APP;

@@ -7,7 +7,7 @@
 //! bounded awaits do.
 #![cfg(feature = "ssr")]
 
-mod support;
+use crate::support;
 
 use flyby::{
     fly::{MachineId, RegionCode},

@@ -3,9 +3,9 @@
 //! libFuzzer and without a nightly compiler.
 #![cfg(feature = "ssr")]
 
-#[path = "../fuzz/fuzz_targets/bodies/affinity.rs"]
+#[path = "../../fuzz/fuzz_targets/bodies/affinity.rs"]
 mod affinity;
-#[path = "../fuzz/fuzz_targets/bodies/parsers.rs"]
+#[path = "../../fuzz/fuzz_targets/bodies/parsers.rs"]
 mod parsers;
 
 use std::path::Path;

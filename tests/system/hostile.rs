@@ -3,7 +3,7 @@
 //! where it should not be, no file outside the site is served.
 #![cfg(feature = "ssr")]
 
-mod support;
+use crate::support;
 
 use reqwest::{header, StatusCode};
 use std::net::SocketAddr;

@@ -4,7 +4,7 @@
 //! the launcher's limits and failure paths, each leaving no Machine behind.
 #![cfg(feature = "ssr")]
 
-mod support;
+use crate::support;
 
 use flyby::app::{
     launcher::StartLaunch,

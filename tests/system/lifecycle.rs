@@ -1,8 +1,8 @@
 //! Every way a visitor's Machine ends makes the process exit with status 0, so that Fly's
-//! `auto_destroy` removes it. (Through flyby-local, with the Machine destroyed: `tests/journey.rs`.)
+//! `auto_destroy` removes it. (Through flyby-local, with the Machine destroyed: `tests/system/journey.rs`.)
 #![cfg(feature = "ssr")]
 
-mod support;
+use crate::support;
 
 use reqwest::header;
 use std::time::Duration;

@@ -27,7 +27,7 @@ use tokio::{
     process::{ChildStdout, Command},
 };
 
-mod support;
+use crate::support;
 
 use support::platform::{Local, Options, APP, BOUND, TOKEN};
 

@@ -38,7 +38,7 @@ use std::{
 };
 use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
 
-mod support;
+use crate::support;
 
 use support::platform::{Local, Options, APP, BOUND};
 

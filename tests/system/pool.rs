@@ -3,7 +3,7 @@
 //! started by hand, and the refill within the cap, on a real flyby-local.
 #![cfg(feature = "ssr")]
 
-mod support;
+use crate::support;
 
 use flyby::{
     app::protocol::Step,

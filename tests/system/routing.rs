@@ -4,7 +4,7 @@
 //! a bounded number of rows however many requests come.
 #![cfg(feature = "ssr")]
 
-mod support;
+use crate::support;
 
 use flyby::{
     app::protocol::{Arrival, RequestKind, RouteTotals, RouteView, ServerMessage},

@@ -3,7 +3,7 @@
 //! a separate process whose every log line (its own and every Machine's) is kept and searched.
 #![cfg(feature = "ssr")]
 
-mod support;
+use crate::support;
 
 use flyby::local::LAUNCHER_IMAGE;
 use reqwest::header;

@@ -1,9 +1,9 @@
 //! The `flyby` binary as a user runs it: configuration errors, `--help`, pages, `/health`, logs,
 //! the hand-over and the affinity answers of a single Machine (the proxy's part is tested
-//! through flyby-local in `tests/journey.rs`).
+//! through flyby-local in `tests/system/journey.rs`).
 #![cfg(feature = "ssr")]
 
-mod support;
+use crate::support;
 
 use flyby::{
     app::{

@@ -1,10 +1,10 @@
 //! Load: 50 visitors at once make 200 launch attempts against a cap of 8, with Fly-like API
 //! rate limits. Alive Machines, sampled every 50 ms, never exceed the cap; every attempt ends
 //! in a defined outcome; nothing answers 5xx; nothing is left at the end. Heavy: `make soak`
-//! runs it (`cargo test --release --features ssr --test soak -- --ignored --nocapture`).
+//! runs it (`cargo test --release --features ssr --test system soak:: -- --ignored --nocapture`).
 #![cfg(feature = "ssr")]
 
-mod support;
+use crate::support;
 
 use flyby::app::{protocol::Handover, AppError};
 use std::{collections::BTreeMap, time::Instant};

@@ -3,7 +3,7 @@
 //! a distance bug or a wait that only a slow platform exposes shows here.
 #![cfg(feature = "ssr")]
 
-mod support;
+use crate::support;
 
 use flyby::{
     app::{

@@ -2,7 +2,7 @@
 //! a request that already came through a replay, never replays to this Machine, and on the
 //! ephemeral app never serves a request that neither claims nor presents the owner's secret.
 //!
-//! The body of the fuzz target, shared with `tests/fuzz_corpus.rs`, which replays the committed
+//! The body of the fuzz target, shared with `tests/system/fuzz_corpus.rs`, which replays the committed
 //! corpus through it on every `cargo test`.
 
 use flyby::{

@@ -1,7 +1,7 @@
 //! The parsers of untrusted text: Machine ids, region codes, owner tokens, and the fly-replay
 //! family as flyby-local's proxy reads them. None may panic; what parses must round-trip.
 //!
-//! The body of the fuzz target, shared with `tests/fuzz_corpus.rs`, which replays the committed
+//! The body of the fuzz target, shared with `tests/system/fuzz_corpus.rs`, which replays the committed
 //! corpus through it on every `cargo test`.
 
 use flyby::{
