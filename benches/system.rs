@@ -7,7 +7,7 @@
 //!   (the release `flyby`), throughput with `wrk`, and latency at a fixed request rate.
 //! - 4: cold start of the ephemeral role, exec -> first 200 on `/health`, 20 runs.
 //! - 5: RSS of an ephemeral Machine idle and after its owner's whole journey over HTTP and
-//!   its WebSocket (claim, page, bundle, server function, live channel).
+//!   its WebSocket (the claim answered with the page, bundle, server function, live channel).
 //! - 6: first-load payload of each page, raw and brotli.
 //! - 8: the local proxy's replay cost: one replay vs. none, same run.
 //! - 9: static files on 1 keep-alive connection and on 32, vs. the SSR page; the 1-connection
@@ -716,15 +716,9 @@ async fn memory(site: &Path, payload: &mut Vec<(String, String)>) {
         .send()
         .await
         .unwrap();
-    assert_eq!(claim.status(), 303, "claim");
-    let page = client
-        .get(format!("{base}/m/{ME}"))
-        .header("accept", "text/html")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(page.status(), 200, "the owner's page");
-    let html = page.bytes().await.unwrap();
+    // The hand-over answers with the owner's page itself, as the browser's form POST gets it.
+    assert_eq!(claim.status(), 200, "claim");
+    let html = claim.bytes().await.unwrap();
     let owner_headers = reqwest::header::HeaderMap::new();
     // The bundle, both encodings, as browsers fetch it; the favicon.
     payload.push((
@@ -779,9 +773,10 @@ async fn memory(site: &Path, payload: &mut Vec<(String, String)>) {
     let peak = status_kb(pid, "VmHWM:");
     row(
         "5",
-        "Memory (VmRSS) of an ephemeral Machine: idle, then after its owner's journey (claim, \
-         page, bundle in both encodings, favicon, 3 server-function calls, 50 WebSocket pings); \
-         in brackets, its own memory (RssAnon) + mapped files, its code mostly (RssFile)",
+        "Memory (VmRSS) of an ephemeral Machine: idle, then after its owner's journey (claim \
+         answered with the page, bundle in both encodings, favicon, 3 server-function calls, \
+         50 WebSocket pings); in brackets, its own memory (RssAnon) + mapped files, its code \
+         mostly (RssFile)",
         &format!(
             "idle {:.1} MB ({:.1} + {:.1}); after the journey {:.1} MB ({:.1} + {:.1}; peak {:.1} MB)",
             mb(idle),
