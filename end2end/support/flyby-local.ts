@@ -27,8 +27,8 @@ export interface LocalPlatform extends PlatformInfo {
 }
 
 /** The file each platform adds its line of counters to as it stops (see `stopWithSummary`). */
-export function summaryFile(outputDir: string | undefined): string {
-  return path.join(outputDir ?? path.join(repo, 'end2end', 'test-results'), 'flyby-local-summary.txt');
+export function summaryFile(outputDir: string): string {
+  return path.join(outputDir, 'flyby-local-summary.txt');
 }
 
 /** Adds the platform's line of counters to the summary file, then stops it. */

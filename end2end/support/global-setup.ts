@@ -9,7 +9,8 @@ import { summaryFile } from './flyby-local';
  * fly-replay.
  */
 export default async function globalSetup(config: FullConfig) {
-  const file = summaryFile(config.projects[0]?.outputDir);
+  // Every project writes to the one output folder of the config.
+  const file = summaryFile(config.projects[0].outputDir);
   fs.rmSync(file, { force: true });
   return async () => {
     if (fs.existsSync(file)) process.stdout.write(fs.readFileSync(file, 'utf8'));
