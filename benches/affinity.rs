@@ -7,9 +7,11 @@
 //!   that differs. Budget: < 1 % time per request (and < 1 % of its instructions under
 //!   callgrind, row 2b, which `scripts/bench` counts with `FLYBY_BENCH_COUNT`).
 //!
-//! After criterion, an interleaved A/B run (alternating blocks of requests with and without
-//! the layer, so that other load on the machine hits both alike) prints the ratio. Lines
-//! starting `ROW|` are the rows `scripts/bench` puts in BENCHMARKS.md.
+//! After criterion, an interleaved run over four routers of each kind (blocks of requests on
+//! each in turn, so that other load on the machine hits both kinds alike) prints the ratio,
+//! and beside it the same ratio between two halves of the routers without the layer: the
+//! method's own error, which a reader weighs the ratio against. Lines starting `ROW|` are the
+//! rows `scripts/bench` puts in BENCHMARKS.md.
 //!
 //! Run: `cargo bench --no-default-features --features bench --bench affinity`
 //! (the layer part needs the built site: `make build`; without it, it is skipped).
@@ -219,8 +221,18 @@ fn site_root() -> PathBuf {
         .join("site")
 }
 
-/// The launcher role's routers, with and without the layer, as `main` would build them.
-fn launcher_routers(rt: &tokio::runtime::Runtime) -> Option<(Router, Router)> {
+/// How many routers of each kind the interleaved comparison alternates. Two routers built
+/// alike, neither with the layer, read up to +0.5 % apart when one was timed against the
+/// other (where each one's state lands in memory, in the caches): with four of each, built
+/// in the order with, without, without, with, and so on, that weighs on both kinds alike.
+const ROUTERS_OF_EACH: usize = 4;
+
+/// The launcher role's routers, `count` with and `count` without the layer, as `main` would
+/// build them, in the order [`ROUTERS_OF_EACH`] says.
+fn launcher_routers(
+    rt: &tokio::runtime::Runtime,
+    count: usize,
+) -> Option<(Vec<Router>, Vec<Router>)> {
     let site = site_root();
     if !site.join("pkg").is_dir() {
         eprintln!(
@@ -245,10 +257,20 @@ fn launcher_routers(rt: &tokio::runtime::Runtime) -> Option<(Router, Router)> {
     let _guard = rt.enter();
     let launcher = Launcher::start(&config).expect("launcher");
     let ephemeral: Option<std::sync::Arc<EphemeralMachine>> = None;
-    Some((
-        router(&config, ephemeral.clone(), launcher.clone()),
-        router_without_affinity(&config, ephemeral, launcher),
-    ))
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    for i in 0..count {
+        let mut build = |layer: bool| {
+            let (ephemeral, launcher) = (ephemeral.clone(), launcher.clone());
+            if layer {
+                with.push(router(&config, ephemeral, launcher));
+            } else {
+                without.push(router_without_affinity(&config, ephemeral, launcher));
+            }
+        };
+        build(i % 2 == 0);
+        build(i % 2 == 1);
+    }
+    Some((with, without))
 }
 
 fn home_request() -> Request<Body> {
@@ -277,56 +299,78 @@ fn bench_layer(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let Some((with, without)) = launcher_routers(&rt) else {
+    let Some((with, without)) = launcher_routers(&rt, ROUTERS_OF_EACH) else {
         return;
     };
     let mut group = c.benchmark_group("layer");
     group.throughput(Throughput::Elements(1));
     group.bench_function("ssr_home_with_affinity", |b| {
-        b.iter(|| rt.block_on(serve_home(&with)))
+        b.iter(|| rt.block_on(serve_home(&with[0])))
     });
     group.bench_function("ssr_home_without_affinity", |b| {
-        b.iter(|| rt.block_on(serve_home(&without)))
+        b.iter(|| rt.block_on(serve_home(&without[0])))
     });
     group.finish();
 
-    // Interleaved A/B: blocks of `n` requests, alternating; the median of the block ratios.
-    let n = 200;
-    let mut ratios = Vec::new();
+    // Interleaved: in each round, a block of `n` requests on every router, in the order they
+    // were built (reversed every other round), so that other load on the machine hits both
+    // kinds alike; the median over the rounds of the with / without ratio of their times.
+    // The control: the same ratio between two halves of the routers without the layer (the
+    // first and last built against the two between), which should read 0: what it reads is
+    // the method's own error.
+    let (n, rounds) = (50, 100);
+    let mut built = Vec::new();
+    for (i, (w, wo)) in with.iter().zip(&without).enumerate() {
+        let pair = [(true, w), (false, wo)];
+        built.extend(if i % 2 == 0 { pair } else { [pair[1], pair[0]] });
+    }
+    let (mut ratios, mut control) = (Vec::new(), Vec::new());
     rt.block_on(async {
-        for _ in 0..n {
-            serve_home(&with).await;
-            serve_home(&without).await;
+        for (_, router) in &built {
+            for _ in 0..n {
+                serve_home(router).await;
+            }
         }
-        for round in 0..100 {
-            let time = |router: &Router| {
-                let router = router.clone();
-                async move {
-                    let start = Instant::now();
-                    for _ in 0..n {
-                        serve_home(&router).await;
-                    }
-                    start.elapsed()
+        for round in 0..rounds {
+            let mut times = Vec::new();
+            let mut order: Vec<_> = built.iter().collect();
+            if round % 2 == 1 {
+                order.reverse();
+            }
+            for (layer, router) in order {
+                let start = Instant::now();
+                for _ in 0..n {
+                    serve_home(router).await;
                 }
+                times.push((*layer, router, start.elapsed().as_secs_f64()));
+            }
+            let sum = |keep: &dyn Fn(bool, &Router) -> bool| -> f64 {
+                times
+                    .iter()
+                    .filter(|(layer, router, _)| keep(*layer, router))
+                    .map(|(_, _, t)| t)
+                    .sum()
             };
-            let (a, b) = if round % 2 == 0 {
-                let a = time(&with).await;
-                (a, time(&without).await)
-            } else {
-                let b = time(&without).await;
-                (time(&with).await, b)
+            let outer = |router: &Router| {
+                std::ptr::eq(router, &without[0])
+                    || std::ptr::eq(router, &without[without.len() - 1])
             };
-            ratios.push(a.as_secs_f64() / b.as_secs_f64());
+            ratios.push(sum(&|layer, _| layer) / sum(&|layer, _| !layer));
+            control
+                .push(sum(&|layer, r| !layer && outer(r)) / sum(&|layer, r| !layer && !outer(r)));
         }
     });
-    ratios.sort_by(f64::total_cmp);
-    let median = ratios[ratios.len() / 2];
-    let cost = (median - 1.0) * 100.0;
+    let median = |mut values: Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        (values[values.len() / 2] - 1.0) * 100.0
+    };
+    let (cost, error) = (median(ratios), median(control));
     println!(
         "ROW|2a|Affinity layer cost, in process: SSR home page through the whole router with vs \
-         without the layer (median of {} alternating blocks of {n} requests; criterion in \
-         target/criterion/layer)|{cost:+.2} % time per request|< 1 %|{}",
-        ratios.len(),
+         without the layer ({ROUTERS_OF_EACH} routers of each, blocks of {n} requests on each \
+         in turn, median of {rounds} rounds; criterion in target/criterion/layer)|{cost:+.2} % \
+         time per request (the method's own error, two halves of the routers without it: \
+         {error:+.2} %)|< 1 %|{}",
         verdict(cost < 1.0)
     );
 }
@@ -358,8 +402,12 @@ fn count_only(spec: &str) {
         .enable_all()
         .build()
         .unwrap();
-    let (with, without) = launcher_routers(&rt).expect("a built site");
-    let router = if which == "with" { with } else { without };
+    let (mut with, mut without) = launcher_routers(&rt, 1).expect("a built site");
+    let router = if which == "with" {
+        with.remove(0)
+    } else {
+        without.remove(0)
+    };
     rt.block_on(async {
         for _ in 0..20 {
             serve_home(&router).await;
