@@ -1,4 +1,4 @@
-// Issue 9 item 7: from the click on "Launch my Machine" to the owner's page hydrated on their
+// Row 7 of BENCHMARKS.md: from the click on "Launch my Machine" to the owner's page hydrated on their
 // own Machine, through flyby-local (`--balance wrong-first`, as the e2e suite), split into
 // phases, p50 over 10 launches (after one warm-up launch). Prints `ROW|...` lines that
 // scripts/bench puts in BENCHMARKS.md (also appended to $FLYBY_BENCH_ROWS when set).
