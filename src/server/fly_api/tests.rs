@@ -778,6 +778,12 @@ impl std::io::Write for Captured {
 
 #[tokio::test(flavor = "current_thread")]
 async fn the_token_appears_in_no_log_line_and_no_error() {
+    // tracing caches each callsite's interest for the whole process, when the callsite is
+    // first hit. While a single dispatcher is registered, that interest is asked of the hitting
+    // thread's own subscriber: a sibling test's thread (none) that hits "fly api call" first
+    // caches it as never, and this test's subscriber would see nothing. With a second
+    // dispatcher registered for the test's length, every dispatcher is asked, this one too.
+    let _anchor = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
     let captured = Captured::default();
     let writer = captured.clone();
     let subscriber = tracing_subscriber::fmt()
