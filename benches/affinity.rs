@@ -222,17 +222,23 @@ fn site_root() -> PathBuf {
 }
 
 /// How many routers of each kind the interleaved comparison alternates. Two routers built
-/// alike, neither with the layer, read up to +0.5 % apart when one was timed against the
+/// alike, neither with the layer, read up to +0.55 % apart when one was timed against the
 /// other (where each one's state lands in memory, in the caches): with four of each, built
 /// in the order with, without, without, with, and so on, that weighs on both kinds alike.
 const ROUTERS_OF_EACH: usize = 4;
 
+/// One of the routers the layer benchmark compares.
+struct Built {
+    /// With the affinity layer.
+    layer: bool,
+    /// Its rank among the routers of its kind, in the order they were built.
+    rank: usize,
+    router: Router,
+}
+
 /// The launcher role's routers, `count` with and `count` without the layer, as `main` would
-/// build them, in the order [`ROUTERS_OF_EACH`] says.
-fn launcher_routers(
-    rt: &tokio::runtime::Runtime,
-    count: usize,
-) -> Option<(Vec<Router>, Vec<Router>)> {
+/// build them, in the order they are built: with, without, without, with, and so on.
+fn launcher_routers(rt: &tokio::runtime::Runtime, count: usize) -> Option<Vec<Built>> {
     let site = site_root();
     if !site.join("pkg").is_dir() {
         eprintln!(
@@ -257,20 +263,32 @@ fn launcher_routers(
     let _guard = rt.enter();
     let launcher = Launcher::start(&config).expect("launcher");
     let ephemeral: Option<std::sync::Arc<EphemeralMachine>> = None;
-    let (mut with, mut without) = (Vec::new(), Vec::new());
-    for i in 0..count {
-        let mut build = |layer: bool| {
+    let mut built = Vec::new();
+    for rank in 0..count {
+        for layer in [rank % 2 == 0, rank % 2 == 1] {
             let (ephemeral, launcher) = (ephemeral.clone(), launcher.clone());
-            if layer {
-                with.push(router(&config, ephemeral, launcher));
+            let router = if layer {
+                router(&config, ephemeral, launcher)
             } else {
-                without.push(router_without_affinity(&config, ephemeral, launcher));
-            }
-        };
-        build(i % 2 == 0);
-        build(i % 2 == 1);
+                router_without_affinity(&config, ephemeral, launcher)
+            };
+            built.push(Built {
+                layer,
+                rank,
+                router,
+            });
+        }
     }
-    Some((with, without))
+    Some(built)
+}
+
+/// The first router built with the layer (`true`) or without it.
+fn first(built: &[Built], layer: bool) -> &Router {
+    &built
+        .iter()
+        .find(|b| b.layer == layer)
+        .expect("routers of both kinds")
+        .router
 }
 
 fn home_request() -> Request<Body> {
@@ -299,16 +317,17 @@ fn bench_layer(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let Some((with, without)) = launcher_routers(&rt, ROUTERS_OF_EACH) else {
+    let Some(built) = launcher_routers(&rt, ROUTERS_OF_EACH) else {
         return;
     };
+    let (with, without) = (first(&built, true), first(&built, false));
     let mut group = c.benchmark_group("layer");
     group.throughput(Throughput::Elements(1));
     group.bench_function("ssr_home_with_affinity", |b| {
-        b.iter(|| rt.block_on(serve_home(&with[0])))
+        b.iter(|| rt.block_on(serve_home(with)))
     });
     group.bench_function("ssr_home_without_affinity", |b| {
-        b.iter(|| rt.block_on(serve_home(&without[0])))
+        b.iter(|| rt.block_on(serve_home(without)))
     });
     group.finish();
 
@@ -319,16 +338,11 @@ fn bench_layer(c: &mut Criterion) {
     // first and last built against the two between), which should read 0: what it reads is
     // the method's own error.
     let (n, rounds) = (50, 100);
-    let mut built = Vec::new();
-    for (i, (w, wo)) in with.iter().zip(&without).enumerate() {
-        let pair = [(true, w), (false, wo)];
-        built.extend(if i % 2 == 0 { pair } else { [pair[1], pair[0]] });
-    }
     let (mut ratios, mut control) = (Vec::new(), Vec::new());
     rt.block_on(async {
-        for (_, router) in &built {
+        for built in &built {
             for _ in 0..n {
-                serve_home(router).await;
+                serve_home(&built.router).await;
             }
         }
         for round in 0..rounds {
@@ -337,27 +351,19 @@ fn bench_layer(c: &mut Criterion) {
             if round % 2 == 1 {
                 order.reverse();
             }
-            for (layer, router) in order {
+            for built in order {
                 let start = Instant::now();
                 for _ in 0..n {
-                    serve_home(router).await;
+                    serve_home(&built.router).await;
                 }
-                times.push((*layer, router, start.elapsed().as_secs_f64()));
+                times.push((built, start.elapsed().as_secs_f64()));
             }
-            let sum = |keep: &dyn Fn(bool, &Router) -> bool| -> f64 {
-                times
-                    .iter()
-                    .filter(|(layer, router, _)| keep(*layer, router))
-                    .map(|(_, _, t)| t)
-                    .sum()
+            let sum = |keep: &dyn Fn(&Built) -> bool| -> f64 {
+                times.iter().filter(|(b, _)| keep(b)).map(|(_, t)| t).sum()
             };
-            let outer = |router: &Router| {
-                std::ptr::eq(router, &without[0])
-                    || std::ptr::eq(router, &without[without.len() - 1])
-            };
-            ratios.push(sum(&|layer, _| layer) / sum(&|layer, _| !layer));
-            control
-                .push(sum(&|layer, r| !layer && outer(r)) / sum(&|layer, r| !layer && !outer(r)));
+            let outer = |b: &Built| b.rank == 0 || b.rank == ROUTERS_OF_EACH - 1;
+            ratios.push(sum(&|b| b.layer) / sum(&|b| !b.layer));
+            control.push(sum(&|b| !b.layer && outer(b)) / sum(&|b| !b.layer && !outer(b)));
         }
     });
     let median = |mut values: Vec<f64>| {
@@ -402,18 +408,14 @@ fn count_only(spec: &str) {
         .enable_all()
         .build()
         .unwrap();
-    let (mut with, mut without) = launcher_routers(&rt, 1).expect("a built site");
-    let router = if which == "with" {
-        with.remove(0)
-    } else {
-        without.remove(0)
-    };
+    let built = launcher_routers(&rt, 1).expect("a built site");
+    let router = first(&built, which == "with");
     rt.block_on(async {
         for _ in 0..20 {
-            serve_home(&router).await;
+            serve_home(router).await;
         }
         for _ in 0..n {
-            serve_home(&router).await;
+            serve_home(router).await;
         }
     });
 }
